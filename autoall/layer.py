@@ -1,0 +1,282 @@
+"""The Auto-Learning Layer (ALL): a residual adapter with its own custom loss (DESIGN section 1).
+
+For feature vectors ``x`` of shape ``(B, d)`` and a code size ``m = hidden_size``::
+
+    a = act(W_down x + b_down)        # (B, m)
+    y = x + W_up a + b_up             # (B, d)
+
+``W_up`` and ``b_up`` start at zero, so a freshly inserted ALL is exactly the identity.
+Each forward pass also stores the unweighted custom loss ``L(W, a)`` of that batch; the
+training objective is ``task_loss + sum over ALLs of aux_weight * L`` (see
+:func:`auxiliary_loss`), and the ALL's parameters get their own learning rate through
+:func:`param_groups`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+AUX_LOSSES: tuple[str, ...] = ("reconstruction", "sparsity", "orthogonality", "none")
+ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
+
+_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True)
+class ALLSpec:
+    """What ALL to insert in front of a classifier head (its own lr is TrainConfig.all_lr)."""
+
+    hidden_size: int  # m, the width of the code a
+    aux_loss: str = "reconstruction"  # one of AUX_LOSSES
+    aux_weight: float = 0.1  # multiplies L(W, a) in the training objective; 0 = adapter alone
+    activation: str = "relu"  # one of ACTIVATIONS
+
+    def __post_init__(self) -> None:
+        if not _is_positive_int(self.hidden_size):
+            raise ValueError(
+                f"hidden_size must be a positive integer, but got {self.hidden_size!r}."
+            )
+        weight = self.aux_weight
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight < 0
+        ):
+            raise ValueError(f"aux_weight must be a non-negative number, but got {weight!r}.")
+        if self.aux_loss not in AUX_LOSSES:
+            raise ValueError(
+                f"aux_loss must be one of {', '.join(AUX_LOSSES)}, but got {self.aux_loss!r}."
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, but got {self.activation!r}."
+            )
+
+
+class AutoLearningLayer(nn.Module):
+    """Residual bottleneck adapter ``y = x + W_up act(W_down x + b_down) + b_up``.
+
+    Shapes: ``x`` is ``(..., d)`` with ``d = features`` (usually ``(B, d)``), the code
+    ``a`` is ``(..., m)`` with ``m = hidden_size``, and ``y`` has the shape of ``x``.
+    ``self.down`` holds ``W_down`` ``(m, d)`` and ``b_down`` ``(m,)``; ``self.up`` holds
+    ``W_up`` ``(d, m)`` and ``b_up`` ``(d,)``, both zero at initialisation (identity map).
+
+    Custom loss ``L(W, a)``, computed on the batch of each training-mode forward pass and
+    stored unweighted in ``self.aux_value`` (a 0-dim tensor):
+
+    - ``reconstruction``: ``mean_b ||stopgrad(x_b) - (W_down^T a_b + c)||^2 / d``, a tied
+      decoder with the learned bias ``c = self.recon_bias`` ``(d,)``; the target is detached
+      so the loss cannot shrink the upstream features (auxiliary auto-encoding).
+    - ``sparsity``: ``mean_b ||a_b||_1 / m`` (activity regularisation).
+    - ``orthogonality``: ``||W_down W_down^T - I_m||_F^2 / m^2`` (Bansal et al., 2018).
+    - ``none``: 0 (the adapter alone).
+
+    ``aux_value`` is a zero tensor when ``aux_loss == "none"``, ``aux_weight == 0`` or the
+    layer is in eval mode, and ``None`` before the first forward pass.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden_size: int,
+        *,
+        aux_loss: str = "reconstruction",
+        aux_weight: float = 0.1,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        if not _is_positive_int(features):
+            raise ValueError(f"features must be a positive integer, but got {features!r}.")
+        spec = ALLSpec(hidden_size, aux_loss=aux_loss, aux_weight=aux_weight, activation=activation)
+        self.features = features
+        self.hidden_size = spec.hidden_size
+        self.aux_loss = spec.aux_loss
+        self.aux_weight = float(spec.aux_weight)
+        self.activation = spec.activation
+
+        self.down = nn.Linear(features, hidden_size)
+        self.act = _ACTIVATION_MODULES[activation]()
+        self.up = nn.Linear(hidden_size, features)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        if aux_loss == "reconstruction":
+            self.recon_bias = nn.Parameter(torch.zeros(features))
+        self.aux_value: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.features:
+            raise ValueError(
+                f"AutoLearningLayer expects inputs with {self.features} features in the last "
+                f"dimension, but got shape {tuple(x.shape)}."
+            )
+        a = self.act(self.down(x))
+        if self.training and self.aux_loss != "none" and self.aux_weight > 0:
+            self.aux_value = self._custom_loss(x, a)
+        else:
+            self.aux_value = x.new_zeros(())
+        return x + self.up(a)
+
+    def _custom_loss(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Unweighted ``L(W, a)`` for inputs ``x`` ``(..., d)`` and codes ``a`` ``(..., m)``."""
+        w_down = self.down.weight  # (m, d)
+        if self.aux_loss == "reconstruction":
+            reconstruction = a @ w_down + self.recon_bias  # (..., d): W_down^T a + c per sample
+            # mean over all elements = mean over samples of the squared norm divided by d
+            return (x.detach() - reconstruction).pow(2).mean()
+        if self.aux_loss == "sparsity":
+            return a.abs().mean()  # mean over samples of ||a||_1 / m
+        assert self.aux_loss == "orthogonality", self.aux_loss
+        eye = torch.eye(self.hidden_size, device=w_down.device, dtype=w_down.dtype)
+        return (w_down @ w_down.T - eye).pow(2).mean()  # ||.||_F^2 / m^2
+
+    def extra_repr(self) -> str:
+        return (
+            f"features={self.features}, hidden_size={self.hidden_size}, "
+            f"aux_loss={self.aux_loss!r}, aux_weight={self.aux_weight}"
+        )
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The last ``nn.Linear`` in ``named_modules()`` order that is not inside an ALL."""
+    all_prefixes = [
+        name + "."
+        for name, module in model.named_modules()
+        if isinstance(module, AutoLearningLayer)
+    ]
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and not any(name.startswith(prefix) for prefix in all_prefixes)
+    ]
+    if not candidates:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear classifier head to put an ALL in front of."
+        )
+    return candidates[-1]
+
+
+def insert_all(model: nn.Module, spec: ALLSpec) -> nn.Module:
+    """Put an ALL in front of ``model``'s classifier head, in place, and return ``model``.
+
+    The head is the last ``nn.Linear`` in ``model.named_modules()`` order (Linears inside an
+    existing ALL do not count). It is replaced on its parent by
+    ``nn.Sequential(AutoLearningLayer(head.in_features, ...), head)``, created on the head's
+    device and dtype. Because the ALL starts as the identity, the model's outputs are
+    unchanged until training moves ``W_up`` or ``b_up``.
+
+    Raises ``ValueError`` when the model has no ``nn.Linear``, when the model is itself the
+    ``nn.Linear`` (there is no parent to replace it on), or when the head is already
+    preceded by an ALL.
+    """
+    name, head = _last_linear(model)
+    if not name:
+        raise ValueError(
+            "insert_all cannot replace a bare nn.Linear in place; wrap it in a module "
+            "(e.g. nn.Sequential(linear)) first."
+        )
+    parent_name, _, child_name = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    if isinstance(parent, nn.Sequential):
+        siblings = list(parent._modules)
+        position = siblings.index(child_name)
+        if position > 0 and isinstance(parent[position - 1], AutoLearningLayer):
+            raise ValueError(
+                f"The classifier head {name!r} is already preceded by an AutoLearningLayer; "
+                "insert_all puts at most one ALL in front of a head."
+            )
+    layer = AutoLearningLayer(
+        head.in_features,
+        spec.hidden_size,
+        aux_loss=spec.aux_loss,
+        aux_weight=spec.aux_weight,
+        activation=spec.activation,
+    ).to(device=head.weight.device, dtype=head.weight.dtype)
+    setattr(parent, child_name, nn.Sequential(layer, head))
+    return model
+
+
+def all_layers(model: nn.Module) -> list[AutoLearningLayer]:
+    """Every ``AutoLearningLayer`` in ``model``, in ``modules()`` order."""
+    return [module for module in model.modules() if isinstance(module, AutoLearningLayer)]
+
+
+def auxiliary_loss(model: nn.Module) -> torch.Tensor:
+    """``sum over ALLs of aux_weight * L(W, a)`` from the last forward pass, a 0-dim tensor.
+
+    A model without an ALL gives a zero on the device of its first parameter (CPU when it
+    has none). Raises ``RuntimeError`` when an ALL has not run a forward pass yet.
+    """
+    layers = all_layers(model)
+    if not layers:
+        first = next(model.parameters(), None)
+        return torch.zeros((), device=first.device if first is not None else "cpu")
+    total: torch.Tensor | None = None
+    for layer in layers:
+        if layer.aux_value is None:
+            raise RuntimeError(
+                "auxiliary_loss needs a forward pass first: an AutoLearningLayer has no "
+                "custom loss value yet."
+            )
+        term = layer.aux_weight * layer.aux_value
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
+def _check_rate(name: str, value: float, *, allow_zero: bool) -> None:
+    bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
+    if bad_type or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be a {kind} number, but got {value!r}.")
+
+
+def param_groups(
+    model: nn.Module, *, lr: float, all_lr: float | None, weight_decay: float = 0.0
+) -> list[dict[str, Any]]:
+    """Optimizer parameter groups: the base network at ``lr``, the ALLs at ``all_lr``.
+
+    Returns ``[{"name": "base", "params": [...], "lr": lr, "weight_decay": weight_decay},
+    {"name": "all", "params": [...], "lr": all_lr or lr, "weight_decay": weight_decay}]``,
+    with the ``"all"`` group left out when the model holds no ALL (or none of its
+    parameters requires grad). ``all_lr=None`` means the ALL trains at ``lr``. Only
+    parameters with ``requires_grad`` are included; a parameter shared between the two
+    parts belongs to the ALL group.
+    """
+    _check_rate("lr", lr, allow_zero=False)
+    if all_lr is not None:
+        _check_rate("all_lr", all_lr, allow_zero=False)
+    _check_rate("weight_decay", weight_decay, allow_zero=True)
+
+    all_params: list[nn.Parameter] = []
+    all_ids: set[int] = set()
+    for layer in all_layers(model):
+        for param in layer.parameters():
+            if param.requires_grad and id(param) not in all_ids:
+                all_ids.add(id(param))
+                all_params.append(param)
+    base_params = [p for p in model.parameters() if p.requires_grad and id(p) not in all_ids]
+
+    groups: list[dict[str, Any]] = [
+        {"name": "base", "params": base_params, "lr": lr, "weight_decay": weight_decay}
+    ]
+    if all_params:
+        groups.append(
+            {
+                "name": "all",
+                "params": all_params,
+                "lr": all_lr if all_lr is not None else lr,
+                "weight_decay": weight_decay,
+            }
+        )
+    return groups

@@ -1,0 +1,286 @@
+"""Tests for the Auto-Learning Layer, its custom losses, insertion and parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from autoall.layer import (
+    ALLSpec,
+    AutoLearningLayer,
+    all_layers,
+    auxiliary_loss,
+    insert_all,
+    param_groups,
+)
+
+# A small fixed case: d = 3 features, m = 2 hidden units, batch of 2.
+X = [[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]]
+W_DOWN = [[1.0, -1.0, 0.5], [0.2, 0.3, -2.0]]  # (m, d)
+B_DOWN = [0.1, -0.2]
+RECON_BIAS = [0.5, 0.0, -0.5]
+
+
+def _fixed_layer(
+    aux_loss: str, *, aux_weight: float = 0.1, activation: str = "relu"
+) -> AutoLearningLayer:
+    layer = AutoLearningLayer(3, 2, aux_loss=aux_loss, aux_weight=aux_weight, activation=activation)
+    with torch.no_grad():
+        layer.down.weight.copy_(torch.tensor(W_DOWN))
+        layer.down.bias.copy_(torch.tensor(B_DOWN))
+        if aux_loss == "reconstruction":
+            layer.recon_bias.copy_(torch.tensor(RECON_BIAS))
+    return layer.train()
+
+
+def _hand_codes(activation: str) -> list[list[float]]:
+    """a[b][j] = act(sum_i W[j][i] x[b][i] + b[j]) with explicit loops."""
+
+    def act(z: float) -> float:
+        if activation == "relu":
+            return max(z, 0.0)
+        return 0.5 * z * (1.0 + math.erf(z / math.sqrt(2.0)))
+
+    return [
+        [act(sum(W_DOWN[j][i] * x[i] for i in range(3)) + B_DOWN[j]) for j in range(2)] for x in X
+    ]
+
+
+def test_all_is_identity_at_init_and_keeps_shape() -> None:
+    torch.manual_seed(0)
+    layer = AutoLearningLayer(16, 5)
+    for shape in [(4, 16), (2, 3, 16)]:
+        x = torch.randn(shape)
+        y = layer(x)
+        assert y.shape == x.shape
+        assert torch.equal(y, x)
+
+
+def test_reconstruction_loss_matches_hand_computation() -> None:
+    layer = _fixed_layer("reconstruction")
+    layer(torch.tensor(X))
+    codes = _hand_codes("relu")
+    expected = 0.0
+    for x, a in zip(X, codes, strict=True):
+        recon = [sum(W_DOWN[j][i] * a[j] for j in range(2)) + RECON_BIAS[i] for i in range(3)]
+        expected += sum((x[i] - recon[i]) ** 2 for i in range(3)) / 3
+    expected /= len(X)
+    assert layer.aux_value is not None
+    assert layer.aux_value.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_sparsity_loss_matches_hand_computation(activation: str) -> None:
+    layer = _fixed_layer("sparsity", activation=activation)
+    layer(torch.tensor(X))
+    expected = sum(sum(abs(v) for v in a) / 2 for a in _hand_codes(activation)) / len(X)
+    assert layer.aux_value is not None
+    assert layer.aux_value.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_orthogonality_loss_matches_hand_computation() -> None:
+    layer = _fixed_layer("orthogonality")
+    layer(torch.tensor(X))
+    expected = 0.0
+    for j in range(2):
+        for k in range(2):
+            gram = sum(W_DOWN[j][i] * W_DOWN[k][i] for i in range(3))
+            expected += (gram - (1.0 if j == k else 0.0)) ** 2
+    expected /= 2**2
+    assert layer.aux_value is not None
+    assert layer.aux_value.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("aux_loss", "aux_weight", "training"),
+    [("none", 0.1, True), ("reconstruction", 0.0, True), ("reconstruction", 0.1, False)],
+)
+def test_custom_loss_is_zero_when_off(aux_loss: str, aux_weight: float, training: bool) -> None:
+    layer = _fixed_layer(aux_loss, aux_weight=aux_weight).train(training)
+    assert layer.aux_value is None
+    layer(torch.tensor(X))
+    assert layer.aux_value is not None
+    assert layer.aux_value.shape == ()
+    assert layer.aux_value.item() == 0.0
+
+
+def test_reconstruction_bias_only_for_reconstruction() -> None:
+    assert AutoLearningLayer(3, 2).recon_bias.shape == (3,)
+    for kind in ["sparsity", "orthogonality", "none"]:
+        assert not hasattr(AutoLearningLayer(3, 2, aux_loss=kind), "recon_bias")
+
+
+def test_reconstruction_target_is_detached() -> None:
+    layer = _fixed_layer("reconstruction")
+    x = torch.tensor(X, requires_grad=True)
+    layer(x)
+    assert layer.aux_value is not None
+    (grad,) = torch.autograd.grad(layer.aux_value, x)
+
+    def recon_loss(target: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(inputs @ torch.tensor(W_DOWN).T + torch.tensor(B_DOWN))
+        return (target - (a @ torch.tensor(W_DOWN) + torch.tensor(RECON_BIAS))).pow(2).mean()
+
+    x2 = torch.tensor(X, requires_grad=True)
+    (encoder_only,) = torch.autograd.grad(recon_loss(x2.detach(), x2), x2)
+    x3 = torch.tensor(X, requires_grad=True)
+    (with_target,) = torch.autograd.grad(recon_loss(x3, x3), x3)
+    torch.testing.assert_close(grad, encoder_only)
+    assert not torch.allclose(grad, with_target)
+
+    # With every pre-activation negative the code is 0, so only the target could carry gradient.
+    dead = torch.full((2, 3), -10.0, requires_grad=True)
+    with torch.no_grad():
+        layer.down.weight.abs_()
+    layer(dead)
+    assert layer.aux_value is not None and layer.aux_value.item() > 0
+    (dead_grad,) = torch.autograd.grad(layer.aux_value, dead)
+    assert torch.equal(dead_grad, torch.zeros_like(dead))
+
+
+def test_auxiliary_loss_sums_weighted_losses_of_all_layers() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        AutoLearningLayer(4, 3, aux_loss="reconstruction", aux_weight=0.1),
+        nn.Linear(4, 4),
+        AutoLearningLayer(4, 2, aux_loss="sparsity", aux_weight=0.5),
+    )
+    x = torch.randn(5, 4)
+    model(x)
+    first, second = all_layers(model)
+    assert first.aux_value is not None and second.aux_value is not None
+    assert first.aux_value.item() > 0 and second.aux_value.item() > 0
+    expected = 0.1 * first.aux_value.item() + 0.5 * second.aux_value.item()
+    total = auxiliary_loss(model)
+    assert total.shape == ()
+    assert total.item() == pytest.approx(expected, rel=1e-6)
+
+    model.eval()(x)
+    assert auxiliary_loss(model).item() == 0.0
+
+
+def test_auxiliary_loss_without_all_is_zero_and_needs_a_forward_pass() -> None:
+    zero = auxiliary_loss(nn.Linear(2, 2))
+    assert zero.shape == () and zero.item() == 0.0
+    with pytest.raises(RuntimeError, match="forward pass first"):
+        auxiliary_loss(AutoLearningLayer(2, 2))
+
+
+def _article_mlp() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+
+
+def test_gradients_reach_every_all_parameter() -> None:
+    torch.manual_seed(0)
+    model = insert_all(_article_mlp(), ALLSpec(8))
+    x, y = torch.randn(4, 784), torch.tensor([0, 1, 2, 3])
+    loss = nn.functional.cross_entropy(model(x), y) + auxiliary_loss(model)
+    loss.backward()
+    (layer,) = all_layers(model)
+    for name, param in layer.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_param_groups_give_each_part_its_own_learning_rate() -> None:
+    torch.manual_seed(0)
+    model = insert_all(_article_mlp(), ALLSpec(8))
+    groups = param_groups(model, lr=0.1, all_lr=0.01, weight_decay=0.0)
+    assert [g["name"] for g in groups] == ["base", "all"]
+    all_ids = {id(p) for p in all_layers(model)[0].parameters()}
+    assert {id(p) for p in groups[1]["params"]} == all_ids
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.parameters()} - all_ids
+
+    x, y = torch.randn(4, 784), torch.tensor([0, 1, 2, 3])
+    (nn.functional.cross_entropy(model(x), y) + auxiliary_loss(model)).backward()
+    before = {id(p): (p.detach().clone(), p.grad) for p in model.parameters()}
+    torch.optim.SGD(groups).step()
+    for param in model.parameters():
+        old, grad = before[id(param)]
+        assert grad is not None
+        lr = 0.01 if id(param) in all_ids else 0.1
+        torch.testing.assert_close(param.detach(), old - lr * grad, rtol=0, atol=1e-7)
+
+
+def test_param_groups_defaults_and_exclusions() -> None:
+    model = _article_mlp()
+    model[0].weight.requires_grad_(False)
+    (base,) = param_groups(model, lr=0.1, all_lr=0.01, weight_decay=5e-4)
+    assert base["lr"] == 0.1 and base["weight_decay"] == 5e-4
+    assert len(base["params"]) == 5  # 6 tensors, one frozen
+
+    insert_all(model, ALLSpec(4))
+    _, all_group = param_groups(model, lr=0.1, all_lr=None)
+    assert all_group["lr"] == 0.1 and all_group["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match=r"^lr must be a positive number, but got 0\.$"):
+        param_groups(model, lr=0, all_lr=None)
+
+
+def test_insert_all_puts_the_all_in_front_of_the_last_linear() -> None:
+    torch.manual_seed(0)
+    model = _article_mlp()
+    head = model[4]
+    x = torch.randn(3, 784)
+    before = model(x)
+    assert insert_all(model, ALLSpec(32, aux_loss="sparsity", aux_weight=0.2)) is model
+    wrapped = model[4]
+    assert isinstance(wrapped, nn.Sequential) and len(wrapped) == 2 and wrapped[1] is head
+    layer = wrapped[0]
+    assert isinstance(layer, AutoLearningLayer)
+    knobs = (layer.features, layer.hidden_size, layer.aux_loss, layer.aux_weight)
+    assert knobs == (256, 32, "sparsity", 0.2)
+    assert torch.equal(model(x), before)
+    with pytest.raises(ValueError, match="already preceded by an AutoLearningLayer"):
+        insert_all(model, ALLSpec(32))
+
+
+def test_insert_all_without_linear_raises() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten())
+    with pytest.raises(ValueError) as excinfo:
+        insert_all(model, ALLSpec(4))
+    assert str(excinfo.value) == (
+        "Sequential has no nn.Linear classifier head to put an ALL in front of."
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hidden_size": 0}, "hidden_size must be a positive integer, but got 0."),
+        ({"hidden_size": -3}, "hidden_size must be a positive integer, but got -3."),
+        ({"hidden_size": 2.5}, "hidden_size must be a positive integer, but got 2.5."),
+        ({"hidden_size": True}, "hidden_size must be a positive integer, but got True."),
+        ({"aux_weight": -0.1}, "aux_weight must be a non-negative number, but got -0.1."),
+        ({"aux_weight": math.nan}, "aux_weight must be a non-negative number, but got nan."),
+        (
+            {"aux_loss": "foo"},
+            "aux_loss must be one of reconstruction, sparsity, orthogonality, none, but got 'foo'.",
+        ),
+        ({"activation": "tanh"}, "activation must be one of relu, gelu, but got 'tanh'."),
+    ],
+)
+def test_all_spec_rejects_bad_values(kwargs: dict[str, object], message: str) -> None:
+    arguments: dict[str, object] = {"hidden_size": 8, **kwargs}
+    with pytest.raises(ValueError) as excinfo:
+        ALLSpec(**arguments)  # type: ignore[arg-type]
+    assert str(excinfo.value) == message
+    hidden_size = arguments.pop("hidden_size")
+    with pytest.raises(ValueError) as excinfo:
+        AutoLearningLayer(4, hidden_size, **arguments)  # type: ignore[arg-type]
+    assert str(excinfo.value) == message
+
+
+def test_layer_rejects_bad_features_and_wrong_input_width() -> None:
+    with pytest.raises(ValueError, match=r"^features must be a positive integer, but got 0\.$"):
+        AutoLearningLayer(0, 4)
+    with pytest.raises(ValueError, match=r"expects inputs with 4 features .* shape \(2, 3\)"):
+        AutoLearningLayer(4, 2)(torch.zeros(2, 3))
+
+
+def test_extra_repr_shows_the_knobs() -> None:
+    text = repr(AutoLearningLayer(3, 2, aux_loss="orthogonality", aux_weight=0.5))
+    assert "features=3, hidden_size=2, aux_loss='orthogonality', aux_weight=0.5" in text
