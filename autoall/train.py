@@ -1,0 +1,390 @@
+"""One training run: a model, device-resident data and a `TrainConfig` in, a `RunResult` out.
+
+The loop knows nothing of Optuna or MLflow: they are callbacks (`on_epoch`), so the loop reads
+top to bottom. Per step it does no host synchronisation: losses, accuracy and a per-step loss
+record stay on the device and are read once per epoch, which is also where a non-finite loss is
+found (with the exact epoch and step).
+
+    loss = cross_entropy(logits, y) + sum over ALLs of aux_weight * L(W, a)      (DESIGN section 1)
+
+Two optimizer parameter groups (base: `lr`; ALL: `all_lr`) share one schedule: linear warm-up
+for `warmup_epochs`, then cosine decay to `min_lr_ratio` of the peak, applied proportionally.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoall.data import DeviceData, augment_batch, iterate_batches
+from autoall.layer import auxiliary_loss, param_groups
+from autoall.models import ParamCount, count_parameters
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "adamw"  # "sgd" (momentum, Nesterov) or "adamw"
+    lr: float = 1e-3  # base network; the ALL has its own all_lr
+    all_lr: float | None = None  # None: the ALL trains at the base lr
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    warmup_epochs: float = 1.0  # linear warm-up before cosine decay
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the peak lr
+    label_smoothing: float = 0.0
+    seed: int = 0  # batch order and augmentation; the caller seeds initialisation
+    device: str | None = None  # None: cuda, then mps, then cpu
+    amp: bool = True  # bf16 autocast, on CUDA only
+    channels_last: bool = True  # conv nets on CUDA only
+    compile: bool = False  # torch.compile; its time is reported apart
+    eval_batch_size: int = 2048
+    target_acc: float | None = None  # validation accuracy whose first crossing is timed
+    evaluate_test: bool = False  # the report's final evaluation; studies never set it
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, but got {value!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}, but got {self.optimizer!r}."
+            )
+        for name in ("lr", "all_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, but got {value!r}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(
+                f"weight_decay must be a non-negative number, but got {self.weight_decay!r}."
+            )
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be between 0 and epochs ({self.epochs}), "
+                f"but got {self.warmup_epochs!r}."
+            )
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            raise ValueError(f"target_acc must be in (0, 1], but got {self.target_acc!r}.")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    train_loss: float  # cross-entropy, mean over the epoch's training samples
+    aux_loss: float  # sum of aux_weight * L over the ALLs, mean over the epoch's batches
+    train_acc: float  # on the (augmented) training batches as they were trained
+    val_loss: float
+    val_acc: float
+    epoch_seconds: float  # training plus validation of this epoch
+    lr: float  # base group, at the end of the epoch
+    all_lr: float | None  # ALL group, at the end of the epoch; None without an ALL
+
+    def metrics(self) -> dict[str, float]:
+        """The per-epoch metrics as MLflow-style name -> value (no epoch, no None)."""
+        return {k: float(v) for k, v in asdict(self).items() if k != "epoch" and v is not None}
+
+
+@dataclass
+class RunResult:
+    history: list[EpochStats]
+    best_val_acc: float
+    best_epoch: int
+    final_val_acc: float
+    wall_seconds: float  # training and validation, compile time excluded
+    compile_seconds: float
+    params: ParamCount
+    device: str
+    stopped_early: bool  # on_epoch asked to stop
+    target_acc: float | None = None
+    target_epoch: int | None = None  # first epoch with val_acc >= target_acc
+    target_seconds: float | None = None  # wall seconds until the end of that epoch
+    test_acc: float | None = None  # only with TrainConfig.evaluate_test
+    test_loss: float | None = None
+    train_eval_acc: float | None = None  # final model on the train split, eval mode (for the gap)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+    @property
+    def median_epoch_seconds(self) -> float:
+        return float(np.median([s.epoch_seconds for s in self.history])) if self.history else 0.0
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the run diverged."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(
+            f"Training loss became non-finite ({value}) at epoch {epoch}, step {step}; "
+            "the run diverged (learning rate too high?)."
+        )
+
+
+class TrainingOOMError(RuntimeError):
+    """The device ran out of memory; names the batch size so the fix is obvious."""
+
+    def __init__(self, batch_size: int, device: str) -> None:
+        self.batch_size = batch_size
+        super().__init__(
+            f"{device} ran out of memory with batch_size {batch_size}; "
+            "lower batch_size or run fewer trials per GPU."
+        )
+
+
+EpochCallback = Callable[[EpochStats], bool | None]
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """`None` or "auto": cuda, then mps, then cpu. An unavailable device is a ValueError."""
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but CUDA is not available here.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} was asked for, but MPS is not available here.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices): call before building the model."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(
+    model: nn.Module,
+    data: DeviceData,
+    cfg: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+) -> RunResult:
+    """Train `model` on `data.train`, validate every epoch on `data.val`.
+
+    `on_epoch(stats)` runs after each epoch; a truthy return stops the run early
+    (`result.stopped_early`), an exception it raises (e.g. optuna.TrialPruned) propagates.
+    The test split is evaluated once at the end, and only when `cfg.evaluate_test`.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = data.to(device)
+    model = model.to(device)
+    on_cuda = device.type == "cuda"
+    if on_cuda and cfg.channels_last and _has_conv(model):
+        model = model.to(memory_format=torch.channels_last)
+    channels_last = on_cuda and cfg.channels_last and _has_conv(model)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.amp)
+
+    optimizer = _make_optimizer(model, cfg, fused=on_cuda)
+    n_train = data.train_y.shape[0]
+    drop_last = n_train > cfg.batch_size  # a last batch of one would break BatchNorm
+    steps = n_train // cfg.batch_size if drop_last else 1
+    scheduler = _warmup_cosine(optimizer, cfg, steps_per_epoch=steps)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    def prepare(xb: torch.Tensor) -> torch.Tensor:
+        if data.augment:
+            xb = augment_batch(xb, generator=generator)
+        x = data.normalize(xb)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    step_fn = torch.compile(model) if cfg.compile else model
+    compile_seconds = _warm_up_compiled(step_fn, model, data, cfg, prepare) if cfg.compile else 0.0
+
+    history: list[EpochStats] = []
+    result = RunResult(
+        history=history,
+        best_val_acc=0.0,
+        best_epoch=0,
+        final_val_acc=0.0,
+        wall_seconds=0.0,
+        compile_seconds=compile_seconds,
+        params=count_parameters(model),
+        device=_device_name(device),
+        stopped_early=False,
+        target_acc=cfg.target_acc,
+    )
+    start = time.perf_counter()
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            losses = torch.zeros(steps, device=device)  # per step, to locate a divergence
+            task_sum = torch.zeros((), device=device)
+            aux_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            batches = iterate_batches(
+                data.train_x,
+                data.train_y,
+                batch_size=cfg.batch_size,
+                generator=generator,
+                drop_last=drop_last,
+            )
+            for step, (xb, yb) in enumerate(batches):
+                x = prepare(xb)
+                with autocast:
+                    logits = step_fn(x)
+                    task = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                    aux = auxiliary_loss(model)
+                    loss = task + aux
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                losses[step] = loss.detach()
+                task_sum += task.detach() * yb.shape[0]
+                aux_sum += aux.detach()
+                correct += (logits.argmax(dim=1) == yb).sum()
+                seen += yb.shape[0]
+            _raise_if_non_finite(losses, epoch)
+            val_loss, val_acc = evaluate(model, data, "val", cfg=cfg)
+            lrs = [group["lr"] for group in optimizer.param_groups]
+            stats = EpochStats(
+                epoch=epoch,
+                train_loss=task_sum.item() / seen,
+                aux_loss=aux_sum.item() / steps,
+                train_acc=correct.item() / seen,
+                val_loss=val_loss,
+                val_acc=val_acc,
+                epoch_seconds=time.perf_counter() - epoch_start,
+                lr=lrs[0],
+                all_lr=lrs[1] if len(lrs) > 1 else None,
+            )
+            history.append(stats)
+            if val_acc > result.best_val_acc:
+                result.best_val_acc, result.best_epoch = val_acc, epoch
+            if cfg.target_acc is not None and result.target_epoch is None:
+                if val_acc >= cfg.target_acc:
+                    result.target_epoch = epoch
+                    result.target_seconds = time.perf_counter() - start
+            if on_epoch is not None and on_epoch(stats):
+                result.stopped_early = True
+                break
+        result.wall_seconds = time.perf_counter() - start
+        result.final_val_acc = history[-1].val_acc if history else 0.0
+        if cfg.evaluate_test:
+            result.test_loss, result.test_acc = evaluate(model, data, "test", cfg=cfg)
+            result.train_eval_acc = evaluate(model, data, "train", cfg=cfg)[1]
+    except torch.OutOfMemoryError as exc:
+        raise TrainingOOMError(cfg.batch_size, result.device) from exc
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: DeviceData, split: str, *, cfg: TrainConfig
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on one split, in eval mode, no augmentation."""
+    x_all, y_all = data.split(split)
+    was_training = model.training
+    model.eval()
+    on_cuda = x_all.device.type == "cuda"
+    channels_last = on_cuda and cfg.channels_last and _has_conv(model)
+    loss_sum = torch.zeros((), device=x_all.device)
+    correct = torch.zeros((), device=x_all.device, dtype=torch.long)
+    with torch.autocast(x_all.device.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.amp):
+        for i in range(0, y_all.shape[0], cfg.eval_batch_size):
+            x = data.normalize(x_all[i : i + cfg.eval_batch_size])
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = y_all[i : i + cfg.eval_batch_size]
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+    model.train(was_training)
+    n = max(y_all.shape[0], 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def _make_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
+    """Fused kernels on CUDA; elsewhere the multi-tensor (foreach) path, not one op per tensor."""
+    groups = param_groups(model, lr=cfg.lr, all_lr=cfg.all_lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            fused=fused or None,
+            foreach=not fused,
+        )
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None, foreach=not fused)
+
+
+def _warmup_cosine(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step factor: linear warm-up to 1, then cosine to `min_lr_ratio` (all groups alike)."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _raise_if_non_finite(losses: torch.Tensor, epoch: int) -> None:
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        step = int(bad.nonzero()[0, 0])
+        raise NonFiniteLossError(epoch, step + 1, float(losses[step]))
+
+
+def _warm_up_compiled(
+    step_fn: nn.Module,
+    model: nn.Module,
+    data: DeviceData,
+    cfg: TrainConfig,
+    prepare: Callable[[torch.Tensor], torch.Tensor],
+) -> float:
+    """Compile outside the timed loop: one forward/backward, then restore every weight."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    start = time.perf_counter()
+    x = prepare(data.train_x[: cfg.batch_size])
+    logits = step_fn(x)
+    F.cross_entropy(logits, data.train_y[: cfg.batch_size]).backward()
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
