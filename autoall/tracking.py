@@ -1,0 +1,549 @@
+"""MLflow tracking: one experiment per study file, one parent run per (study, architecture),
+one nested child run per Optuna trial (DESIGN section 5).
+
+Everything goes through an explicit `mlflow.MlflowClient` (no fluent `mlflow.start_run`
+state), so several studies or threads can log at once. Every client call is retried on
+transient errors (HTTP 5xx/429, connection errors, SQLite "database is locked"); a call that
+still fails is recorded in `lost` and logged as a warning on the "autoall.tracking" logger,
+never dropped silently. Only `Tracker.connect` raises (`TrackingError`): a store that is down
+fails the study at start, not an hour into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from autoall.train import EpochStats, RunResult
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+TRIAL_STATES: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL")
+_RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+_HEALTH_TIMEOUT = 5.0  # seconds for GET /health at start
+_SETTLE_SECONDS = 0.5  # longer than one create_run takes: lets a concurrent parent show up
+_MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_MAX_TAG_LENGTH = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+_MAX_PARAMS_PER_BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+# MLflow's own HTTP retries default to 7 with backoff 2 (minutes per call); ours wrap them.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+_SECRET = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):[^\s/?#]*@")
+
+log = logging.getLogger("autoall.tracking")
+T = TypeVar("T")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store could not be reached or set up when the study started."""
+
+
+def mask_secrets(text: str) -> str:
+    """Replace the password of every `scheme://user:password@` in `text` with `***`."""
+    return _SECRET.sub(r"\g<head>:***@", text)
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else `DEFAULT_TRACKING_URI`.
+
+    Creates the folder of a SQLite file (./mlruns/ for the default).
+    """
+    resolved = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    db_path = _sqlite_path(resolved)
+    if db_path is not None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    return resolved
+
+
+class _Logger:
+    """Retrying client calls; failures after the retries are appended to `lost`."""
+
+    _client: MlflowClient
+    retries: int
+    retry_wait: float
+    lost: list[str]
+
+    def _retrying(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == self.retries or not _is_transient(exc):
+                    raise
+                log.info("MLflow call failed (%s); retry %d", _reason(exc), attempt + 1)
+                time.sleep(self.retry_wait * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        try:
+            return self._retrying(fn, *args, **kwargs)
+        except Exception as exc:
+            message = f"MLflow: {what} failed: {_reason(exc)}"
+            log.warning(message)
+            self.lost.append(message)
+            return None
+
+
+class Tracker(_Logger):
+    """Parent and child runs of one experiment in one tracking store."""
+
+    def __init__(
+        self, uri: str, *, experiment: str, retries: int = 3, retry_wait: float = 1.0
+    ) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.experiment_id = ""
+        self.retries = retries
+        self.retry_wait = retry_wait
+        self.lost: list[str] = []  # failed parent bookkeeping (update_parent, find_trial_run)
+
+    @classmethod
+    def connect(cls, uri: str | None, *, experiment: str, **kw: Any) -> Tracker:
+        """Resolve `uri`, check that the store answers and get or create `experiment`.
+
+        For an http(s) server: GET /health first (5 s timeout), and MLflow's own HTTP
+        retries are capped (MLFLOW_HTTP_REQUEST_* defaults, unless already set), so a
+        server that goes down later costs seconds per call, not minutes.
+        """
+        tracker = cls(resolve_tracking_uri(uri), experiment=experiment, **kw)
+        tracker._open()
+        return tracker
+
+    def _open(self) -> None:
+        from mlflow import MlflowClient
+
+        is_http = urlsplit(self.uri).scheme in ("http", "https")
+        try:
+            if is_http:
+                for name, value in _HTTP_DEFAULTS.items():
+                    os.environ.setdefault(name, value)
+                _check_health(self.uri)
+            with _sqlite_init_lock(self.uri):  # MLflow's schema set-up is not concurrency-safe
+                self._client = self._retrying(MlflowClient, tracking_uri=_client_uri(self.uri))
+                self.experiment_id = self._retrying(self._experiment_id)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            what, fix = (
+                ("server", "Start it (mlflow server ...)")
+                if is_http
+                else ("store", "Check the URI and its folder")
+            )
+            raise TrackingError(
+                f"MLflow tracking {what} at {mask_secrets(self.uri)} is not reachable: "
+                f"{_reason(exc)}. {fix} or pass --tracking-uri."
+            ) from None
+
+    def _experiment_id(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = self._client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            db_path = _sqlite_path(self.uri)
+            location = (db_path.parent / "artifacts").resolve().as_uri() if db_path else None
+            try:
+                return self._client.create_experiment(self.experiment, artifact_location=location)
+            except MlflowException:  # created by another process in the meantime?
+                experiment = self._client.get_experiment_by_name(self.experiment)
+                if experiment is None:
+                    raise
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {self.experiment!r} in {mask_secrets(self.uri)} is deleted; "
+                "restore it in the MLflow UI or purge it with `mlflow gc`."
+            )
+        return str(experiment.experiment_id)
+
+    def parent_run(
+        self, *, study_name: str, arch: str, params: dict[str, Any], tags: dict[str, str]
+    ) -> str:
+        """The id of the one parent run of `study_name`, created (with `params`) if missing.
+
+        Concurrent creators each search again after creating; all pick the oldest parent
+        (start_time, then run_id) and every other creator deletes its own.
+        """
+        try:
+            runs = self._parents(study_name)
+            created = None
+            if not runs:
+                run_tags = {**tags, "autoall.study": study_name, "autoall.role": "study"}
+                run_tags["autoall.arch"] = arch
+                created = self._retrying(
+                    self._client.create_run,
+                    self.experiment_id,
+                    tags=_masked(run_tags, _MAX_TAG_LENGTH),
+                    run_name=study_name,
+                ).info.run_id
+            if created or _now_ms() - _oldest(runs).info.start_time < 1000 * _SETTLE_SECONDS:
+                time.sleep(_SETTLE_SECONDS)
+                runs = self._parents(study_name) or runs
+            winner = _oldest(runs) if runs else None
+            winner_id = winner.info.run_id if winner else created
+            assert winner_id is not None
+            if created and created != winner_id:
+                self._retrying(self._client.delete_run, created)
+            elif created:
+                self._retrying(self._log_params, winner_id, params)
+            if winner and winner.info.run_id != created and winner.info.status != "RUNNING":
+                self._retrying(self._client.update_run, winner_id, status="RUNNING")  # resumed
+            return winner_id
+        except Exception as exc:
+            raise TrackingError(
+                f"Could not find or create the MLflow parent run of {study_name!r} in "
+                f"{mask_secrets(self.uri)}: {_reason(exc)}."
+            ) from None
+
+    def _parents(self, study_name: str) -> list[Run]:
+        runs = self._retrying(
+            self._client.search_runs,
+            [self.experiment_id],
+            filter_string="tags.\"autoall.role\" = 'study'",
+        )
+        return [r for r in runs if r.data.tags.get("autoall.study") == study_name]
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = list(_masked(_flatten(params), _MAX_PARAM_LENGTH).items())
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):  # one call unless > 100 params
+            batch = [Param(k, v) for k, v in items[i : i + _MAX_PARAMS_PER_BATCH]]
+            self._client.log_batch(run_id, params=batch, synchronous=True)
+
+    def finish_parent(self, parent_id: str) -> None:
+        """Mark the parent FINISHED (the study's target is met)."""
+        self._call("finish parent run", self._client.set_terminated, parent_id, "FINISHED")
+
+    def start_trial(
+        self,
+        *,
+        parent_id: str,
+        trial_number: int,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        config_yaml: str,
+        run_name: str | None = None,
+    ) -> TrialRun:
+        """Start the RUNNING child run of one trial, with its params and `config.yaml`.
+
+        If the run cannot be created, the returned run has `run_id == ""`, does nothing, and
+        says why in `lost`.
+        """
+        run = TrialRun(self._client, "", retries=self.retries, retry_wait=self.retry_wait)
+        run_tags = {
+            **tags,
+            "mlflow.parentRunId": parent_id,
+            "optuna.trial_number": str(trial_number),
+        }
+        created = run._call(
+            f"create run of trial {trial_number}",
+            self._client.create_run,
+            self.experiment_id,
+            tags=_masked(run_tags, _MAX_TAG_LENGTH),
+            run_name=run_name or f"trial-{trial_number}",
+        )
+        if created is None:
+            return run
+        run.run_id = created.info.run_id
+        run._call("log params", self._log_params, run.run_id, params)
+        run._call(
+            "log config.yaml",
+            self._client.log_text,
+            run.run_id,
+            mask_secrets(config_yaml),
+            "config.yaml",
+        )
+        return run
+
+    def update_parent(
+        self,
+        parent_id: str,
+        *,
+        best_value: float | None,
+        n_complete: int,
+        n_pruned: int,
+        n_failed: int,
+        step: int,
+    ) -> None:
+        """Log the study's live summary on the parent, in one call."""
+        values: dict[str, float] = {"n_complete": n_complete, "n_pruned": n_pruned}
+        values["n_failed"] = n_failed
+        if best_value is not None:
+            values["best_value"] = best_value
+        metrics = _metrics(values, step=step)
+        self._call("update parent run", self._client.log_batch, parent_id, metrics=metrics)
+
+    def find_trial_run(self, parent_id: str, trial_number: int) -> str | None:
+        """The newest active child run of `parent_id` for `trial_number`, or None."""
+        runs = self._call(
+            f"find run of trial {trial_number}",
+            self._client.search_runs,
+            [self.experiment_id],
+            filter_string=f"tags.\"mlflow.parentRunId\" = '{parent_id}' "
+            f"and tags.\"optuna.trial_number\" = '{trial_number}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+
+class TrialRun(_Logger):
+    """The child run of one trial: per-epoch metrics, final metrics, artifacts, status."""
+
+    def __init__(
+        self, client: MlflowClient, run_id: str, *, retries: int = 3, retry_wait: float = 1.0
+    ) -> None:
+        self._client = client
+        self.run_id = run_id
+        self.retries = retries
+        self.retry_wait = retry_wait
+        self.lost: list[str] = []  # messages of logging calls that failed after the retries
+        self._history: list[EpochStats] = []
+        self._finished = False
+
+    def log_epoch(self, stats: EpochStats) -> None:
+        """All metrics of one epoch in ONE log_batch call, at step `stats.epoch`."""
+        self._history.append(stats)
+        if self.run_id:
+            metrics = _metrics(stats.metrics(), step=stats.epoch)
+            what = f"log epoch {stats.epoch}"
+            self._call(what, self._client.log_batch, self.run_id, metrics=metrics, synchronous=True)
+
+    def finish(
+        self,
+        state: str,
+        *,
+        result: RunResult | None = None,
+        reason: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        """End the run as its trial ended: COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED.
+
+        One log_batch with the final metrics (when `result` is given) and the state tags, then
+        `learning_curve.png` (from `result.history`, else the epochs logged), then the status.
+        """
+        if state not in _RUN_STATUS:
+            raise ValueError(f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}.")
+        if self._finished or not self.run_id:
+            return
+        self._finished = True
+        from mlflow.entities import RunTag
+
+        tags = {"optuna.state": state}
+        if state == "PRUNED":
+            tags["state"] = "PRUNED"
+            if epoch is not None:
+                tags["pruned_epoch"] = str(epoch)
+            if reason:
+                tags["pruned_reason"] = reason
+        elif state == "FAIL":
+            tags["fail_reason"] = reason or "unknown"
+        run_tags = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
+        metrics = _metrics(_final_metrics(result), step=len(self._history)) if result else []
+        self._call(
+            "log final metrics",
+            self._client.log_batch,
+            self.run_id,
+            metrics=metrics,
+            tags=run_tags,
+            synchronous=True,
+        )
+        history = result.history if result is not None and result.history else self._history
+        if history:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "learning_curve.png"
+                try:
+                    _plot_learning_curve(history, path)
+                except Exception as exc:  # a plot must never fail the trial
+                    self.lost.append(f"MLflow: learning curve plot failed: {_reason(exc)}")
+                    log.warning(self.lost[-1])
+                else:
+                    self._call(
+                        "log learning_curve.png", self._client.log_artifact, self.run_id, str(path)
+                    )
+        self._call("end run", self._client.set_terminated, self.run_id, _RUN_STATUS[state])
+
+
+class NullRun:
+    """A `TrialRun` that logs nothing (--no-tracking)."""
+
+    def __init__(self) -> None:
+        self.run_id = ""
+        self.lost: list[str] = []
+
+    def log_epoch(self, stats: EpochStats) -> None:
+        pass
+
+    def finish(self, state: str, **_: Any) -> None:
+        pass
+
+
+class NullTracker:
+    """A `Tracker` that logs nothing (--no-tracking)."""
+
+    def __init__(self, *_: Any, **__: Any) -> None:
+        self.uri = ""
+        self.experiment_id = ""
+        self.lost: list[str] = []
+
+    def parent_run(self, **_: Any) -> str:
+        return ""
+
+    def finish_parent(self, parent_id: str) -> None:
+        pass
+
+    def start_trial(self, **_: Any) -> NullRun:
+        return NullRun()
+
+    def update_parent(self, parent_id: str, **_: Any) -> None:
+        pass
+
+    def find_trial_run(self, parent_id: str, trial_number: int) -> str | None:
+        return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """5xx/429, connection or timeout errors, a locked SQLite database: worth another try."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if "database is locked" in str(exc):
+        return True
+    if isinstance(exc, MlflowException):  # its connection errors come as INTERNAL_ERROR (500)
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    return isinstance(
+        exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError
+    )
+
+
+def _check_health(uri: str) -> None:
+    """GET <uri>/health within a few seconds, or raise."""
+    import requests
+
+    env = os.environ.get
+    verify = (
+        env("MLFLOW_TRACKING_SERVER_CERT_PATH") or env("MLFLOW_TRACKING_INSECURE_TLS") != "true"
+    )
+    user, password = env("MLFLOW_TRACKING_USERNAME"), env("MLFLOW_TRACKING_PASSWORD")
+    auth = (user, password) if user and password else None  # else from the URL, if there
+    url = uri.rstrip("/") + "/health"
+    response = requests.get(url, timeout=_HEALTH_TIMEOUT, verify=verify, auth=auth)
+    if response.status_code != 200:
+        raise ConnectionError(f"GET /health answered HTTP {response.status_code}")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on `<db>.lock` (POSIX) while a process creates or checks the tables."""
+    path = _sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        path = None
+    if path is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _client_uri(uri: str) -> str:
+    """Absolute SQLite paths: a relative one would follow later chdirs (MLflow caches stores)."""
+    path = _sqlite_path(uri)
+    return uri if path is None or path.is_absolute() else "sqlite:///" + str(path.resolve())
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return mask_secrets(f"{type(exc).__name__}: {text[0] if text else ''}")[:500]
+
+
+def _oldest(runs: list[Run]) -> Run:
+    return min(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _masked(values: Mapping[str, Any], limit: int) -> dict[str, str]:
+    return {k: mask_secrets(str(v))[:limit] for k, v in values.items()}
+
+
+def _metrics(values: Mapping[str, float], *, step: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    timestamp = _now_ms()
+    return [Metric(k, float(v), timestamp, step) for k, v in values.items()]
+
+
+def _final_metrics(result: RunResult) -> dict[str, float]:
+    values = {
+        "final_val_acc": result.final_val_acc,
+        "best_val_acc": result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "wall_seconds": result.wall_seconds,
+        "compile_seconds": result.compile_seconds,
+        "median_epoch_seconds": result.median_epoch_seconds,
+        "params_total": result.params.total,
+        "params_all": result.params.all,
+    }
+    for name in ("target_epoch", "target_seconds", "test_acc", "test_loss", "train_eval_acc"):
+        if getattr(result, name) is not None:
+            values[name] = getattr(result, name)
+    return values
+
+
+def _plot_learning_curve(history: list[EpochStats], path: Path) -> None:
+    """Loss and accuracy vs epoch, train and validation, as a PNG (Agg, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))  # fixed margins: a constrained layout doubles the cost
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.96, wspace=0.25)
+    epochs = [s.epoch for s in history]
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [s.train_loss for s in history], marker=".", label="train")
+    loss_ax.plot(epochs, [s.val_loss for s in history], marker=".", label="val")
+    acc_ax.plot(epochs, [s.train_acc for s in history], marker=".", label="train")
+    acc_ax.plot(epochs, [s.val_acc for s in history], marker=".", label="val")
+    for ax, name, corner in ((loss_ax, "loss", "upper right"), (acc_ax, "accuracy", "lower right")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(loc=corner)
+    fig.savefig(path, dpi=80)
