@@ -1,0 +1,348 @@
+"""The `autoall` command: train, study run/status/list/export, ui, dashboard, report, demo.
+
+Bad input is one line on stderr and exit code 2 (click's convention for usage errors);
+nothing is written to any store before the input has been validated.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from autoall.config import StudyConfig, StudyFileError, load_study_file
+
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings=_SETTINGS)
+@click.version_option(package_name="autoall")
+def main() -> None:
+    """autoall: find out, with evidence, whether an Auto-Learning Layer improves a network."""
+
+
+@main.command("train")
+@click.option("--arch", default="mlp", show_default=True, help="mlp, cnn, vgg16 or resnet18.")
+@click.option("--dataset", default="digits", show_default=True, help="digits, mnist, fashion-mnist or cifar10.")
+@click.option("--all-hidden", type=int, default=None, help="ALL hidden size; without it the baseline trains.")
+@click.option("--all-lr", type=float, default=None, help="The ALL's own learning rate [default: the base lr].")
+@click.option("--aux-weight", type=float, default=0.1, show_default=True, help="Weight of the ALL's custom loss.")
+@click.option("--aux-loss", default="reconstruction", show_default=True, help="reconstruction, sparsity, orthogonality or none.")
+@click.option("--epochs", type=int, default=None, help="[default: the architecture's hand-tuned baseline]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation, batch order and augmentation.")
+@click.option("--data-root", default="data", show_default=True, help="Where mnist / fashion-mnist / cifar10 files live.")
+@click.option("--download", is_flag=True, help="Download a missing data set (needs the internet).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, mps [default: cuda, then mps, then cpu].")
+def train_cmd(
+    arch: str,
+    dataset: str,
+    all_hidden: int | None,
+    all_lr: float | None,
+    aux_weight: float,
+    aux_loss: str,
+    epochs: int | None,
+    seed: int,
+    data_root: str,
+    download: bool,
+    device: str | None,
+) -> None:
+    """Train one model (baseline, or with an ALL) and print validation and test results."""
+    from autoall.baselines import baseline
+    from autoall.data import load_data
+    from autoall.layer import ALLSpec
+    from autoall.models import build_model
+    from autoall.train import resolve_device, seed_everything, train
+
+    try:
+        base = baseline(arch, dataset)
+        spec = None
+        if all_hidden is not None:
+            spec = ALLSpec(hidden_size=all_hidden, aux_loss=aux_loss, aux_weight=aux_weight)
+        cfg = replace(
+            base.config,
+            epochs=epochs or base.config.epochs,
+            seed=seed,
+            all_lr=all_lr if spec else None,
+            device=device,
+            evaluate_test=True,
+        )
+        dev = resolve_device(device)
+        data = load_data(dataset, root=data_root, device=dev, download=download)
+    except ValueError as exc:
+        _fail(str(exc))
+    seed_everything(seed)
+    model = build_model(arch, in_shape=data.in_shape, num_classes=data.num_classes, all_spec=spec)
+    label = f"{arch} + ALL(h={all_hidden}, {aux_loss}, w={aux_weight})" if spec else f"{arch} baseline"
+    click.echo(f"{label} on {dataset} ({dev}); settings: {base.source}", err=True)
+    with click.progressbar(length=cfg.epochs, label="epochs", file=sys.stderr) as bar:
+
+        def on_epoch(stats: Any) -> None:
+            bar.label = f"epoch {stats.epoch} val_acc {stats.val_acc:.4f}"
+            bar.update(1)
+
+        result = train(model, data, cfg, on_epoch=on_epoch)
+    _print_table(
+        [
+            ("model", label),
+            ("validation accuracy (final)", f"{result.final_val_acc:.4f}"),
+            ("validation accuracy (best)", f"{result.best_val_acc:.4f} (epoch {result.best_epoch})"),
+            ("test accuracy", f"{result.test_acc:.4f}"),
+            ("training time", f"{result.wall_seconds:.2f} s ({result.epochs_run} epochs)"),
+            ("parameters", f"{result.params.total:,} (ALL: {result.params.all:,})"),
+            ("device", result.device),
+        ]
+    )
+
+
+def _print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key:<{width}}  {value}")
+
+
+@main.group("study", context_settings=_SETTINGS)
+def study_group() -> None:
+    """Run and inspect Optuna studies of the ALL knobs."""
+
+
+def _load(file: str, architectures: str | None = None) -> StudyConfig:
+    try:
+        cfg = load_study_file(file)
+        if architectures:
+            cfg = cfg.with_architectures([a.strip() for a in architectures.split(",") if a.strip()])
+    except StudyFileError as exc:
+        _fail(str(exc))
+    return cfg
+
+
+@study_group.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--n-trials", type=click.IntRange(min=1), default=None, help="Target per architecture (COMPLETE + PRUNED, across workers and restarts) [default: the file's n_trials].")
+@click.option("--n-jobs", type=click.IntRange(min=1), default=None, help="Worker processes [default: one per GPU, else 1].")
+@click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
+@click.option("--study-name", default=None, help="Overrides the file's name (studies are <name>/<arch>).")
+@click.option("--architectures", default=None, help="Comma-separated subset of the file's architectures.")
+@click.option("--device", default=None, help="cpu, cuda, mps [default: cuda, then mps, then cpu].")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+def study_run(
+    file: str,
+    n_trials: int | None,
+    n_jobs: int | None,
+    storage: str | None,
+    study_name: str | None,
+    architectures: str | None,
+    device: str | None,
+    tracking_uri: str | None,
+    no_tracking: bool,
+) -> None:
+    """Run the study in FILE until each architecture holds its target of finished trials."""
+    import optuna
+
+    from autoall.study import DEFAULT_STORAGE
+    from autoall.tracking import TrackingError, mask_secrets
+    from autoall.train import resolve_device
+    from autoall.workers import RunOptions, default_n_jobs, run_study
+
+    cfg = _load(file, architectures)
+    if study_name:
+        if "/" in study_name:
+            _fail(f"--study-name must not contain '/', but got {study_name!r}.")
+        cfg = replace(cfg, name=study_name)
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        _fail(str(exc))
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() and device in (None, "cuda") else 0
+    opts = RunOptions(
+        storage=storage or DEFAULT_STORAGE,
+        n_trials=n_trials or cfg.n_trials,
+        n_jobs=n_jobs or default_n_jobs(),
+        device=device,
+        tracking_uri=tracking_uri,
+        tracking=not no_tracking,
+        gpus=gpus,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    click.echo(f"Optuna storage: {mask_secrets(opts.storage)}", err=True)
+    resume = "autoall " + shlex.join(mask_secrets(a) for a in sys.argv[1:])
+    try:
+        counts = run_study(cfg, opts)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted; the running trials are marked FAIL. Resume with:\n  {resume}", err=True)
+        sys.exit(130)
+    except TrackingError as exc:
+        _fail(str(exc), code=1)
+    except ValueError as exc:  # e.g. a data set missing under --data-root
+        _fail(mask_secrets(str(exc)))
+    except RuntimeError as exc:
+        _fail(f"{mask_secrets(str(exc))}\nResume with:\n  {resume}", code=1)
+    for arch, c in counts.items():
+        click.echo(
+            f"{cfg.study_name(arch)}: {c.complete} complete, {c.pruned} pruned, {c.failed} failed",
+            err=True,
+        )
+
+
+@study_group.command("status")
+@click.argument("target")
+@click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
+def study_status(target: str, storage: str | None) -> None:
+    """Per architecture: counts by state, best value and parameters, time spent.
+
+    TARGET is a study file or a study name (`digits` for all its architectures, or `digits/mlp`).
+    """
+    from autoall.summary import study_summaries
+
+    try:
+        summaries = study_summaries(target, storage=storage)
+    except (StudyFileError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    for s in summaries:
+        click.echo(s.render())
+
+
+@study_group.command("list")
+@click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
+def study_list(storage: str | None) -> None:
+    """List the studies in a storage."""
+    import optuna
+
+    from autoall.study import DEFAULT_STORAGE
+
+    url = storage or DEFAULT_STORAGE
+    summaries = optuna.get_all_study_summaries(storage=url)
+    if not summaries:
+        click.echo(f"No studies in {url}.")
+        return
+    for s in sorted(summaries, key=lambda s: s.study_name):
+        best = f"{s.best_trial.values[0]:.4f}" if s.best_trial and s.best_trial.values else "-"
+        click.echo(f"{s.study_name:<28} {s.n_trials:>5} trials  best {best}")
+
+
+@study_group.command("export")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="File to write [default: stdout].")
+@click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
+def study_export(name: str, fmt: str, output: str | None, storage: str | None) -> None:
+    """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture)."""
+    from autoall.summary import trials_table
+
+    try:
+        frame = trials_table(name, storage=storage)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc))
+    text = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=2)
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"Wrote {len(frame)} trials to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("ui")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--tracking-uri", default=None, help="[default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db]")
+def ui(port: int, tracking_uri: str | None) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the project's tracking store."""
+    from autoall.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    if uri.startswith("sqlite"):
+        cmd += ["--default-artifact-root", Path("mlruns/artifacts").resolve().as_uri()]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    experiments = _experiment_links(uri, port)
+    click.echo(f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    for line in experiments:
+        click.echo(line)
+    _run_until_interrupted(cmd)
+
+
+def _experiment_links(uri: str, port: int) -> list[str]:
+    """Links straight to each experiment's training-runs table (MLflow 3 opens GenAI views)."""
+    if not uri.startswith("sqlite"):
+        return []
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(uri)
+        return [
+            f"  {e.name}: http://127.0.0.1:{port}/#/experiments/{e.experiment_id}/runs"
+            for e in client.search_experiments()
+            if e.name != "Default"
+        ]
+    except Exception:
+        return []
+
+
+@main.command("dashboard")
+@click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
+@click.option("--port", type=int, default=8080, show_default=True)
+def dashboard(storage: str | None, port: int) -> None:
+    """Start optuna-dashboard on the study storage."""
+    import shutil
+
+    from autoall.study import DEFAULT_STORAGE
+
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
+    if not Path(exe).exists():
+        _fail("optuna-dashboard is not installed; pip install 'autoall[dashboard]'.")
+    click.echo(f"optuna-dashboard: http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    _run_until_interrupted([exe, storage or DEFAULT_STORAGE, "--host", "127.0.0.1", "--port", str(port)])
+
+
+def _run_until_interrupted(cmd: list[str]) -> None:
+    """Run a server in its own process group; Ctrl-C stops it and all its children."""
+    import os
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        sys.exit(proc.wait())
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        click.echo("stopped.", err=True)
+
+
+@main.command("demo")
+@click.option("--n-trials", type=int, default=8, show_default=True)
+def demo(n_trials: int) -> None:
+    """The embedded default: a small digits study (mlp), then its summary."""
+    from autoall.study import DEFAULT_STORAGE
+
+    study_file = Path(__file__).resolve().parent.parent / "studies" / "digits.yaml"
+    start = time.monotonic()
+    ctx = click.get_current_context()
+    ctx.invoke(
+        study_run,
+        file=str(study_file),
+        n_trials=n_trials,
+        architectures="mlp",
+        storage=DEFAULT_STORAGE,
+    )
+    ctx.invoke(study_status, target=str(study_file), storage=DEFAULT_STORAGE)
+    click.echo(f"demo finished in {time.monotonic() - start:.0f} s; `autoall ui` shows the runs.")
+
+
+if __name__ == "__main__":
+    main()

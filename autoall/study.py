@@ -1,0 +1,509 @@
+"""Optuna studies over the ALL knobs: storage, sampler, pruner, objective, workers, resume.
+
+One Optuna study per (study file `name`, architecture), named `<name>/<arch>`, in plain Optuna
+RDB storage (SQLite by default, PostgreSQL for many hosts), so `optuna.load_study` and
+optuna-dashboard open it. `n_trials` is a target for the study as a whole: COMPLETE plus PRUNED
+trials across every worker and restart; a rerun runs only the remainder. A worker killed mid-trial
+is detected by Optuna's heartbeat and its trial rerun with the same parameters
+(`RetryHeartbeatStaleTrialCallback`). The objective never sees the test split.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+import autoall
+from autoall.config import ParamSpec, StudyConfig
+from autoall.data import DeviceData, load_data
+from autoall.layer import ALLSpec
+from autoall.models import build_model
+from autoall.tracking import NullTracker, Tracker, mask_secrets
+from autoall.train import NonFiniteLossError, RunResult, seed_everything, train
+
+log = logging.getLogger("autoall.study")
+
+DEFAULT_STORAGE = "sqlite:///autoall.db"
+_MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials all fail stops instead of looping
+
+
+@dataclass(frozen=True)
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def done(self) -> int:
+        """What the target counts: COMPLETE plus PRUNED (failed trials are retried, not counted)."""
+        return self.complete + self.pruned
+
+
+def count_trials(trials: list[FrozenTrial]) -> Counts:
+    by_state = {s: 0 for s in TrialState}
+    for t in trials:
+        by_state[t.state] += 1
+    return Counts(
+        complete=by_state[TrialState.COMPLETE],
+        pruned=by_state[TrialState.PRUNED],
+        failed=by_state[TrialState.FAIL],
+        running=by_state[TrialState.RUNNING],
+        waiting=by_state[TrialState.WAITING],
+    )
+
+
+def make_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
+    """Optuna RDB storage with heartbeat and retry of stale trials, and a bounded connection pool."""
+    hb = cfg.heartbeat if cfg is not None else None
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # workers wait for the file lock, not fail
+    else:
+        from sqlalchemy.pool import NullPool  # one connection per call: 32 workers fit in 100
+
+        engine_kwargs["poolclass"] = NullPool
+    with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _rdb_storage(url, engine_kwargs, hb)
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage:
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=hb.interval if hb else None,
+        grace_period=hb.grace_period if hb else None,
+        heartbeat_stale_trial_callback=(
+            RetryHeartbeatStaleTrialCallback(max_retry=hb.max_retry) if hb else None
+        ),
+    )
+
+
+def make_sampler(cfg: StudyConfig, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The study file's sampler; `seed_offset` keeps workers and restarts from repeating draws."""
+    s = cfg.sampler
+    seed = None if s.seed is None else s.seed + seed_offset
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True
+        )
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    if s.name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    grid = {name: list(spec.choices) for name, spec in cfg.search.items()}
+    return optuna.samplers.GridSampler(grid, seed=seed)
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
+        )
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource, reduction_factor=p.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def create_studies(
+    cfg: StudyConfig, storage: RDBStorage, *, n_trials: int, attempts: int = 5
+) -> dict[str, optuna.Study]:
+    """Create (or load) one study per architecture, once, before any worker starts.
+
+    Several hosts may do this at the same moment on an empty database; the schema creation can
+    then lose a race, so it is retried.
+    """
+    studies = {}
+    for arch in cfg.architectures:
+        for attempt in range(attempts):
+            try:
+                study = optuna.create_study(
+                    study_name=cfg.study_name(arch),
+                    storage=storage,
+                    directions=cfg.directions,
+                    load_if_exists=True,
+                )
+                break
+            except Exception as exc:  # sqlalchemy IntegrityError / OperationalError on a race
+                if attempt == attempts - 1:
+                    raise
+                log.info("creating study %s lost a race (%s); retrying", arch, exc)
+                time.sleep(0.5 * (attempt + 1))
+        if study.directions != [optuna.study.StudyDirection[d.upper()] for d in cfg.directions]:
+            raise ValueError(
+                f"{cfg.path}: study {cfg.study_name(arch)!r} already exists in the storage with "
+                f"directions {[d.name.lower() for d in study.directions]}, but the file asks for "
+                f"{cfg.directions}; use another --study-name."
+            )
+        study.set_user_attr("n_trials", n_trials)
+        study.set_user_attr("search_space", search_space_summary(cfg))
+        studies[arch] = study
+    return studies
+
+
+def search_space_summary(cfg: StudyConfig) -> dict[str, str]:
+    out = {}
+    for name, spec in cfg.search.items():
+        if spec.type == "categorical":
+            out[name] = f"categorical{list(spec.choices)}"
+        else:
+            out[name] = f"{spec.type}[{spec.low}, {spec.high}]" + (" log" if spec.log else "")
+    return out
+
+
+def suggest(trial: optuna.Trial, search: dict[str, ParamSpec]) -> dict[str, Any]:
+    """Ask the trial for each knob of the search space."""
+    params: dict[str, Any] = {}
+    for name, spec in search.items():
+        if spec.type == "categorical":
+            params[name] = trial.suggest_categorical(name, list(spec.choices))
+        elif spec.type == "int":
+            step = int(spec.step) if spec.step else 1
+            params[name] = trial.suggest_int(
+                name, int(spec.low), int(spec.high), step=step, log=spec.log
+            )
+        else:
+            params[name] = trial.suggest_float(
+                name, float(spec.low), float(spec.high), step=spec.step, log=spec.log
+            )
+    return params
+
+
+@dataclass
+class WorkerContext:
+    """What one worker process needs to run trials of one architecture."""
+
+    cfg: StudyConfig
+    arch: str
+    data: DeviceData
+    device: str | None
+    tracker: Tracker | NullTracker
+    parent_run_id: str | None
+    n_trials: int
+    on_trial_end: Callable[[FrozenTrial], None] | None = None
+
+
+class _StartLock:
+    """Serialises "count, then create a trial" among workers on one host sharing a SQLite file.
+
+    Held from the count until the new trial exists, so the target is never overshot. Across
+    hosts (PostgreSQL) the surplus check in the objective catches the rare race instead.
+    """
+
+    def __init__(self, storage: Any) -> None:
+        url = getattr(getattr(storage, "_backend", storage), "url", "")  # unwrap Optuna's cache
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
+        self._path = f"{path}.lock" if path and path != ":memory:" else None
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._path is not None and self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class _SurplusTrial(Exception):
+    """Another worker met the target between our check and our ask: this trial is not needed."""
+
+
+def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float = 1.0) -> Counts:
+    """Run trials until the study holds `n_trials` COMPLETE + PRUNED trials; return the counts.
+
+    A trial is started only while done + running < target, or when a retried trial is waiting;
+    otherwise the worker waits for running trials to finish or turn stale.
+    """
+    consecutive_failures = 0
+    start_lock = _StartLock(study._storage)
+    while True:
+        counts = count_trials(study.get_trials(deepcopy=False))
+        if counts.done >= ctx.n_trials:
+            return counts
+        if counts.waiting == 0 and counts.done + counts.running >= ctx.n_trials:
+            time.sleep(poll_seconds)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a no-op without heartbeat
+            continue
+        def guarded(trial: optuna.Trial) -> float | tuple[float, float]:
+            start_lock.release()  # the trial exists now: others may count it
+            return objective(trial, ctx)
+
+        start_lock.acquire()
+        if count_trials(study.get_trials(deepcopy=False)).done >= ctx.n_trials:
+            start_lock.release()
+            continue
+        try:
+            study.optimize(
+                guarded,
+                n_trials=1,
+                catch=(Exception,),
+                callbacks=[_after_trial(ctx)],
+                gc_after_trial=False,
+            )
+        finally:
+            start_lock.release()
+        last = study.get_trials(deepcopy=False)[-1] if ctx.n_trials else None
+        failed = last is not None and last.state == TrialState.FAIL
+        consecutive_failures = consecutive_failures + 1 if failed else 0
+        if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
+            reason = last.user_attrs.get("fail_reason", "see the log") if last else ""
+            raise RuntimeError(
+                f"{ctx.cfg.study_name(ctx.arch)}: {consecutive_failures} trials in a row failed; "
+                f"stopping this worker. Last reason: {reason}"
+            )
+
+
+def objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, float]:
+    """Train one ALL model with the trial's knobs; report validation accuracy every epoch.
+
+    Every failure leaves its reason in the trial's user attribute `fail_reason`.
+    """
+    try:
+        return _objective(trial, ctx)
+    except (optuna.TrialPruned, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        if "fail_reason" not in frozen.user_attrs:
+            trial.set_user_attr("fail_reason", mask_secrets(repr(exc))[:500])
+        raise
+
+
+def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, float]:
+    cfg, arch = ctx.cfg, ctx.arch
+    frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+    retry_of = frozen.system_attrs.get("failed_trial")
+    if retry_of is None and _is_surplus(trial, ctx.n_trials):
+        trial.set_user_attr("fail_reason", "surplus: the target was met by other workers")
+        raise _SurplusTrial(f"trial {trial.number} is beyond the target of {ctx.n_trials}")
+    params = suggest(trial, cfg.search)
+    spec = ALLSpec(
+        hidden_size=params["hidden_size"],
+        aux_loss=params["aux_loss"],
+        aux_weight=params["aux_weight"],
+        activation=cfg.activation,
+    )
+    tcfg = replace(cfg.train_config(arch), all_lr=params["all_lr"], device=ctx.device)
+    seed_everything(tcfg.seed)  # every trial starts from the same initialisation
+    model = build_model(
+        arch, in_shape=ctx.data.in_shape, num_classes=ctx.data.num_classes, all_spec=spec
+    )
+    run = ctx.tracker.start_trial(
+        parent_id=ctx.parent_run_id or "",
+        trial_number=trial.number,
+        params=flat_params(cfg, arch, params, tcfg),
+        tags=_trial_tags(cfg, arch, trial.number, retry_of),
+        config_yaml=yaml.safe_dump(resolved_config(cfg, arch, params, tcfg), sort_keys=False),
+        run_name=f"{cfg.study_name(arch)}#{trial.number}",
+    )
+    trial.set_user_attr("worker_host", socket.gethostname())
+    trial.set_user_attr("worker_pid", os.getpid())
+    if run.run_id:
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+    if retry_of is not None:
+        trial.set_user_attr("retry_of", retry_of)
+    multi = cfg.second_objective is not None
+    last_epoch = 0
+
+    def on_epoch(stats: Any) -> None:
+        nonlocal last_epoch
+        last_epoch = stats.epoch
+        run.log_epoch(stats)
+        if not multi:
+            trial.report(stats.val_acc, stats.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
+
+    try:
+        result = train(model, ctx.data, tcfg, on_epoch=on_epoch)
+    except optuna.TrialPruned:
+        trial.set_user_attr("pruned_epoch", last_epoch)
+        _finish(run, trial, "PRUNED", epoch=last_epoch, reason=f"pruner at epoch {last_epoch}")
+        raise
+    except NonFiniteLossError as exc:
+        trial.set_user_attr("pruned_reason", str(exc))
+        trial.set_user_attr("pruned_epoch", exc.epoch)
+        _finish(run, trial, "PRUNED", epoch=exc.epoch, reason=str(exc))
+        if multi:  # Optuna cannot prune a multi-objective trial: it fails, with the reason
+            trial.set_user_attr("fail_reason", str(exc))
+            raise
+        raise optuna.TrialPruned(str(exc)) from None
+    except BaseException as exc:  # KeyboardInterrupt included: the run must not stay RUNNING
+        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc)
+        trial.set_user_attr("fail_reason", mask_secrets(reason)[:500])
+        _finish(run, trial, "FAIL", reason=reason)
+        raise
+    _record_result(trial, result)
+    _finish(run, trial, "COMPLETE", result=result)
+    if not multi:
+        return result.final_val_acc
+    second = (
+        float(result.params.total)
+        if cfg.second_objective == "params"
+        else result.median_epoch_seconds
+    )
+    return result.final_val_acc, second
+
+
+def _is_surplus(trial: optuna.Trial, target: int) -> bool:
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    earlier = trial.study.get_trials(deepcopy=False, states=live)
+    return sum(1 for t in earlier if t.number < trial.number) >= target
+
+
+def _record_result(trial: optuna.Trial, result: RunResult) -> None:
+    trial.set_user_attr("train_seconds", result.wall_seconds)
+    trial.set_user_attr("epochs", result.epochs_run)
+    trial.set_user_attr("params_total", result.params.total)
+    trial.set_user_attr("params_all", result.params.all)
+    trial.set_user_attr("device", result.device)
+
+
+def _finish(run: Any, trial: optuna.Trial, state: str, **kw: Any) -> None:
+    run.finish(state, **kw)
+    if run.lost:
+        trial.set_user_attr("tracking_lost", "; ".join(run.lost)[:1000])
+        log.warning("trial %d: MLflow logging lost: %s", trial.number, "; ".join(run.lost))
+
+
+def _after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], None]:
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        counts = count_trials(study.get_trials(deepcopy=False))
+        best = _best_value(study)
+        if ctx.parent_run_id:
+            ctx.tracker.update_parent(
+                ctx.parent_run_id,
+                best_value=best,
+                n_complete=counts.complete,
+                n_pruned=counts.pruned,
+                n_failed=counts.failed,
+                step=trial.number,
+            )
+        if ctx.on_trial_end is not None:
+            ctx.on_trial_end(trial)
+
+    return callback
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    """Best validation accuracy so far (first objective), or None before any COMPLETE trial."""
+    values = [
+        t.values[0]
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values
+    ]
+    return max(values) if values else None
+
+
+def resolved_config(
+    cfg: StudyConfig, arch: str, params: dict[str, Any], tcfg: Any
+) -> dict[str, Any]:
+    """Everything that determines one trial, as plain data (logged as config.yaml)."""
+    return {
+        "study": cfg.study_name(arch),
+        "study_file": cfg.path,
+        "architecture": arch,
+        "data": asdict(cfg.data),
+        "all": {**params, "activation": cfg.activation},
+        "train": asdict(tcfg),
+    }
+
+
+def flat_params(cfg: StudyConfig, arch: str, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:
+    """The resolved configuration flattened to dotted keys (MLflow params)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", resolved_config(cfg, arch, params, tcfg))
+    flat.pop("study_file", None)
+    flat["seed"] = tcfg.seed
+    flat["device"] = tcfg.device or "auto"
+    return flat
+
+
+def _trial_tags(cfg: StudyConfig, arch: str, number: int, retry_of: int | None) -> dict[str, str]:
+    tags = {
+        "autoall.study": cfg.study_name(arch),
+        "autoall.architecture": arch,
+        "optuna.study_name": cfg.study_name(arch),
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "device_name": _device_label(),
+        "torch_version": torch.__version__,
+        "autoall_version": autoall.__version__,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if retry_of is not None:
+        tags["retry_of"] = str(retry_of)
+    return tags
+
+
+def _device_label() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "cpu"
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit when autoall runs from a git work tree (read from .git, no subprocess)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / ".git"
+    try:
+        head = (root / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            return (root / head[5:]).read_text().strip()
+        return head
+    except OSError:
+        return None
+
+
+def load_study_data(cfg: StudyConfig, device: str | None) -> DeviceData:
+    """The study's data with the test split removed: searching must never see it."""
+    from autoall.train import resolve_device
+
+    data = load_data(
+        cfg.data.name,
+        root=cfg.data.root,
+        val_fraction=cfg.data.val_fraction,
+        split_seed=cfg.data.split_seed,
+        device=resolve_device(device),
+        download=cfg.data.download,
+    )
+    return replace(data, test_x=data.test_x[:0], test_y=data.test_y[:0])

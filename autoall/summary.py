@@ -1,0 +1,112 @@
+"""Read studies back from a storage: `study status` summaries and the `study export` table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autoall.config import load_study_file
+from autoall.study import DEFAULT_STORAGE, Counts, count_trials
+
+
+def resolve_study_names(target: str, *, storage: str | None = None) -> tuple[str, list[str]]:
+    """A study file, `name` (all its architectures) or `name/arch` -> (storage URL, study names).
+
+    Raises ValueError naming what exists when nothing matches.
+    """
+    url = storage or DEFAULT_STORAGE
+    existing = sorted(s.study_name for s in optuna.get_all_study_summaries(storage=url))
+    if Path(target).is_file():
+        cfg = load_study_file(target)
+        wanted = [cfg.study_name(a) for a in cfg.architectures]
+        names = [n for n in wanted if n in existing]
+    elif "/" in target:
+        names = [target] if target in existing else []
+    else:
+        names = [n for n in existing if n.startswith(f"{target}/")]
+    if not names:
+        there = ", ".join(existing) if existing else "none"
+        raise ValueError(f"No study matching {target!r} in {url}; studies there: {there}.")
+    return url, names
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    name: str
+    counts: Counts
+    target: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    trial_seconds: float  # summed durations of finished trials
+    wall_seconds: float  # first trial start to last trial end
+
+    def render(self) -> str:
+        c = self.counts
+        target = f" of {self.target}" if self.target else ""
+        lines = [
+            f"{self.name}",
+            f"  trials     {c.done}{target} done: {c.complete} complete, {c.pruned} pruned, "
+            f"{c.failed} failed, {c.running} running, {c.waiting} waiting",
+        ]
+        if self.best_value is None:
+            lines.append("  best       - (no completed trial yet)")
+        else:
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in self.best_params.items())
+            lines.append(f"  best       val_acc {self.best_value:.4f}  ({params})")
+        lines.append(
+            f"  time       {self.trial_seconds:.1f} s in trials, {self.wall_seconds:.1f} s wall"
+        )
+        return "\n".join(lines)
+
+
+def study_summaries(target: str, *, storage: str | None = None) -> list[StudySummary]:
+    url, names = resolve_study_names(target, storage=storage)
+    return [summarize(optuna.load_study(study_name=n, storage=url)) for n in names]
+
+
+def summarize(study: optuna.Study) -> StudySummary:
+    trials = study.get_trials(deepcopy=False)
+    best = best_trial(trials)
+    finished = [t for t in trials if t.datetime_start and t.datetime_complete]
+    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
+    wall = 0.0
+    if finished:
+        wall = (
+            max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
+        ).total_seconds()
+    return StudySummary(
+        name=study.study_name,
+        counts=count_trials(trials),
+        target=study.user_attrs.get("n_trials"),
+        best_value=best.values[0] if best else None,
+        best_params=dict(best.params) if best else {},
+        trial_seconds=seconds,
+        wall_seconds=wall,
+    )
+
+
+def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The COMPLETE trial with the highest validation accuracy (first objective); ties: earliest."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    return max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
+
+
+def trials_table(target: str, *, storage: str | None = None) -> Any:
+    """Optuna's trials dataframe for each matching study, with a `study` column (pandas)."""
+    import pandas as pd
+
+    url, names = resolve_study_names(target, storage=storage)
+    frames = []
+    for name in names:
+        frame = optuna.load_study(study_name=name, storage=url).trials_dataframe()
+        frame.insert(0, "study", name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

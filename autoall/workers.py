@@ -1,0 +1,254 @@
+"""`autoall study run`: create the studies once, start the workers, show progress, resume.
+
+Workers are processes (spawned, so each has its own torch threads and, on a machine with several
+GPUs, its own `CUDA_VISIBLE_DEVICES`). With one worker the trials run in this process. A monitor
+thread polls the storage, so the progress shown is the study's, whichever worker or host ran it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import IO, Any
+
+import optuna
+import torch
+
+from autoall.config import StudyConfig
+from autoall.study import (
+    Counts,
+    WorkerContext,
+    count_trials,
+    create_studies,
+    load_study_data,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    run_worker,
+    search_space_summary,
+)
+from autoall.tracking import NullTracker, Tracker, mask_secrets
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    storage: str
+    n_trials: int  # target per architecture: COMPLETE + PRUNED across workers and restarts
+    n_jobs: int = 1
+    device: str | None = None  # None: cuda, then mps, then cpu
+    tracking_uri: str | None = None
+    tracking: bool = True
+    gpus: int = 0  # > 1: worker i sees only GPU i % gpus
+
+
+def default_n_jobs() -> int:
+    """One worker per GPU on a multi-GPU machine, else one."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return n if n > 1 else 1
+
+
+def run_study(
+    cfg: StudyConfig, opts: RunOptions, *, out: IO[str] | None = None
+) -> dict[str, Counts]:
+    """Run every architecture's study to its target; return the final counts per architecture."""
+    out = out or sys.stderr
+    storage = make_storage(opts.storage, cfg)
+    studies = create_studies(cfg, storage, n_trials=opts.n_trials)
+    tracker = _connect(cfg, opts)  # fails fast, before any training
+    parents = {arch: _parent(tracker, cfg, arch, opts) for arch in cfg.architectures}
+
+    counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
+    if all(c.done >= opts.n_trials for c in counts.values()):
+        print(
+            f"Target met: every study of {cfg.name} already holds {opts.n_trials} finished "
+            "trials; nothing to run (raise --n-trials to run more).",
+            file=out,
+        )
+        return counts
+
+    monitor = _Monitor(cfg, opts, out=out)
+    monitor.start()
+    try:
+        if opts.n_jobs == 1:
+            _work(cfg, opts, 0, parents, tracker=tracker)
+        else:
+            _spawn_workers(cfg, opts, parents)
+    finally:
+        monitor.stop()
+    counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
+    for arch, c in counts.items():
+        if c.done >= opts.n_trials and parents[arch]:
+            tracker.finish_parent(parents[arch])
+    return counts
+
+
+def _connect(cfg: StudyConfig, opts: RunOptions) -> Tracker | NullTracker:
+    if not opts.tracking:
+        return NullTracker()
+    return Tracker.connect(opts.tracking_uri, experiment=cfg.name)
+
+
+def _parent(tracker: Tracker | NullTracker, cfg: StudyConfig, arch: str, opts: RunOptions) -> str:
+    params: dict[str, Any] = {
+        f"search.{k}": v for k, v in search_space_summary(cfg).items()
+    }
+    params.update(
+        {
+            "sampler": cfg.sampler.name,
+            "sampler.seed": cfg.sampler.seed,
+            "pruner": cfg.pruner.name,
+            "data": cfg.data.name,
+            "architecture": arch,
+            "objective": "val_acc (max)"
+            + (f", {cfg.second_objective} (min)" if cfg.second_objective else ""),
+            "storage": mask_secrets(opts.storage),
+        }
+    )
+    tags = {"optuna.study_name": cfg.study_name(arch), "autoall.architecture": arch}
+    return tracker.parent_run(study_name=cfg.study_name(arch), arch=arch, params=params, tags=tags)
+
+
+def _work(
+    cfg: StudyConfig,
+    opts: RunOptions,
+    index: int,
+    parents: dict[str, str],
+    *,
+    tracker: Tracker | NullTracker | None = None,
+) -> None:
+    """One worker: every architecture's study in turn, each until its target is met."""
+    if tracker is None:
+        tracker = _connect(cfg, opts)
+    storage = make_storage(opts.storage, cfg)
+    data = load_study_data(cfg, opts.device)
+    for arch in cfg.architectures:
+        name = cfg.study_name(arch)
+        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+        study = optuna.load_study(
+            study_name=name,
+            storage=storage,
+            sampler=make_sampler(cfg, seed_offset=existing + 10_007 * index),
+            pruner=make_pruner(cfg),
+        )
+        ctx = WorkerContext(
+            cfg=cfg,
+            arch=arch,
+            data=data,
+            device=opts.device,
+            tracker=tracker,
+            parent_run_id=parents.get(arch),
+            n_trials=opts.n_trials,
+        )
+        run_worker(ctx, study)
+
+
+def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int, parents: dict[str, str]) -> None:
+    if opts.gpus > 1:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % opts.gpus)
+    if opts.device in (None, "cpu") and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.n_jobs))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        _work(cfg, opts, index, parents)
+    except KeyboardInterrupt:  # the trial is already marked FAIL by Optuna
+        sys.exit(130)
+
+
+def _spawn_workers(cfg: StudyConfig, opts: RunOptions, parents: dict[str, str]) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker_process, args=(cfg, opts, i, parents), name=f"autoall-worker-{i}")
+        for i in range(opts.n_jobs)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:  # they got the same SIGINT; give them time to mark their trials FAIL
+            p.join(timeout=30)
+        raise
+    bad = [p for p in procs if p.exitcode not in (0, None)]
+    if bad:
+        codes = ", ".join(f"{p.name}: {p.exitcode}" for p in bad)
+        raise RuntimeError(f"worker processes ended abnormally ({codes}); see their output above.")
+
+
+class _Monitor:
+    """A live line per architecture: trials done of the target, best value, ETA."""
+
+    def __init__(self, cfg: StudyConfig, opts: RunOptions, *, out: IO[str], every: float = 1.0):
+        self.cfg, self.opts, self.out, self.every = cfg, opts, out, every
+        self.tty = out.isatty()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="autoall-progress", daemon=True)
+        self._start = time.monotonic()
+        self._first: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+        self._drawn = 0
+
+    def start(self) -> None:
+        self._storage = make_storage(self.opts.storage)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._draw()  # the final state
+        if self.tty:
+            self.out.write("\n")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self._draw()
+            except Exception:  # a busy database must not kill the progress display
+                continue
+
+    def _draw(self) -> None:
+        lines = []
+        for arch in self.cfg.architectures:
+            name = self.cfg.study_name(arch)
+            study = optuna.load_study(study_name=name, storage=self._storage)
+            trials = study.get_trials(deepcopy=False)
+            c = count_trials(trials)
+            self._first.setdefault(arch, c.done)
+            lines.append(self._line(name, arch, c, trials))
+            if not self.tty and c.done + c.failed != self._seen.get(arch):
+                self._seen[arch] = c.done + c.failed
+                print(lines[-1], file=self.out, flush=True)
+        if self.tty:
+            up = f"\x1b[{self._drawn}F" if self._drawn else ""
+            self.out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+            self.out.flush()
+            self._drawn = len(lines)
+
+    def _line(self, name: str, arch: str, c: Counts, trials: list[Any]) -> str:
+        target = self.opts.n_trials
+        width = 20
+        filled = min(width, round(width * c.done / target))
+        bar = "#" * filled + "-" * (width - filled)
+        values = [t.values[0] for t in trials if t.values and t.state.name == "COMPLETE"]
+        best = f"{max(values):.4f}" if values else "-"
+        new = c.done - self._first[arch]
+        eta = "-"
+        if c.done >= target:
+            eta = "done"
+        elif new > 0:
+            rate = (time.monotonic() - self._start) / new
+            eta = _hms(rate * (target - c.done))
+        return (
+            f"{name:<24} [{bar}] {min(c.done, target)}/{target} "
+            f"({c.complete} complete, {c.pruned} pruned, {c.failed} failed, {c.running} running)"
+            f"  best {best}  ETA {eta}"
+        )
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -1,0 +1,206 @@
+"""`autoall study run`: exact targets, resume, interruption, divergence, workers, no test split."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+import autoall.study
+import autoall.train
+from autoall.cli import main
+from conftest import write_study
+
+STORAGE = "sqlite:///autoall.db"
+
+
+def _trials(name: str = "t/mlp", storage: str = STORAGE) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+def _states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["study", "run", *args, "--no-tracking"])
+    return result.exit_code, result.output
+
+
+def test_study_meets_its_target_and_a_rerun_trains_nothing(
+    study_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out = _run(str(study_file))
+    assert code == 0, out
+    assert "Optuna storage: sqlite:///autoall.db" in out
+    assert "4/4 (4 complete, 0 pruned, 0 failed, 0 running)" in out
+    trials = _trials()
+    assert _states(trials) == {"COMPLETE": 4}
+    assert all(0 < t.values[0] <= 1 for t in trials)
+    assert all(t.user_attrs["epochs"] == 3 for t in trials)
+    assert set(trials[0].params) == {"hidden_size", "all_lr", "aux_weight", "aux_loss"}
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained although the target was met")
+
+    monkeypatch.setattr(autoall.study, "train", no_training)
+    code, out = _run(str(study_file))
+    assert code == 0, out
+    assert "Target met" in out
+    assert len(_trials()) == 4
+
+
+def test_raising_n_trials_runs_only_the_remainder(study_file: Path) -> None:
+    assert _run(str(study_file), "--n-trials", "2")[0] == 0
+    assert _run(str(study_file), "--n-trials", "3")[0] == 0
+    assert [t.number for t in _trials()] == [0, 1, 2]
+
+
+def test_the_test_split_is_never_evaluated(
+    study_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoall.data import DeviceData
+
+    splits: list[str] = []
+    test_sizes: list[int] = []
+    real_split = DeviceData.split
+    real_train = autoall.study.train
+
+    def recording_split(self: DeviceData, which: str):  # type: ignore[no-untyped-def]
+        splits.append(which)
+        return real_split(self, which)
+
+    def recording_train(model, data, cfg, on_epoch=None):  # type: ignore[no-untyped-def]
+        test_sizes.append(data.test_y.shape[0])
+        assert not cfg.evaluate_test
+        return real_train(model, data, cfg, on_epoch=on_epoch)
+
+    monkeypatch.setattr(DeviceData, "split", recording_split)
+    monkeypatch.setattr(autoall.study, "train", recording_train)
+    assert _run(str(study_file), "--n-trials", "2")[0] == 0
+    assert splits and set(splits) == {"val"}
+    assert test_sizes == [0, 0]  # the study's data does not even hold the test split
+
+
+def test_a_diverging_study_records_pruned_trials_with_the_reason(workdir: Path) -> None:
+    path = write_study(
+        workdir / "diverge.yaml",
+        train={"epochs": 3, "optimizer": "sgd", "warmup_epochs": 0},
+        search={"all_lr": {"type": "float", "low": 1e4, "high": 1e5, "log": True}},
+        n_trials=3,
+    )
+    code, out = _run(str(path))
+    assert code == 0, out
+    trials = _trials()
+    assert _states(trials) == {"PRUNED": 3}
+    for t in trials:
+        assert "non-finite" in t.user_attrs["pruned_reason"]
+        assert t.user_attrs["pruned_epoch"] >= 1
+
+
+def test_median_pruner_prunes_and_pruned_trials_count_toward_the_target(workdir: Path) -> None:
+    path = write_study(
+        workdir / "prune.yaml",
+        train={"epochs": 6, "warmup_epochs": 0},
+        search={"all_lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}},
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+        sampler={"name": "random", "seed": 3},
+        n_trials=8,
+    )
+    assert _run(str(path))[0] == 0
+    states = _states(_trials())
+    assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 8
+    assert "RUNNING" not in states
+
+
+def _wait_for_done(n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done = [t for t in _trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            running = [t for t in _trials() if t.state == TrialState.RUNNING]
+            if len(done) >= n and running:
+                return
+        except (KeyError, optuna.exceptions.StorageInternalError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the study did not reach {n} finished trials in {timeout} s")
+
+
+def _start(study_file: Path, *args: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "autoall.cli", "study", "run", str(study_file), "--no-tracking"]
+    return subprocess.Popen(
+        [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_running_trial_failed_and_prints_the_resume_command(
+    workdir: Path,
+) -> None:
+    path = write_study(workdir / "s.yaml", train={"epochs": 12}, n_trials=6)
+    proc = _start(path)
+    _wait_for_done(3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "Resume with:" in out and f"study run {path} --no-tracking" in out
+    states = _states(_trials())
+    assert "RUNNING" not in states
+    assert states["FAIL"] == 1
+    interrupted = next(t for t in _trials() if t.state == TrialState.FAIL)
+    assert interrupted.user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+
+    code, out = _run(str(path))
+    assert code == 0, out
+    states = _states(_trials())
+    assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 6
+    assert "RUNNING" not in states
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried(workdir: Path) -> None:
+    path = write_study(workdir / "s.yaml", train={"epochs": 12}, n_trials=6)
+    proc = _start(path)
+    _wait_for_done(3)
+    proc.kill()
+    proc.wait(timeout=30)
+    killed = [t for t in _trials() if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+
+    start = time.monotonic()
+    code, out = _run(str(path))
+    assert code == 0, out
+    trials = _trials()
+    states = _states(trials)
+    assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 6
+    assert "RUNNING" not in states and "WAITING" not in states
+    stale = trials[killed[0].number]
+    assert stale.state == TrialState.FAIL
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == stale.number)
+    assert retry.params == stale.params
+    assert retry.user_attrs["retry_of"] == stale.number
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_one_sqlite_study_exactly(study_file: Path) -> None:
+    code, out = _run(str(study_file), "--n-jobs", "2", "--n-trials", "6")
+    assert code == 0, out
+    trials = _trials()
+    numbers = [t.number for t in trials]
+    assert len(set(numbers)) == len(numbers)
+    assert _states(trials) == {"COMPLETE": 6}
+    workers = {t.user_attrs.get("worker_pid") for t in trials}
+    assert len(workers) == 2 and os.getpid() not in workers
