@@ -26,9 +26,7 @@ def _family(dataset: str) -> str:
 
 
 _ADAM = "Adam(W) at 1e-3 (Kingma & Ba 2015 default; the article's Keras MLP uses it)"
-_CIFAR_SGD = (
-    "SGD momentum 0.9, wd 5e-4, cosine (kuangliu/pytorch-cifar, the standard CIFAR recipe)"
-)
+_CIFAR_SGD = "SGD momentum 0.9, wd 5e-4, cosine (kuangliu/pytorch-cifar, the standard CIFAR recipe)"
 
 _TABLE: dict[tuple[str, str], tuple[dict[str, Any], str]] = {
     # digits: 1,437 training images of 8x8; small batches give enough steps per epoch.

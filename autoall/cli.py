@@ -35,16 +35,51 @@ def main() -> None:
 
 @main.command("train")
 @click.option("--arch", default="mlp", show_default=True, help="mlp, cnn, vgg16 or resnet18.")
-@click.option("--dataset", default="digits", show_default=True, help="digits, mnist, fashion-mnist or cifar10.")
-@click.option("--all-hidden", type=int, default=None, help="ALL hidden size; without it the baseline trains.")
-@click.option("--all-lr", type=float, default=None, help="The ALL's own learning rate [default: the base lr].")
-@click.option("--aux-weight", type=float, default=0.1, show_default=True, help="Weight of the ALL's custom loss.")
-@click.option("--aux-loss", default="reconstruction", show_default=True, help="reconstruction, sparsity, orthogonality or none.")
-@click.option("--epochs", type=int, default=None, help="[default: the architecture's hand-tuned baseline]")
-@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation, batch order and augmentation.")
-@click.option("--data-root", default="data", show_default=True, help="Where mnist / fashion-mnist / cifar10 files live.")
+@click.option(
+    "--dataset",
+    default="digits",
+    show_default=True,
+    help="digits, mnist, fashion-mnist or cifar10.",
+)
+@click.option(
+    "--all-hidden", type=int, default=None, help="ALL hidden size; without it the baseline trains."
+)
+@click.option(
+    "--all-lr", type=float, default=None, help="The ALL's own learning rate [default: the base lr]."
+)
+@click.option(
+    "--aux-weight",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Weight of the ALL's custom loss.",
+)
+@click.option(
+    "--aux-loss",
+    default="reconstruction",
+    show_default=True,
+    help="reconstruction, sparsity, orthogonality or none.",
+)
+@click.option(
+    "--epochs", type=int, default=None, help="[default: the architecture's hand-tuned baseline]"
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Initialisation, batch order and augmentation.",
+)
+@click.option(
+    "--data-root",
+    default="data",
+    show_default=True,
+    help="Where mnist / fashion-mnist / cifar10 files live.",
+)
 @click.option("--download", is_flag=True, help="Download a missing data set (needs the internet).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1, mps [default: cuda, then mps, then cpu].")
+@click.option(
+    "--device", default=None, help="cpu, cuda, cuda:1, mps [default: cuda, then mps, then cpu]."
+)
 def train_cmd(
     arch: str,
     dataset: str,
@@ -84,7 +119,9 @@ def train_cmd(
         _fail(str(exc))
     seed_everything(seed)
     model = build_model(arch, in_shape=data.in_shape, num_classes=data.num_classes, all_spec=spec)
-    label = f"{arch} + ALL(h={all_hidden}, {aux_loss}, w={aux_weight})" if spec else f"{arch} baseline"
+    label = (
+        f"{arch} + ALL(h={all_hidden}, {aux_loss}, w={aux_weight})" if spec else f"{arch} baseline"
+    )
     click.echo(f"{label} on {dataset} ({dev}); settings: {base.source}", err=True)
     with click.progressbar(length=cfg.epochs, label="epochs", file=sys.stderr) as bar:
 
@@ -97,7 +134,10 @@ def train_cmd(
         [
             ("model", label),
             ("validation accuracy (final)", f"{result.final_val_acc:.4f}"),
-            ("validation accuracy (best)", f"{result.best_val_acc:.4f} (epoch {result.best_epoch})"),
+            (
+                "validation accuracy (best)",
+                f"{result.best_val_acc:.4f} (epoch {result.best_epoch})",
+            ),
             ("test accuracy", f"{result.test_acc:.4f}"),
             ("training time", f"{result.wall_seconds:.2f} s ({result.epochs_run} epochs)"),
             ("parameters", f"{result.params.total:,} (ALL: {result.params.all:,})"),
@@ -129,14 +169,45 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
 
 @study_group.command("run")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--n-trials", type=click.IntRange(min=1), default=None, help="Target per architecture (COMPLETE + PRUNED, across workers and restarts) [default: the file's n_trials].")
-@click.option("--n-jobs", type=click.IntRange(min=1), default=None, help="Worker processes [default: one per GPU, else 1].")
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Target per architecture (COMPLETE + PRUNED, across workers and restarts) [default: the file's n_trials].",
+)
+@click.option(
+    "--n-jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes [default: one per GPU, else 1].",
+)
 @click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
-@click.option("--study-name", default=None, help="Overrides the file's name (studies are <name>/<arch>).")
-@click.option("--architectures", default=None, help="Comma-separated subset of the file's architectures.")
+@click.option(
+    "--study-name", default=None, help="Overrides the file's name (studies are <name>/<arch>)."
+)
+@click.option(
+    "--architectures", default=None, help="Comma-separated subset of the file's architectures."
+)
 @click.option("--device", default=None, help="cpu, cuda, mps [default: cuda, then mps, then cpu].")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].",
+)
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+@click.option(
+    "--checkpoint-dir",
+    default=".autoall/checkpoints",
+    show_default=True,
+    help="Mid-trial checkpoints (share it across hosts so a retried trial resumes).",
+)
+@click.option(
+    "--trials-per-gpu",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes per GPU (with several GPUs or this option, --n-jobs defaults to GPUs x this).",
+)
 def study_run(
     file: str,
     n_trials: int | None,
@@ -147,6 +218,8 @@ def study_run(
     device: str | None,
     tracking_uri: str | None,
     no_tracking: bool,
+    checkpoint_dir: str = ".autoall/checkpoints",
+    trials_per_gpu: int = 1,
 ) -> None:
     """Run the study in FILE until each architecture holds its target of finished trials."""
     import optuna
@@ -167,15 +240,18 @@ def study_run(
         _fail(str(exc))
     import torch
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() and device in (None, "cuda") else 0
+    gpus = (
+        torch.cuda.device_count() if torch.cuda.is_available() and device in (None, "cuda") else 0
+    )
     opts = RunOptions(
         storage=storage or DEFAULT_STORAGE,
         n_trials=n_trials or cfg.n_trials,
-        n_jobs=n_jobs or default_n_jobs(),
+        n_jobs=n_jobs or default_n_jobs(trials_per_gpu),
         device=device,
         tracking_uri=tracking_uri,
         tracking=not no_tracking,
         gpus=gpus,
+        checkpoint_dir=checkpoint_dir,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     click.echo(f"Optuna storage: {mask_secrets(opts.storage)}", err=True)
@@ -183,7 +259,9 @@ def study_run(
     try:
         counts = run_study(cfg, opts)
     except KeyboardInterrupt:
-        click.echo(f"\nInterrupted; the running trials are marked FAIL. Resume with:\n  {resume}", err=True)
+        click.echo(
+            f"\nInterrupted; the running trials are marked FAIL. Resume with:\n  {resume}", err=True
+        )
         sys.exit(130)
     except TrackingError as exc:
         _fail(str(exc), code=1)
@@ -236,8 +314,16 @@ def study_list(storage: str | None) -> None:
 
 @study_group.command("export")
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="File to write [default: stdout].")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File to write [default: stdout].",
+)
 @click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
 def study_export(name: str, fmt: str, output: str | None, storage: str | None) -> None:
     """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture)."""
@@ -257,7 +343,11 @@ def study_export(name: str, fmt: str, output: str | None, storage: str | None) -
 
 @main.command("ui")
 @click.option("--port", type=int, default=5000, show_default=True)
-@click.option("--tracking-uri", default=None, help="[default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db]")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="[default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db]",
+)
 def ui(port: int, tracking_uri: str | None) -> None:
     """Start the MLflow UI on 127.0.0.1 for the project's tracking store."""
     from autoall.tracking import resolve_tracking_uri
@@ -304,7 +394,9 @@ def dashboard(storage: str | None, port: int) -> None:
     if not Path(exe).exists():
         _fail("optuna-dashboard is not installed; pip install 'autoall[dashboard]'.")
     click.echo(f"optuna-dashboard: http://127.0.0.1:{port}  (Ctrl-C stops it)")
-    _run_until_interrupted([exe, storage or DEFAULT_STORAGE, "--host", "127.0.0.1", "--port", str(port)])
+    _run_until_interrupted(
+        [exe, storage or DEFAULT_STORAGE, "--host", "127.0.0.1", "--port", str(port)]
+    )
 
 
 def _run_until_interrupted(cmd: list[str]) -> None:
@@ -327,7 +419,10 @@ def _run_until_interrupted(cmd: list[str]) -> None:
 @main.command("demo")
 @click.option("--n-trials", type=int, default=8, show_default=True)
 def demo(n_trials: int) -> None:
-    """The embedded default: a small digits study (mlp), then its summary."""
+    """The embedded default: a small digits study (mlp), its summary, then its report.
+
+    The report uses 3 seeds per variant (the `autoall report` default is 5) to stay short.
+    """
     from autoall.study import DEFAULT_STORAGE
 
     study_file = Path(__file__).resolve().parent.parent / "studies" / "digits.yaml"
@@ -341,7 +436,72 @@ def demo(n_trials: int) -> None:
         storage=DEFAULT_STORAGE,
     )
     ctx.invoke(study_status, target=str(study_file), storage=DEFAULT_STORAGE)
+    ctx.invoke(
+        report, target=str(study_file), seeds=3, architectures="mlp", storage=DEFAULT_STORAGE
+    )
     click.echo(f"demo finished in {time.monotonic() - start:.0f} s; `autoall ui` shows the runs.")
+
+
+@main.command("report")
+@click.argument("target")
+@click.option("--seeds", type=click.IntRange(min=2), default=5, show_default=True, help="Runs per variant, seeds 0..K-1 (the statistics need at least 2).")
+@click.option("--tuned-baseline", is_flag=True, help="Also tune the baseline's lr and weight_decay with Optuna, as many trials as the ALL study (equal budget).")
+@click.option("--target-acc", type=click.FloatRange(0, 1, min_open=True), default=None, help="Validation accuracy whose first crossing is timed [default: the baseline's mean test accuracy minus 0.005].")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: reports/<name>].")
+@click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")
+@click.option("--device", default=None, help="cpu, cuda, mps [default: cuda, then mps, then cpu].")
+@click.option("--architectures", default=None, help="Comma-separated subset of the file's architectures.")
+def report(
+    target: str,
+    seeds: int,
+    tuned_baseline: bool,
+    target_acc: float | None,
+    out: str | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    device: str | None,
+    architectures: str | None,
+) -> None:
+    """The study's best ALL against hand-tuned baselines, over seeds, with statistics and plots.
+
+    TARGET is a study file, or a study name whose file studies/<name>.yaml exists. Per
+    architecture and seed: baseline, the best ALL, the ALL with aux_weight=0 (and the tuned
+    baseline), each evaluated once on the test split and logged to MLflow. Finished runs are
+    reused, so a rerun costs nothing. Writes report.md, report.html, results.csv and the figures.
+    """
+    from autoall.report import ReportError, ReportOptions, resolve_study_file, run_report
+    from autoall.study import DEFAULT_STORAGE
+    from autoall.tracking import TrackingError, mask_secrets
+    from autoall.train import resolve_device
+
+    try:
+        cfg = resolve_study_file(target)
+        if architectures:
+            cfg = cfg.with_architectures([a.strip() for a in architectures.split(",") if a.strip()])
+        resolve_device(device)
+    except ReportError as exc:
+        _fail(str(exc), code=1)
+    except (StudyFileError, ValueError) as exc:
+        _fail(str(exc))
+    opts = ReportOptions(
+        seeds=seeds,
+        tuned_baseline=tuned_baseline,
+        target_acc=target_acc,
+        out=Path(out) if out else None,
+        storage=storage or DEFAULT_STORAGE,
+        tracking_uri=tracking_uri,
+        device=device,
+    )
+    try:
+        folder = run_report(cfg, opts, echo=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted; finished runs are kept. Rerun the same command to continue.", err=True)
+        sys.exit(130)
+    except (ReportError, TrackingError) as exc:
+        _fail(mask_secrets(str(exc)), code=1)
+    shown = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder
+    click.echo(f"Report: {shown / 'report.html'} (also report.md, results.csv and the figures)")
 
 
 if __name__ == "__main__":

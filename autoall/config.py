@@ -184,23 +184,37 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
 
     sampler = v.dataclass(SamplerConfig, top.get("sampler", {}), "sampler")
     if sampler.name not in SAMPLERS:
-        v.fail("sampler.name", f"unknown sampler {sampler.name!r}; expected one of {_one_of(SAMPLERS)}.")
+        v.fail(
+            "sampler.name",
+            f"unknown sampler {sampler.name!r}; expected one of {_one_of(SAMPLERS)}.",
+        )
     search = _parse_search(v, top.get("search", {}), grid=sampler.name == "grid")
 
     objective = v.mapping(top.get("objective", {}), "objective")
     v.keys(objective, "objective", allowed={"metric", "second"})
     if objective.get("metric", "val_acc") != "val_acc":
-        v.fail("objective.metric", f"only 'val_acc' (maximised) is supported, but got {objective['metric']!r}.")
+        v.fail(
+            "objective.metric",
+            f"only 'val_acc' (maximised) is supported, but got {objective['metric']!r}.",
+        )
     second = objective.get("second")
     if second is not None and second not in SECOND_OBJECTIVES:
-        v.fail("objective.second", f"must be one of {_one_of(SECOND_OBJECTIVES)} or null, but got {second!r}.")
+        v.fail(
+            "objective.second",
+            f"must be one of {_one_of(SECOND_OBJECTIVES)} or null, but got {second!r}.",
+        )
 
     pruner_raw = top.get("pruner", {"name": "none"} if second else {})
     pruner = v.dataclass(PrunerConfig, pruner_raw, "pruner")
     if pruner.name not in PRUNERS:
-        v.fail("pruner.name", f"unknown pruner {pruner.name!r}; expected one of {_one_of(PRUNERS)}.")
+        v.fail(
+            "pruner.name", f"unknown pruner {pruner.name!r}; expected one of {_one_of(PRUNERS)}."
+        )
     if second and pruner.name != "none":
-        v.fail("pruner.name", "Optuna cannot prune a multi-objective study; use 'none' with objective.second.")
+        v.fail(
+            "pruner.name",
+            "Optuna cannot prune a multi-objective study; use 'none' with objective.second.",
+        )
 
     n_trials = top.get("n_trials", 20)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials <= 0:
@@ -245,7 +259,9 @@ def _parse_search(v: _Validator, raw: Any, *, grid: bool) -> dict[str, ParamSpec
         entry = given.get(knob, _DEFAULT_SEARCH[knob])
         if not isinstance(entry, dict):  # a fixed value: a one-choice categorical
             entry = {"type": "categorical", "choices": [entry]}
-        v.keys(entry, key, required={"type"}, allowed={"type", "low", "high", "log", "step", "choices"})
+        v.keys(
+            entry, key, required={"type"}, allowed={"type", "low", "high", "log", "step", "choices"}
+        )
         kind = entry["type"]
         if kind == "categorical":
             choices = entry.get("choices")
@@ -272,7 +288,10 @@ def _parse_search(v: _Validator, raw: Any, *, grid: bool) -> dict[str, ParamSpec
             if isinstance(entry[bound], bool) or not isinstance(entry[bound], (int, float)):
                 v.fail(f"{key}.{bound}", f"must be a number, but got {entry[bound]!r}.")
             if kind == "int" and not isinstance(entry[bound], int):
-                v.fail(f"{key}.{bound}", f"must be an integer for type 'int', but got {entry[bound]!r}.")
+                v.fail(
+                    f"{key}.{bound}",
+                    f"must be an integer for type 'int', but got {entry[bound]!r}.",
+                )
         low, high, log = entry["low"], entry["high"], entry.get("log", False)
         if not isinstance(log, bool):
             v.fail(f"{key}.log", f"must be true or false, but got {log!r}.")
@@ -343,14 +362,20 @@ class _Validator:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
-            self.fail(key or "(top level)", f"must be a mapping, but got {type(raw).__name__} {raw!r}.")
+            self.fail(
+                key or "(top level)", f"must be a mapping, but got {type(raw).__name__} {raw!r}."
+            )
         return raw
 
-    def keys(self, raw: dict, key: str, *, allowed: set[str], required: set[str] = frozenset()) -> None:
+    def keys(
+        self, raw: dict, key: str, *, allowed: set[str], required: set[str] = frozenset()
+    ) -> None:
         prefix = f"{key}." if key else ""
         for k in raw:
             if k not in allowed:
-                self.fail(f"{prefix}{k}", f"unknown key; expected one of {_one_of(sorted(allowed))}.")
+                self.fail(
+                    f"{prefix}{k}", f"unknown key; expected one of {_one_of(sorted(allowed))}."
+                )
         for k in sorted(required - set(raw)):
             self.fail(f"{prefix}{k}", "is required.")
 
@@ -369,7 +394,9 @@ class _Validator:
         return cls(**given)
 
 
-def _check_type(v: _Validator, key: str, value: Any, default: Any, *, optional: bool = False) -> None:
+def _check_type(
+    v: _Validator, key: str, value: Any, default: Any, *, optional: bool = False
+) -> None:
     """The value must have the default's type (an int is accepted where a float is expected)."""
     if value is None and (optional or default is None):
         return

@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -32,12 +33,19 @@ from autoall.data import DeviceData, load_data
 from autoall.layer import ALLSpec
 from autoall.models import build_model
 from autoall.tracking import NullTracker, Tracker, mask_secrets
-from autoall.train import NonFiniteLossError, RunResult, seed_everything, train
+from autoall.train import (
+    NonFiniteLossError,
+    RunResult,
+    TrainingOOMError,
+    seed_everything,
+    train,
+)
 
 log = logging.getLogger("autoall.study")
 
 DEFAULT_STORAGE = "sqlite:///autoall.db"
 _MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials all fail stops instead of looping
+_MAX_OOM_RETRIES = 2  # a trial that ran out of GPU memory is queued again this often
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,12 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage
         heartbeat_interval=hb.interval if hb else None,
         grace_period=hb.grace_period if hb else None,
         heartbeat_stale_trial_callback=(
-            RetryHeartbeatStaleTrialCallback(max_retry=hb.max_retry) if hb else None
+            # the rerun resumes from its checkpoint, so it keeps the reported epochs too
+            RetryHeartbeatStaleTrialCallback(
+                max_retry=hb.max_retry, inherit_intermediate_values=True
+            )
+            if hb
+            else None
         ),
     )
 
@@ -202,7 +215,15 @@ class WorkerContext:
     tracker: Tracker | NullTracker
     parent_run_id: str | None
     n_trials: int
+    checkpoint_dir: Path | None = None  # mid-trial checkpoints; shared across hosts
     on_trial_end: Callable[[FrozenTrial], None] | None = None
+
+    def checkpoint_path(self, trial_key: int) -> Path | None:
+        """Keyed by the original trial number, so every retry of a trial finds the same file."""
+        if self.checkpoint_dir is None:
+            return None
+        study = self.cfg.study_name(self.arch).replace("/", "__")
+        return self.checkpoint_dir / study / f"trial-{trial_key}.pt"
 
 
 class _StartLock:
@@ -252,6 +273,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # a no-op without heartbeat
             continue
+
         def guarded(trial: optuna.Trial) -> float | tuple[float, float]:
             start_lock.release()  # the trial exists now: others may count it
             return objective(trial, ctx)
@@ -271,7 +293,11 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
         finally:
             start_lock.release()
         last = study.get_trials(deepcopy=False)[-1] if ctx.n_trials else None
-        failed = last is not None and last.state == TrialState.FAIL
+        failed = (
+            last is not None
+            and last.state == TrialState.FAIL
+            and "out of memory" not in last.user_attrs.get("fail_reason", "")
+        )
         consecutive_failures = consecutive_failures + 1 if failed else 0
         if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
             reason = last.user_attrs.get("fail_reason", "see the log") if last else ""
@@ -330,6 +356,12 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         trial.set_user_attr("mlflow_run_id", run.run_id)
     if retry_of is not None:
         trial.set_user_attr("retry_of", retry_of)
+        lost_run = frozen.user_attrs.get("mlflow_run_id")  # copied from the stale trial
+        if lost_run:
+            ctx.tracker.fail_run(
+                lost_run, f"worker lost (heartbeat stale); retried as trial {trial.number}"
+            )
+    checkpoint = ctx.checkpoint_path(retry_of if retry_of is not None else trial.number)
     multi = cfg.second_objective is not None
     last_epoch = 0
 
@@ -343,26 +375,46 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
 
     try:
-        result = train(model, ctx.data, tcfg, on_epoch=on_epoch)
+        result = train(model, ctx.data, tcfg, on_epoch=on_epoch, checkpoint=checkpoint)
+        if result.extra.get("resumed_from_epoch"):
+            trial.set_user_attr("resumed_from_epoch", result.extra["resumed_from_epoch"])
     except optuna.TrialPruned:
         trial.set_user_attr("pruned_epoch", last_epoch)
-        _finish(run, trial, "PRUNED", epoch=last_epoch, reason=f"pruner at epoch {last_epoch}")
+        _finish(
+            run,
+            trial,
+            "PRUNED",
+            checkpoint,
+            epoch=last_epoch,
+            reason=f"pruner at epoch {last_epoch}",
+        )
         raise
     except NonFiniteLossError as exc:
         trial.set_user_attr("pruned_reason", str(exc))
         trial.set_user_attr("pruned_epoch", exc.epoch)
-        _finish(run, trial, "PRUNED", epoch=exc.epoch, reason=str(exc))
+        _finish(run, trial, "PRUNED", checkpoint, epoch=exc.epoch, reason=str(exc))
         if multi:  # Optuna cannot prune a multi-objective trial: it fails, with the reason
             trial.set_user_attr("fail_reason", str(exc))
             raise
         raise optuna.TrialPruned(str(exc)) from None
+    except TrainingOOMError as exc:  # not the knobs' fault: fail now, rerun the same knobs later
+        trial.set_user_attr("fail_reason", str(exc))
+        _finish(run, trial, "FAIL", checkpoint, reason=str(exc))
+        oom_retries = int(frozen.user_attrs.get("oom_retries", 0))
+        if oom_retries < _MAX_OOM_RETRIES:
+            trial.study.enqueue_trial(
+                params, user_attrs={"retry_of": trial.number, "oom_retries": oom_retries + 1}
+            )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise
     except BaseException as exc:  # KeyboardInterrupt included: the run must not stay RUNNING
         reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc)
         trial.set_user_attr("fail_reason", mask_secrets(reason)[:500])
-        _finish(run, trial, "FAIL", reason=reason)
+        _finish(run, trial, "FAIL", checkpoint, reason=reason)
         raise
     _record_result(trial, result)
-    _finish(run, trial, "COMPLETE", result=result)
+    _finish(run, trial, "COMPLETE", checkpoint, result=result)
     if not multi:
         return result.final_val_acc
     second = (
@@ -387,7 +439,13 @@ def _record_result(trial: optuna.Trial, result: RunResult) -> None:
     trial.set_user_attr("device", result.device)
 
 
-def _finish(run: Any, trial: optuna.Trial, state: str, **kw: Any) -> None:
+def _finish(run: Any, trial: optuna.Trial, state: str, checkpoint: Path | None, **kw: Any) -> None:
+    """End the MLflow run; the trial is over in this process, so its checkpoint goes too.
+
+    (A killed worker never gets here: its checkpoint stays for the retried trial.)
+    """
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     run.finish(state, **kw)
     if run.lost:
         trial.set_user_attr("tracking_lost", "; ".join(run.lost)[:1000])
@@ -482,8 +540,6 @@ def _device_label() -> str:
 
 def _git_commit() -> str | None:
     """The checkout's commit when autoall runs from a git work tree (read from .git, no subprocess)."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent / ".git"
     try:
         head = (root / "HEAD").read_text().strip()

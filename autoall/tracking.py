@@ -286,6 +286,14 @@ class Tracker(_Logger):
         metrics = _metrics(values, step=step)
         self._call("update parent run", self._client.log_batch, parent_id, metrics=metrics)
 
+    def fail_run(self, run_id: str, reason: str) -> None:
+        """Mark a run that its worker left RUNNING (killed) as FAILED, with the reason."""
+        run = self._call(f"get run {run_id}", self._client.get_run, run_id)
+        if run is not None and run.info.status == "RUNNING":
+            TrialRun(self._client, run_id, retries=self.retries, retry_wait=self.retry_wait).finish(
+                "FAIL", reason=reason
+            )
+
     def find_trial_run(self, parent_id: str, trial_number: int) -> str | None:
         """The newest active child run of `parent_id` for `trial_number`, or None."""
         runs = self._call(
@@ -413,6 +421,9 @@ class NullTracker:
 
     def find_trial_run(self, parent_id: str, trial_number: int) -> str | None:
         return None
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        pass
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -14,10 +14,12 @@ for `warmup_epochs`, then cosine decay to `min_lr_ratio` of the peak, applied pr
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -182,12 +184,19 @@ def train(
     data: DeviceData,
     cfg: TrainConfig,
     on_epoch: EpochCallback | None = None,
+    *,
+    checkpoint: str | Path | None = None,
 ) -> RunResult:
     """Train `model` on `data.train`, validate every epoch on `data.val`.
 
     `on_epoch(stats)` runs after each epoch; a truthy return stops the run early
     (`result.stopped_early`), an exception it raises (e.g. optuna.TrialPruned) propagates.
     The test split is evaluated once at the end, and only when `cfg.evaluate_test`.
+
+    With `checkpoint`, the state after every finished epoch (model, optimizer, scheduler,
+    random states, history) is written to that file, atomically; a run that finds the file
+    resumes after its last epoch, with the same batch order it would have had. `on_epoch`
+    sees only the epochs trained in this call. The caller removes the file when done.
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -228,9 +237,12 @@ def train(
         stopped_early=False,
         target_acc=cfg.target_acc,
     )
-    start = time.perf_counter()
+    first_epoch = 1
+    if checkpoint is not None and Path(checkpoint).exists():
+        first_epoch = _restore(checkpoint, model, optimizer, scheduler, generator, result) + 1
+    start = time.perf_counter() - sum(s.epoch_seconds for s in history)
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
             losses = torch.zeros(steps, device=device)  # per step, to locate a divergence
@@ -278,10 +290,12 @@ def train(
             history.append(stats)
             if val_acc > result.best_val_acc:
                 result.best_val_acc, result.best_epoch = val_acc, epoch
-            if cfg.target_acc is not None and result.target_epoch is None:
-                if val_acc >= cfg.target_acc:
-                    result.target_epoch = epoch
-                    result.target_seconds = time.perf_counter() - start
+            reached = cfg.target_acc is not None and val_acc >= cfg.target_acc
+            if reached and result.target_epoch is None:
+                result.target_epoch = epoch
+                result.target_seconds = time.perf_counter() - start
+            if checkpoint is not None:
+                _save(checkpoint, epoch, model, optimizer, scheduler, generator, result)
             if on_epoch is not None and on_epoch(stats):
                 result.stopped_early = True
                 break
@@ -351,6 +365,58 @@ def _warmup_cosine(
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _save(
+    path: str | Path,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    result: RunResult,
+) -> None:
+    """Tensors and plain data only, so `torch.load(weights_only=True)` reads it back."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": [asdict(s) for s in result.history],
+        "target_epoch": result.target_epoch,
+        "target_seconds": result.target_seconds,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a reader never sees half a checkpoint
+
+
+def _restore(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    result: RunResult,
+) -> int:
+    """Load a checkpoint written by `_save`; return the last finished epoch."""
+    state = torch.load(path, map_location=generator.device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    result.history.extend(EpochStats(**s) for s in state["history"])
+    for s in result.history:
+        if s.val_acc > result.best_val_acc:
+            result.best_val_acc, result.best_epoch = s.val_acc, s.epoch
+    result.target_epoch, result.target_seconds = state["target_epoch"], state["target_seconds"]
+    result.extra["resumed_from_epoch"] = int(state["epoch"])
+    return int(state["epoch"])
 
 
 def _raise_if_non_finite(losses: torch.Tensor, epoch: int) -> None:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import optuna
@@ -42,13 +43,14 @@ class RunOptions:
     device: str | None = None  # None: cuda, then mps, then cpu
     tracking_uri: str | None = None
     tracking: bool = True
-    gpus: int = 0  # > 1: worker i sees only GPU i % gpus
+    gpus: int = 0  # > 0 with several workers: worker i sees only GPU i % gpus
+    checkpoint_dir: str = ".autoall/checkpoints"  # mid-trial checkpoints; shared across hosts
 
 
-def default_n_jobs() -> int:
-    """One worker per GPU on a multi-GPU machine, else one."""
+def default_n_jobs(trials_per_gpu: int = 1) -> int:
+    """`trials_per_gpu` workers per GPU on a machine with GPUs, else one."""
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return n if n > 1 else 1
+    return n * trials_per_gpu if n * trials_per_gpu > 1 else 1
 
 
 def run_study(
@@ -93,9 +95,7 @@ def _connect(cfg: StudyConfig, opts: RunOptions) -> Tracker | NullTracker:
 
 
 def _parent(tracker: Tracker | NullTracker, cfg: StudyConfig, arch: str, opts: RunOptions) -> str:
-    params: dict[str, Any] = {
-        f"search.{k}": v for k, v in search_space_summary(cfg).items()
-    }
+    params: dict[str, Any] = {f"search.{k}": v for k, v in search_space_summary(cfg).items()}
     params.update(
         {
             "sampler": cfg.sampler.name,
@@ -142,12 +142,15 @@ def _work(
             tracker=tracker,
             parent_run_id=parents.get(arch),
             n_trials=opts.n_trials,
+            checkpoint_dir=Path(opts.checkpoint_dir),
         )
         run_worker(ctx, study)
 
 
-def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int, parents: dict[str, str]) -> None:
-    if opts.gpus > 1:
+def _worker_process(
+    cfg: StudyConfig, opts: RunOptions, index: int, parents: dict[str, str]
+) -> None:
+    if opts.gpus > 0:  # before any CUDA call in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index % opts.gpus)
     if opts.device in (None, "cpu") and not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.n_jobs))
@@ -161,7 +164,9 @@ def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int, parents: dic
 def _spawn_workers(cfg: StudyConfig, opts: RunOptions, parents: dict[str, str]) -> None:
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker_process, args=(cfg, opts, i, parents), name=f"autoall-worker-{i}")
+        ctx.Process(
+            target=_worker_process, args=(cfg, opts, i, parents), name=f"autoall-worker-{i}"
+        )
         for i in range(opts.n_jobs)
     ]
     for p in procs:

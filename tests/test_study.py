@@ -81,10 +81,10 @@ def test_the_test_split_is_never_evaluated(
         splits.append(which)
         return real_split(self, which)
 
-    def recording_train(model, data, cfg, on_epoch=None):  # type: ignore[no-untyped-def]
+    def recording_train(model, data, cfg, on_epoch=None, **kw):  # type: ignore[no-untyped-def]
         test_sizes.append(data.test_y.shape[0])
         assert not cfg.evaluate_test
-        return real_train(model, data, cfg, on_epoch=on_epoch)
+        return real_train(model, data, cfg, on_epoch=on_epoch, **kw)
 
     monkeypatch.setattr(DeviceData, "split", recording_split)
     monkeypatch.setattr(autoall.study, "train", recording_train)
@@ -124,12 +124,18 @@ def test_median_pruner_prunes_and_pruned_trials_count_toward_the_target(workdir:
     assert "RUNNING" not in states
 
 
-def _wait_for_done(n: int, timeout: float = 120) -> None:
+def _wait_for_done(n: int, timeout: float = 120, *, running_epochs: int = 0) -> None:
+    """Until n trials are finished and one runs, with at least `running_epochs` reported."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            done = [t for t in _trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-            running = [t for t in _trials() if t.state == TrialState.RUNNING]
+            trials = _trials()
+            done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+            running = [
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING and len(t.intermediate_values) >= running_epochs
+            ]
             if len(done) >= n and running:
                 return
         except (KeyError, optuna.exceptions.StorageInternalError):
@@ -173,7 +179,7 @@ def test_ctrl_c_marks_the_running_trial_failed_and_prints_the_resume_command(
 def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried(workdir: Path) -> None:
     path = write_study(workdir / "s.yaml", train={"epochs": 12}, n_trials=6)
     proc = _start(path)
-    _wait_for_done(3)
+    _wait_for_done(3, running_epochs=2)
     proc.kill()
     proc.wait(timeout=30)
     killed = [t for t in _trials() if t.state == TrialState.RUNNING]
@@ -191,6 +197,10 @@ def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried(workdir:
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == stale.number)
     assert retry.params == stale.params
     assert retry.user_attrs["retry_of"] == stale.number
+    # it resumed from the checkpoint of its last finished epoch, not from scratch
+    assert retry.user_attrs["resumed_from_epoch"] >= len(stale.intermediate_values) >= 2
+    assert sorted(retry.intermediate_values) == list(range(1, 13))
+    assert not list((workdir / ".autoall" / "checkpoints").rglob("*.pt"))  # cleaned up
     assert time.monotonic() - start < 60
 
 
