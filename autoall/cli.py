@@ -224,7 +224,7 @@ def study_run(
     """Run the study in FILE until each architecture holds its target of finished trials."""
     import optuna
 
-    from autoall.study import DEFAULT_STORAGE
+    from autoall.study import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets
     from autoall.train import resolve_device
     from autoall.workers import RunOptions, default_n_jobs, run_study
@@ -263,7 +263,7 @@ def study_run(
             f"\nInterrupted; the running trials are marked FAIL. Resume with:\n  {resume}", err=True
         )
         sys.exit(130)
-    except TrackingError as exc:
+    except (TrackingError, StorageError) as exc:
         _fail(str(exc), code=1)
     except ValueError as exc:  # e.g. a data set missing under --data-root
         _fail(mask_secrets(str(exc)))
@@ -274,6 +274,27 @@ def study_run(
             f"{cfg.study_name(arch)}: {c.complete} complete, {c.pruned} pruned, {c.failed} failed",
             err=True,
         )
+
+
+@study_group.command("create")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
+@click.option("--study-name", default=None, help="Overrides the file's name.")
+def study_create(file: str, storage: str | None, study_name: str | None) -> None:
+    """Create the storage schema and the studies of FILE once, before many workers start."""
+    from autoall.study import DEFAULT_STORAGE, StorageError, create_studies, make_storage
+    from autoall.tracking import mask_secrets
+
+    cfg = _load(file)
+    if study_name:
+        cfg = replace(cfg, name=study_name)
+    url = storage or DEFAULT_STORAGE
+    try:
+        create_studies(cfg, make_storage(url, cfg), n_trials=cfg.n_trials)
+    except StorageError as exc:
+        _fail(str(exc), code=1)
+    names = ", ".join(cfg.study_name(a) for a in cfg.architectures)
+    click.echo(f"Studies {names} ready in {mask_secrets(url)}.")
 
 
 @study_group.command("status")
@@ -444,14 +465,40 @@ def demo(n_trials: int) -> None:
 
 @main.command("report")
 @click.argument("target")
-@click.option("--seeds", type=click.IntRange(min=2), default=5, show_default=True, help="Runs per variant, seeds 0..K-1 (the statistics need at least 2).")
-@click.option("--tuned-baseline", is_flag=True, help="Also tune the baseline's lr and weight_decay with Optuna, as many trials as the ALL study (equal budget).")
-@click.option("--target-acc", type=click.FloatRange(0, 1, min_open=True), default=None, help="Validation accuracy whose first crossing is timed [default: the baseline's mean test accuracy minus 0.005].")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder [default: reports/<name>].")
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Runs per variant, seeds 0..K-1 (the statistics need at least 2).",
+)
+@click.option(
+    "--tuned-baseline",
+    is_flag=True,
+    help="Also tune the baseline's lr and weight_decay with Optuna, as many trials as the ALL study (equal budget).",
+)
+@click.option(
+    "--target-acc",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Validation accuracy whose first crossing is timed [default: the baseline's mean test accuracy minus 0.005].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output folder [default: reports/<name>].",
+)
 @click.option("--storage", default=None, help="Optuna storage URL [default: sqlite:///autoall.db].")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].")
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db].",
+)
 @click.option("--device", default=None, help="cpu, cuda, mps [default: cuda, then mps, then cpu].")
-@click.option("--architectures", default=None, help="Comma-separated subset of the file's architectures.")
+@click.option(
+    "--architectures", default=None, help="Comma-separated subset of the file's architectures."
+)
 def report(
     target: str,
     seeds: int,
@@ -471,7 +518,7 @@ def report(
     reused, so a rerun costs nothing. Writes report.md, report.html, results.csv and the figures.
     """
     from autoall.report import ReportError, ReportOptions, resolve_study_file, run_report
-    from autoall.study import DEFAULT_STORAGE
+    from autoall.study import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets
     from autoall.train import resolve_device
 
@@ -496,7 +543,9 @@ def report(
     try:
         folder = run_report(cfg, opts, echo=lambda line: click.echo(line, err=True))
     except KeyboardInterrupt:
-        click.echo("\nInterrupted; finished runs are kept. Rerun the same command to continue.", err=True)
+        click.echo(
+            "\nInterrupted; finished runs are kept. Rerun the same command to continue.", err=True
+        )
         sys.exit(130)
     except (ReportError, TrackingError) as exc:
         _fail(mask_secrets(str(exc)), code=1)

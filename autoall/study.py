@@ -26,6 +26,7 @@ import torch
 import yaml
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 import autoall
 from autoall.config import ParamSpec, StudyConfig
@@ -87,7 +88,17 @@ def make_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
         engine_kwargs["poolclass"] = NullPool
     with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _rdb_storage(url, engine_kwargs, hb)
+        try:
+            return _rdb_storage(url, engine_kwargs, hb)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise StorageError(
+                f"Cannot open the Optuna storage {mask_secrets(url)}: {mask_secrets(reason)}"
+            ) from None
+
+
+class StorageError(RuntimeError):
+    """The Optuna storage cannot be opened (wrong URL, server down, bad password); no secrets."""
 
 
 def _rdb_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage:
