@@ -15,6 +15,7 @@ training objective is ``task_loss + sum over ALLs of aux_weight * L`` (see
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,13 +212,18 @@ def all_layers(model: nn.Module) -> list[AutoLearningLayer]:
     return [module for module in model.modules() if isinstance(module, AutoLearningLayer)]
 
 
-def auxiliary_loss(model: nn.Module) -> torch.Tensor:
+def auxiliary_loss(model: nn.Module | Sequence[AutoLearningLayer]) -> torch.Tensor:
     """``sum over ALLs of aux_weight * L(W, a)`` from the last forward pass, a 0-dim tensor.
 
-    A model without an ALL gives a zero on the device of its first parameter (CPU when it
-    has none). Raises ``RuntimeError`` when an ALL has not run a forward pass yet.
+    Takes a model, or the list `all_layers(model)` computed once (the trainer's hot path
+    then does not walk the module tree every step). A model without an ALL gives a zero on
+    the device of its first parameter (CPU when it has none). Raises ``RuntimeError`` when
+    an ALL has not run a forward pass yet.
     """
-    layers = all_layers(model)
+    if isinstance(model, nn.Module):
+        layers = all_layers(model)
+    else:
+        layers, model = list(model), nn.Module()
     if not layers:
         first = next(model.parameters(), None)
         return torch.zeros((), device=first.device if first is not None else "cpu")

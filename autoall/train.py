@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoall.data import DeviceData, augment_batch, iterate_batches
-from autoall.layer import auxiliary_loss, param_groups
+from autoall.layer import all_layers, auxiliary_loss, param_groups
 from autoall.models import ParamCount, count_parameters
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
@@ -208,6 +208,7 @@ def train(
     channels_last = on_cuda and cfg.channels_last and _has_conv(model)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.amp)
 
+    alls = all_layers(model)
     optimizer = _make_optimizer(model, cfg, fused=on_cuda)
     n_train = data.train_y.shape[0]
     drop_last = n_train > cfg.batch_size  # a last batch of one would break BatchNorm
@@ -248,6 +249,7 @@ def train(
             losses = torch.zeros(steps, device=device)  # per step, to locate a divergence
             task_sum = torch.zeros((), device=device)
             aux_sum = torch.zeros((), device=device)
+            zero = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
             batches = iterate_batches(
@@ -262,7 +264,7 @@ def train(
                 with autocast:
                     logits = step_fn(x)
                     task = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                    aux = auxiliary_loss(model)
+                    aux = auxiliary_loss(alls) if alls else zero
                     loss = task + aux
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
