@@ -98,16 +98,26 @@ def train_cmd(
     from autoall.data import load_data
     from autoall.layer import ALLSpec
     from autoall.models import build_model
-    from autoall.train import resolve_device, seed_everything, train
+    from autoall.train import (
+        NonFiniteLossError,
+        TrainingOOMError,
+        resolve_device,
+        seed_everything,
+        train,
+    )
 
     try:
         base = baseline(arch, dataset)
-        spec = None
-        if all_hidden is not None:
-            spec = ALLSpec(hidden_size=all_hidden, aux_loss=aux_loss, aux_weight=aux_weight)
+        # checked even for the baseline, so a typo never goes unnoticed
+        checked = ALLSpec(
+            hidden_size=1 if all_hidden is None else all_hidden,
+            aux_loss=aux_loss,
+            aux_weight=aux_weight,
+        )
+        spec = checked if all_hidden is not None else None
         cfg = replace(
             base.config,
-            epochs=epochs or base.config.epochs,
+            epochs=base.config.epochs if epochs is None else epochs,
             seed=seed,
             all_lr=all_lr if spec else None,
             device=device,
@@ -129,7 +139,10 @@ def train_cmd(
             bar.label = f"epoch {stats.epoch} val_acc {stats.val_acc:.4f}"
             bar.update(1)
 
-        result = train(model, data, cfg, on_epoch=on_epoch)
+        try:
+            result = train(model, data, cfg, on_epoch=on_epoch)
+        except (NonFiniteLossError, TrainingOOMError) as exc:
+            _fail(str(exc), code=1)
     _print_table(
         [
             ("model", label),
@@ -531,6 +544,9 @@ def report(
         _fail(str(exc), code=1)
     except (StudyFileError, ValueError) as exc:
         _fail(str(exc))
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     opts = ReportOptions(
         seeds=seeds,
         tuned_baseline=tuned_baseline,
@@ -547,8 +563,10 @@ def report(
             "\nInterrupted; finished runs are kept. Rerun the same command to continue.", err=True
         )
         sys.exit(130)
-    except (ReportError, TrackingError) as exc:
+    except (ReportError, StorageError, TrackingError) as exc:
         _fail(mask_secrets(str(exc)), code=1)
+    except ValueError as exc:  # e.g. a data set missing under its data root
+        _fail(mask_secrets(str(exc)))
     shown = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder
     click.echo(f"Report: {shown / 'report.html'} (also report.md, results.csv and the figures)")
 

@@ -78,6 +78,14 @@ class TrainConfig:
                 f"warmup_epochs must be between 0 and epochs ({self.epochs}), "
                 f"but got {self.warmup_epochs!r}."
             )
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], but got {self.min_lr_ratio!r}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(
+                f"label_smoothing must be in [0, 1), but got {self.label_smoothing!r}."
+            )
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), but got {self.momentum!r}.")
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
             raise ValueError(f"target_acc must be in (0, 1], but got {self.target_acc!r}.")
 

@@ -1,0 +1,159 @@
+"""Tests for `autoall train`: the result table, one-line errors with exit code 2, the help."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from autoall.cli import main, train_cmd
+
+
+def _invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, ["train", *args])
+
+
+def _row(stdout: str, key: str) -> str:
+    """The value column of the result-table row `key`."""
+    match = re.search(rf"^{re.escape(key)}\s{{2,}}(.+)$", stdout, flags=re.MULTILINE)
+    assert match, f"no row {key!r} in:\n{stdout}"
+    return match.group(1)
+
+
+def _assert_one_line_error(result: Result, *words: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    for word in words:
+        assert word in lines[0]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""  # no result table, no partial output
+    return lines[0]
+
+
+def test_train_prints_the_result_table() -> None:
+    result = _invoke("--arch", "mlp", "--dataset", "digits", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert _row(out, "model") == "mlp baseline"
+    for key in ("validation accuracy (final)", "test accuracy"):
+        assert 0.5 < float(_row(out, key)) <= 1.0
+    best = _row(out, "validation accuracy (best)")
+    assert re.fullmatch(r"0\.\d{4} \(epoch [12]\)", best), best
+    assert re.fullmatch(r"\d+\.\d\d s \(2 epochs\)", _row(out, "training time"))
+    assert _row(out, "parameters") == "85,002 (ALL: 0)"
+    assert _row(out, "device") == "cpu"
+
+
+def test_train_with_all_hidden_shows_all_parameters() -> None:
+    result = _invoke("--epochs", "1", "--all-hidden", "16", "--all-lr", "0.01")
+    assert result.exit_code == 0, result.output
+    assert _row(result.stdout, "model") == "mlp + ALL(h=16, reconstruction, w=0.1)"
+    assert _row(result.stdout, "parameters") == "93,722 (ALL: 8,720)"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--arch", "foo"], ["'foo'", "mlp, cnn, vgg16, resnet18"]),
+        (["--dataset", "foo"], ["'foo'", "digits, mnist, fashion-mnist, cifar10"]),
+        (["--all-hidden", "0"], ["hidden_size must be a positive integer", "got 0"]),
+        (["--all-hidden", "-3"], ["hidden_size must be a positive integer", "got -3"]),
+        (
+            ["--all-hidden", "16", "--aux-weight", "-1"],
+            ["aux_weight must be a non-negative number, but got -1.0."],
+        ),
+        (
+            ["--all-hidden", "16", "--aux-loss", "foo"],
+            ["'foo'", "reconstruction, sparsity, orthogonality, none"],
+        ),
+        (["--all-hidden", "16", "--all-lr", "-1"], ["all_lr must be a positive number"]),
+        (["--epochs", "-1"], ["epochs must be a positive integer, but got -1"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args: list[str], words: list[str]) -> None:
+    _assert_one_line_error(_invoke(*args), *words)
+
+
+def test_missing_data_root_names_the_expected_files(tmp_path: Path) -> None:
+    line = _assert_one_line_error(
+        _invoke("--dataset", "mnist", "--data-root", str(tmp_path)),
+        "'mnist' not found",
+        str(tmp_path),
+        "--download",
+    )
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        assert f"MNIST/raw/{name}" in line
+
+
+def test_unavailable_device_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    _assert_one_line_error(_invoke("--device", "cuda"), "CUDA is not available")
+
+
+def test_exit_code_2_from_the_installed_entry_point() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoall.cli", "train", "--arch", "foo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "Error: Unknown architecture 'foo'; expected one of mlp, cnn, vgg16, resnet18."
+    ]
+
+
+def test_help_documents_every_option() -> None:
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert result.exit_code == 0
+    options = [p for p in train_cmd.params if isinstance(p, click.Option)]
+    assert {o.name for o in options} >= {
+        "arch",
+        "dataset",
+        "all_hidden",
+        "all_lr",
+        "aux_weight",
+        "aux_loss",
+        "epochs",
+        "seed",
+        "data_root",
+        "download",
+        "device",
+    }
+    for option in options:
+        assert option.help, f"{option.opts} has no help text"
+        for flag in option.opts:
+            assert flag in result.stdout, flag
+    assert "mlp, cnn, vgg16 or resnet18" in result.stdout
+
+
+# Known bugs in autoall/cli.py (train_cmd); strict, so they turn red once fixed: drop the marker.
+
+
+@pytest.mark.parametrize("args", [["--aux-loss", "foo"], ["--aux-weight", "-1"]])
+def test_all_options_are_checked_without_all_hidden(args: list[str]) -> None:
+    _assert_one_line_error(_invoke("--epochs", "1", *args))
+
+
+def test_epochs_zero_is_an_error() -> None:
+    _assert_one_line_error(_invoke("--epochs", "0"), "epochs must be a positive integer")
+
+
+def test_divergence_is_one_line_not_a_traceback() -> None:
+    result = _invoke("--epochs", "2", "--all-hidden", "16", "--all-lr", "1e12")
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and "at epoch 1, step" in lines[0]
