@@ -214,6 +214,8 @@ def train(
     if on_cuda and cfg.channels_last and _has_conv(model):
         model = model.to(memory_format=torch.channels_last)
     channels_last = on_cuda and cfg.channels_last and _has_conv(model)
+    if on_cuda and _has_conv(model):
+        torch.backends.cudnn.benchmark = True  # fixed shapes (drop_last): autotune once
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.amp)
 
     alls = all_layers(model)
@@ -231,7 +233,11 @@ def train(
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     step_fn = torch.compile(model) if cfg.compile else model
-    compile_seconds = _warm_up_compiled(step_fn, model, data, cfg, prepare) if cfg.compile else 0.0
+    compile_seconds = 0.0
+    if cfg.compile:
+        compile_seconds = _warm_up_compiled(
+            step_fn, model, data, cfg, prepare=prepare, autocast=autocast, generator=generator
+        )
 
     history: list[EpochStats] = []
     result = RunResult(
@@ -437,22 +443,29 @@ def _raise_if_non_finite(losses: torch.Tensor, epoch: int) -> None:
 
 
 def _warm_up_compiled(
-    step_fn: nn.Module,
+    step_fn: Callable[[torch.Tensor], torch.Tensor],
     model: nn.Module,
     data: DeviceData,
     cfg: TrainConfig,
+    *,
     prepare: Callable[[torch.Tensor], torch.Tensor],
+    autocast: torch.autocast,
+    generator: torch.Generator,
 ) -> float:
-    """Compile outside the timed loop: one forward/backward, then restore every weight."""
+    """Compile outside the timed loop: one forward/backward as training runs it (same
+    autocast, so no recompile later), then restore every weight and the batch-order state."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = generator.get_state()
     start = time.perf_counter()
     x = prepare(data.train_x[: cfg.batch_size])
-    logits = step_fn(x)
-    F.cross_entropy(logits, data.train_y[: cfg.batch_size]).backward()
+    with autocast:
+        loss = F.cross_entropy(step_fn(x), data.train_y[: cfg.batch_size])
+    loss.backward()
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     model.load_state_dict(state)
     model.zero_grad(set_to_none=True)
+    generator.set_state(rng)
     return time.perf_counter() - start
 
 

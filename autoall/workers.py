@@ -150,8 +150,11 @@ def _work(
 def _worker_process(
     cfg: StudyConfig, opts: RunOptions, index: int, parents: dict[str, str]
 ) -> None:
-    if opts.gpus > 0:  # before any CUDA call in this process
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % opts.gpus)
+    if opts.gpus > 0:  # before any CUDA call in this process; respects an inherited list
+        inherited = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        visible = [d.strip() for d in inherited.split(",") if d.strip()]
+        visible = visible or [str(i) for i in range(opts.gpus)]
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible[index % len(visible)]
     if opts.device in (None, "cpu") and not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.n_jobs))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
