@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint venv clean
+.PHONY: demo test test-fast bench lint venv clean chromium
 
 venv: $(STAMP)
 
@@ -18,10 +18,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,postgres,dashboard]'
 	touch $(STAMP)
 
+# Headless Chromium for the report's HTML test (Debian's package; CI runs as root).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the report's HTML test skips (and fails under CI)"
+
 demo: $(STAMP)
 	$(PY) -m autoall.cli demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

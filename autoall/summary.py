@@ -27,7 +27,8 @@ def resolve_study_names(target: str, *, storage: str | None = None) -> tuple[str
     elif "/" in target:
         names = [target] if target in existing else []
     else:
-        names = [n for n in existing if n.startswith(f"{target}/")]
+        # `<name>/<arch>` only; the report's `<name>/<arch>/tuned-baseline` is not an ALL study
+        names = [n for n in existing if n.startswith(f"{target}/") and n.count("/") == 1]
     if not names:
         there = ", ".join(existing) if existing else "none"
         raise ValueError(f"No study matching {target!r} in {url}; studies there: {there}.")
