@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -355,7 +355,7 @@ class _Validator:
     def __init__(self, file: str) -> None:
         self.file = file
 
-    def fail(self, key: str, message: str) -> None:
+    def fail(self, key: str, message: str) -> NoReturn:
         raise StudyFileError(self.file, key, message)
 
     def mapping(self, raw: Any, key: str) -> dict[str, Any]:
@@ -368,7 +368,12 @@ class _Validator:
         return raw
 
     def keys(
-        self, raw: dict, key: str, *, allowed: set[str], required: set[str] = frozenset()
+        self,
+        raw: dict,
+        key: str,
+        *,
+        allowed: set[str],
+        required: frozenset[str] | set[str] = frozenset(),
     ) -> None:
         prefix = f"{key}." if key else ""
         for k in raw:

@@ -166,7 +166,7 @@ def create_studies(
                 study = optuna.create_study(
                     study_name=cfg.study_name(arch),
                     storage=storage,
-                    directions=cfg.directions,
+                    directions=cfg.directions,  # type: ignore[arg-type]
                     load_if_exists=True,
                 )
                 break
@@ -204,11 +204,13 @@ def suggest(trial: optuna.Trial, search: dict[str, ParamSpec]) -> dict[str, Any]
         if spec.type == "categorical":
             params[name] = trial.suggest_categorical(name, list(spec.choices))
         elif spec.type == "int":
+            assert spec.low is not None and spec.high is not None  # validated in config.py
             step = int(spec.step) if spec.step else 1
             params[name] = trial.suggest_int(
                 name, int(spec.low), int(spec.high), step=step, log=spec.log
             )
         else:
+            assert spec.low is not None and spec.high is not None
             params[name] = trial.suggest_float(
                 name, float(spec.low), float(spec.high), step=spec.step, log=spec.log
             )

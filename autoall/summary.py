@@ -72,13 +72,15 @@ def study_summaries(target: str, *, storage: str | None = None) -> list[StudySum
 def summarize(study: optuna.Study) -> StudySummary:
     trials = study.get_trials(deepcopy=False)
     best = best_trial(trials)
-    finished = [t for t in trials if t.datetime_start and t.datetime_complete]
-    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in finished)
+    spans = [
+        (t.datetime_start, t.datetime_complete)
+        for t in trials
+        if t.datetime_start is not None and t.datetime_complete is not None
+    ]
+    seconds = sum((end - start).total_seconds() for start, end in spans)
     wall = 0.0
-    if finished:
-        wall = (
-            max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
-        ).total_seconds()
+    if spans:
+        wall = (max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds()
     return StudySummary(
         name=study.study_name,
         counts=count_trials(trials),

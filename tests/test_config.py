@@ -7,34 +7,82 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_study
 
 from autoall.cli import main
 from autoall.config import StudyFileError, load_study_file
-from conftest import write_study
 
 BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"colour": "blue"}, "colour", "unknown key; expected one of"),
-    ({"data": {"name": "imagenet"}}, "data.name", "expected one of digits, mnist, fashion-mnist, cifar10"),
+    (
+        {"data": {"name": "imagenet"}},
+        "data.name",
+        "expected one of digits, mnist, fashion-mnist, cifar10",
+    ),
     ({"data": {"nmae": "digits"}}, "data.nmae", "unknown key"),
     ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "must be in (0, 1)"),
-    ({"architectures": ["mlp", "transformer"]}, "architectures[1]", "expected one of mlp, cnn, vgg16, resnet18"),
+    (
+        {"architectures": ["mlp", "transformer"]},
+        "architectures[1]",
+        "expected one of mlp, cnn, vgg16, resnet18",
+    ),
     ({"architectures": []}, "architectures", "non-empty list"),
     ({"train": {"epochs": "ten"}}, "train.epochs", "must be int, but got 'ten'"),
     ({"train": {"learning_rate": 0.1}}, "train.learning_rate", "unknown training setting"),
     ({"train": {"mlp": {"lr": -1}}}, "train", "lr must be a positive number"),
-    ({"search": {"hidden_size": {"type": "int", "low": 64, "high": 8}}}, "search.hidden_size", "low (64) must not exceed high (8)"),
-    ({"search": {"all_lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}}, "search.all_lr.low", "must be > 0 on a log scale"),
-    ({"search": {"aux_loss": {"type": "categorical", "choices": []}}}, "search.aux_loss.choices", "non-empty list"),
-    ({"search": {"aux_loss": {"type": "categorical", "choices": ["l1"]}}}, "search.aux_loss.choices[0]", "must be one of reconstruction"),
-    ({"search": {"hidden_size": {"type": "int", "low": 0, "high": 8}}}, "search.hidden_size", "hidden_size must be a positive integer"),
-    ({"search": {"aux_weight": {"type": "float", "low": -1.0, "high": 1.0}}}, "search.aux_weight", "non-negative"),
+    (
+        {"search": {"hidden_size": {"type": "int", "low": 64, "high": 8}}},
+        "search.hidden_size",
+        "low (64) must not exceed high (8)",
+    ),
+    (
+        {"search": {"all_lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}},
+        "search.all_lr.low",
+        "must be > 0 on a log scale",
+    ),
+    (
+        {"search": {"aux_loss": {"type": "categorical", "choices": []}}},
+        "search.aux_loss.choices",
+        "non-empty list",
+    ),
+    (
+        {"search": {"aux_loss": {"type": "categorical", "choices": ["l1"]}}},
+        "search.aux_loss.choices[0]",
+        "must be one of reconstruction",
+    ),
+    (
+        {"search": {"hidden_size": {"type": "int", "low": 0, "high": 8}}},
+        "search.hidden_size",
+        "hidden_size must be a positive integer",
+    ),
+    (
+        {"search": {"aux_weight": {"type": "float", "low": -1.0, "high": 1.0}}},
+        "search.aux_weight",
+        "non-negative",
+    ),
     ({"search": {"depth": {"type": "int", "low": 1, "high": 3}}}, "search.depth", "unknown key"),
-    ({"search": {"all_lr": {"type": "float", "low": "a", "high": 0.1}}}, "search.all_lr.low", "must be a number"),
-    ({"sampler": {"name": "bayes"}}, "sampler.name", "expected one of tpe, random, cmaes, gp, grid, nsgaii"),
+    (
+        {"search": {"all_lr": {"type": "float", "low": "a", "high": 0.1}}},
+        "search.all_lr.low",
+        "must be a number",
+    ),
+    (
+        {"sampler": {"name": "bayes"}},
+        "sampler.name",
+        "expected one of tpe, random, cmaes, gp, grid, nsgaii",
+    ),
     ({"pruner": {"name": "asha"}}, "pruner.name", "expected one of median, hyperband, none"),
     ({"n_trials": 0}, "n_trials", "must be a positive integer"),
-    ({"objective": {"second": "flops"}}, "objective.second", "must be one of params, epoch_seconds"),
-    ({"objective": {"second": "params"}, "pruner": {"name": "median"}}, "pruner.name", "cannot prune a multi-objective"),
+    (
+        {"objective": {"second": "flops"}},
+        "objective.second",
+        "must be one of params, epoch_seconds",
+    ),
+    (
+        {"objective": {"second": "params"}, "pruner": {"name": "median"}},
+        "pruner.name",
+        "cannot prune a multi-objective",
+    ),
     ({"sampler": {"name": "grid"}}, "search.hidden_size", "grid sampler needs 'choices'"),
 ]
 

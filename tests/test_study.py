@@ -12,12 +12,12 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
+from conftest import write_study
 from optuna.trial import TrialState
 
 import autoall.study
 import autoall.train
 from autoall.cli import main
-from conftest import write_study
 
 STORAGE = "sqlite:///autoall.db"
 
