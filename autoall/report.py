@@ -40,7 +40,7 @@ from autoall.models import build_model
 from autoall.stats import mean_std, time_to_target
 from autoall.study import DEFAULT_STORAGE, count_trials, make_pruner, make_sampler, make_storage
 from autoall.summary import best_trial
-from autoall.tracking import Tracker
+from autoall.tracking import Tracker, client_uri, flatten
 from autoall.train import (
     NonFiniteLossError,
     RunResult,
@@ -362,7 +362,7 @@ class _RunStore:
         # Tracker.connect checks that the store answers and gets or creates the experiment
         tracker = Tracker.connect(tracking_uri, experiment=name)
         self.uri, self.name, self.experiment_id = tracker.uri, name, tracker.experiment_id
-        self.client = MlflowClient(_absolute(tracker.uri))
+        self.client = MlflowClient(client_uri(tracker.uri))
         report = f"tags.\"autoall.report\" = '{name}' and tags.\"autoall.role\" = 'report'"
         parents = self._search(report)
         if parents:
@@ -414,7 +414,7 @@ class _RunStore:
         try:
             from mlflow.entities import Param
 
-            params = [Param(k, str(v)[:6000]) for k, v in _flatten(settings).items()]
+            params = [Param(k, str(v)[:6000]) for k, v in flatten(settings).items()]
             self.client.log_batch(run_id, params=params[:100], synchronous=True)
             seed_everything(seed)
             model = build_model(
@@ -560,23 +560,6 @@ def write_csv(report: Report, path: Path) -> None:
             for variant in rep.variants:
                 for run in rep.runs_of(variant.name):
                     writer.writerow(run.row())
-
-
-def _absolute(uri: str) -> str:
-    """A relative SQLite path made absolute: MLflow caches stores by the URI's text."""
-    if uri.startswith("sqlite:///") and not uri.startswith(("sqlite:////", "sqlite:///:memory:")):
-        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    return uri
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _fmt(value: Any) -> str:

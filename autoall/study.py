@@ -33,7 +33,7 @@ from autoall.config import ParamSpec, StudyConfig
 from autoall.data import DeviceData, load_data
 from autoall.layer import ALLSpec
 from autoall.models import build_model
-from autoall.tracking import NullTracker, Tracker, mask_secrets
+from autoall.tracking import NullTracker, Tracker, flatten, mask_secrets
 from autoall.train import (
     NonFiniteLossError,
     RunResult,
@@ -510,16 +510,7 @@ def resolved_config(
 
 def flat_params(cfg: StudyConfig, arch: str, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:
     """The resolved configuration flattened to dotted keys (MLflow params)."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat[prefix] = value
-
-    walk("", resolved_config(cfg, arch, params, tcfg))
+    flat = flatten(resolved_config(cfg, arch, params, tcfg))
     flat.pop("study_file", None)
     flat["seed"] = tcfg.seed
     flat["device"] = tcfg.device or "auto"

@@ -133,7 +133,7 @@ class Tracker(_Logger):
                     os.environ.setdefault(name, value)
                 _check_health(self.uri)
             with _sqlite_init_lock(self.uri):  # MLflow's schema set-up is not concurrency-safe
-                self._client = self._retrying(MlflowClient, tracking_uri=_client_uri(self.uri))
+                self._client = self._retrying(MlflowClient, tracking_uri=client_uri(self.uri))
                 self.experiment_id = self._retrying(self._experiment_id)
         except TrackingError:
             raise
@@ -218,7 +218,7 @@ class Tracker(_Logger):
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = list(_masked(_flatten(params), _MAX_PARAM_LENGTH).items())
+        items = list(_masked(flatten(params), _MAX_PARAM_LENGTH).items())
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):  # one call unless > 100 params
             batch = [Param(k, v) for k, v in items[i : i + _MAX_PARAMS_PER_BATCH]]
             self._client.log_batch(run_id, params=batch, synchronous=True)
@@ -479,7 +479,7 @@ def _sqlite_init_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def _client_uri(uri: str) -> str:
+def client_uri(uri: str) -> str:
     """Absolute SQLite paths: a relative one would follow later chdirs (MLflow caches stores)."""
     path = _sqlite_path(uri)
     return uri if path is None or path.is_absolute() else "sqlite:///" + str(path.resolve())
@@ -498,12 +498,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
