@@ -327,13 +327,21 @@ def objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, f
     """
     try:
         return _objective(trial, ctx)
-    except (optuna.TrialPruned, KeyboardInterrupt):
+    except optuna.TrialPruned:
+        raise
+    except KeyboardInterrupt:  # also when Ctrl-C lands outside train(), e.g. in run set-up
+        _note_failure(trial, "interrupted (Ctrl-C)")
         raise
     except Exception as exc:
-        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-        if "fail_reason" not in frozen.user_attrs:
-            trial.set_user_attr("fail_reason", mask_secrets(repr(exc))[:500])
+        _note_failure(trial, mask_secrets(repr(exc))[:500])
         raise
+
+
+def _note_failure(trial: optuna.Trial, reason: str) -> None:
+    """Keep the first, most specific reason a trial failed."""
+    frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+    if "fail_reason" not in frozen.user_attrs:
+        trial.set_user_attr("fail_reason", reason)
 
 
 def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, float]:
