@@ -88,13 +88,24 @@ def make_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
         engine_kwargs["poolclass"] = NullPool
     with warnings.catch_warnings():  # heartbeat and retry are "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        try:
-            return _rdb_storage(url, engine_kwargs, hb)
-        except (SQLAlchemyError, ImportError, ValueError) as exc:
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            raise StorageError(
-                f"Cannot open the Optuna storage {mask_secrets(url)}: {mask_secrets(reason)}"
-            ) from None
+        for attempt in range(_SCHEMA_RACE_ATTEMPTS):
+            try:
+                return _rdb_storage(url, engine_kwargs, hb)
+            except (SQLAlchemyError, ImportError, ValueError) as exc:
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                # several workers creating the schema of an empty database at once: retry
+                racing = any(w in reason.lower() for w in _RACE_WORDS)
+                if racing and attempt < _SCHEMA_RACE_ATTEMPTS - 1:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise StorageError(
+                    f"Cannot open the Optuna storage {mask_secrets(url)}: {mask_secrets(reason)}"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+_SCHEMA_RACE_ATTEMPTS = 5
+_RACE_WORDS = ("already exists", "locked", "duplicate", "unique constraint", "alembic")
 
 
 class StorageError(RuntimeError):

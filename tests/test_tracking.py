@@ -5,26 +5,18 @@ Stores are real: SQLite under tmp_path, and one `mlflow server` on a free loopba
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MlflowServer, free_port
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
@@ -359,14 +351,8 @@ def test_persistent_failure_ends_in_lost_not_in_an_exception(
     assert _client().get_metric_history(run.run_id, "val_acc") == []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_down_server_fails_fast_with_masked_url() -> None:
-    url = f"http://tracker:hunter2pw@127.0.0.1:{_free_port()}"
+    url = f"http://tracker:hunter2pw@127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(TrackingError) as info:
         Tracker.connect(url, experiment="digits")
@@ -389,73 +375,6 @@ def test_null_tracker_logs_nothing() -> None:
     run.log_epoch(_stats(1))
     run.finish("COMPLETE")
     assert (run.run_id, run.lost, tracker.find_trial_run("", 0)) == ("", [], None)
-
-
-@dataclass
-class MlflowServer:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def group_pids(self) -> list[int]:
-        """Live (non-zombie) processes in the server's process group."""
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[0] != "Z" and int(fields[2]) == self.process.pid:
-                pids.append(int(stat.parent.name))
-        return pids
-
-    def stop(self) -> list[int]:
-        """SIGTERM the whole group, SIGKILL what is left after 10 s; returns the survivors."""
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None and not self.group_pids():
-                    return []
-                time.sleep(0.1)
-        return self.group_pids()
-
-    def rest(self, endpoint: str, **query: str) -> dict[str, Any]:
-        url = f"{self.url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return dict(json.load(response))
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real `mlflow server` (SQLite backend, one worker) on a free loopback port."""
-    if not Path("/proc/self/stat").exists():
-        pytest.skip("needs /proc to find the server's child processes")
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri"]
-    command += [f"sqlite:///{root}/m.db", "--default-artifact-root", str(root / "art")]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with open(root / "server.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-    server = MlflowServer(f"http://127.0.0.1:{port}", process)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(server.url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = (root / "server.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"mlflow server did not come up on port {port}:\n{tail}")
-            time.sleep(0.5)
-        yield server
-    finally:
-        survivors = server.stop()
-    assert survivors == [], f"mlflow server processes left after stopping: {survivors}"
 
 
 @pytest.mark.slow
