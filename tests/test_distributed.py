@@ -1,0 +1,639 @@
+"""Distributed studies on a real PostgreSQL: many `autoall study run` processes on one study.
+
+Every worker is a separate `python -m autoall.cli study run FILE --storage postgresql+...`
+process, as on separate hosts; the faults are real (SIGKILL, `pg_ctl stop -m fast`). Trials are
+tiny digits MLPs, the heartbeat is 1 s with a 3 s grace period (conftest.write_study).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import PostgresCluster, write_study
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.pool import NullPool
+
+from autoall.cli import main
+
+pytestmark = pytest.mark.postgres
+
+STUDY = "t/mlp"
+GRACE = 3.0  # heartbeat.grace_period of conftest.write_study
+INTERVAL = 1.0  # heartbeat.interval
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass
+class Worker:
+    """One `autoall study run` process and the file its output goes to."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Fleet:
+    """The worker processes of one test; whatever still runs at teardown is SIGKILLed."""
+
+    workdir: Path
+    url: str
+    workers: list[Worker] = field(default_factory=list)
+
+    def start(self, study_file: Path, *args: str, prefix: list[str] | None = None) -> Worker:
+        """`python -m autoall.cli study run FILE --storage URL --checkpoint-dir ... ARGS`."""
+        log = self.workdir / f"worker-{len(self.workers)}.log"
+        command = prefix or [sys.executable, "-m", "autoall.cli"]
+        command = [*command, "study", "run", str(study_file), "--storage", self.url]
+        command += ["--checkpoint-dir", str(self.workdir / "checkpoints"), *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT on a timeout prints every thread's stack
+        env.pop("MLFLOW_TRACKING_URI", None)
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        worker = Worker(proc, log)
+        self.workers.append(worker)
+        return worker
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {w.log.name} (pid {w.pid})\n{w.output()[-3000:]}" for w in self.workers
+        )
+
+    def wait(self, workers: list[Worker], timeout: float = 150) -> list[int]:
+        """Exit codes of `workers`; fails with their output if one is still running at `timeout`."""
+        deadline = time.monotonic() + timeout
+        for w in workers:
+            try:
+                w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill_all(signal.SIGABRT)
+                pytest.fail(f"workers still running after {timeout} s:\n{self.logs()}")
+        return [int(w.proc.returncode) for w in workers]
+
+    def kill_all(self, first: signal.Signals | None = None) -> None:
+        """SIGKILL every worker still running (after `first` and a second, if given)."""
+        running = [w for w in self.workers if w.proc.poll() is None]
+        if first is not None and running:
+            for w in running:
+                w.proc.send_signal(first)
+            time.sleep(1.0)
+        for w in running:
+            if w.proc.poll() is None:
+                w.proc.kill()
+            w.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def fleet(workdir: Path, postgres_db: str, postgres: PostgresCluster) -> Iterator[Fleet]:
+    fleet = Fleet(workdir, postgres_db)
+    yield fleet
+    fleet.kill_all()
+    for w in fleet.workers:  # whatever happened, no worker printed the database password
+        assert postgres.password not in w.output(), f"{w.log.name} shows the password"
+
+
+@pytest.fixture(scope="module")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made once (the migrations take seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def _tracking_store(workdir: Path, template: Path) -> str:
+    """A copy of the template store in `workdir`, as an absolute URI every process shares."""
+    (workdir / "mlruns").mkdir()
+    shutil.copyfile(template, workdir / "mlruns" / "mlflow.db")
+    return f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}"
+
+
+def _storage(url: str) -> RDBStorage:
+    """A reader of the study, one connection per call (it must survive a server restart)."""
+    return RDBStorage(url, engine_kwargs={"poolclass": NullPool})
+
+
+def _trials(storage: RDBStorage) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
+
+
+def _states(trials: list[FrozenTrial]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _done(trials: list[FrozenTrial]) -> int:
+    return sum(t.state in FINISHED for t in trials)
+
+
+def _wait_for(
+    storage: RDBStorage,
+    until: Callable[[list[FrozenTrial]], Any],
+    *,
+    fleet: Fleet,
+    what: str,
+    timeout: float = 120,
+) -> Any:
+    """Poll the study every 0.1 s until `until(trials)` is truthy; return that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = until(_trials(storage))
+        except (KeyError, optuna.exceptions.StorageInternalError):  # no study yet, server down
+            found = None
+        if found:
+            return found
+        if fleet.workers and all(w.proc.poll() is not None for w in fleet.workers):
+            pytest.fail(f"every worker exited while waiting for {what}:\n{fleet.logs()}")
+        time.sleep(0.1)
+    fleet.kill_all(signal.SIGABRT)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{fleet.logs()}")
+
+
+def _running(min_epochs: int, pids: set[int]) -> Callable[[list[FrozenTrial]], FrozenTrial | None]:
+    """A RUNNING trial of one of `pids` with at least `min_epochs` reported, or None."""
+
+    def find(trials: list[FrozenTrial]) -> FrozenTrial | None:
+        for t in trials:
+            if (
+                t.state == TrialState.RUNNING
+                and len(t.intermediate_values) >= min_epochs
+                and t.user_attrs.get("worker_pid") in pids
+            ):
+                return t
+        return None
+
+    return find
+
+
+def _fresh_trials_in_the_retry_gap(trials: list[FrozenTrial]) -> list[int]:
+    """Finished fresh trials that started after a stale trial was failed but before its retry
+    was queued (Optuna fails stale trials first and queues their retries after)."""
+    gap = []
+    for retry in trials:
+        history = retry.system_attrs.get("retry_history")
+        if not history:
+            continue
+        failed_at = trials[history[-1]].datetime_complete
+        gap += [
+            t.number
+            for t in trials
+            if "failed_trial" not in t.system_attrs
+            and t.state in FINISHED
+            and t.number < retry.number
+            and failed_at is not None
+            and t.datetime_start is not None
+            and t.datetime_start > failed_at
+        ]
+    return sorted(set(gap))
+
+
+def _assert_exact(trials: list[FrozenTrial], target: int) -> None:
+    """The target is met exactly, no trial is left RUNNING or WAITING, numbers are unique."""
+    states = _states(trials)
+    gap = _fresh_trials_in_the_retry_gap(trials)
+    if (_done(trials) != target or "WAITING" in states) and gap:
+        pytest.xfail(  # the known race, see test_a_retry_queued_after_a_fresh_trial_started...
+            f"target missed ({states}): fresh trials {gap} started between a stale trial's "
+            "FAIL and its retry"
+        )
+    assert _done(trials) == target, states
+    assert "RUNNING" not in states and "WAITING" not in states, states
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))
+
+
+def _assert_failed_by_heartbeat(
+    trials: list[FrozenTrial], number: int, killed_at: datetime
+) -> None:
+    """Trial `number`, whose worker was killed at `killed_at`, was failed as stale in time.
+
+    Its last heartbeat was at most one interval before the kill, so it cannot be stale before
+    GRACE - INTERVAL. Optuna looks for stale trials before each new trial (and autoall's waiting
+    workers every second), so no trial may start after the grace period before it is failed.
+    `trials` is the final list: the trial whose start found it stale is in it.
+    """
+    failed_at = trials[number].datetime_complete
+    assert failed_at is not None
+    after = (failed_at - killed_at).total_seconds()
+    assert after >= GRACE - INTERVAL - 0.5, f"failed {after:.1f} s after the kill: too early"
+    grace_end = killed_at + timedelta(seconds=GRACE)
+    starts = [t.datetime_start for t in trials if t.datetime_start and t.datetime_start > grace_end]
+    first_chance = min(starts, default=grace_end + timedelta(seconds=2 * INTERVAL))
+    assert failed_at <= first_chance + timedelta(seconds=0.5), (
+        f"failed {after:.1f} s after the kill, but a trial started {first_chance - killed_at} "
+        "after it without failing it first"
+    )
+    assert after <= 60, after
+
+
+def _create(study_file: Path, url: str) -> None:
+    result = CliRunner().invoke(main, ["study", "create", str(study_file), "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert "ready in postgresql+psycopg2://autoall:***@127.0.0.1:" in result.output
+
+
+@pytest.mark.slow
+def test_three_workers_meet_the_target_exactly_with_one_mlflow_parent(
+    fleet: Fleet, workdir: Path, postgres: PostgresCluster, mlflow_template: Path
+) -> None:
+    """(a) 3 processes, 12 trials, one MLflow store: one parent, 12 finished children."""
+    from mlflow import MlflowClient
+
+    path = write_study(workdir / "s.yaml", n_trials=12, train={"epochs": 3})
+    tracking = _tracking_store(workdir, mlflow_template)
+    _create(path, fleet.url)
+    workers = [fleet.start(path, "--tracking-uri", tracking) for _ in range(3)]
+    assert fleet.wait(workers) == [0, 0, 0], fleet.logs()
+
+    trials = _trials(_storage(fleet.url))
+    _assert_exact(trials, 12)
+    surplus = [t for t in trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["fail_reason"].startswith("surplus") for t in surplus), surplus
+    finished = [t for t in trials if t.state in FINISHED]
+    pids = {t.user_attrs["worker_pid"] for t in finished}
+    assert pids <= {w.pid for w in workers} and len(pids) >= 2, pids  # the work was shared
+
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("t")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("autoall.role") == "study"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert "***" in parent.data.params["storage"]
+    assert postgres.password not in str(parent.data.params)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 12 and len(runs) == 13
+    assert {r.info.status for r in children} == {"FINISHED"}
+    by_run = {r.info.run_id: r for r in children}
+    for t in finished:  # trial <-> run, both ways
+        run = by_run[t.user_attrs["mlflow_run_id"]]
+        assert run.data.tags["optuna.trial_number"] == str(t.number)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_trial_fails_by_heartbeat_and_resumes_from_its_checkpoint(
+    fleet: Fleet, workdir: Path, mlflow_template: Path
+) -> None:
+    """(b) SIGKILL one of 3 workers mid-trial; another worker retries it from its checkpoint."""
+    from mlflow import MlflowClient
+
+    epochs = 12
+    path = write_study(workdir / "s.yaml", n_trials=6, train={"epochs": epochs})
+    tracking = _tracking_store(workdir, mlflow_template)
+    _create(path, fleet.url)
+    workers = [fleet.start(path, "--tracking-uri", tracking) for _ in range(3)]
+    storage = _storage(fleet.url)
+
+    victim = _wait_for(
+        storage,
+        _running(2, {w.pid for w in workers}),
+        fleet=fleet,
+        what="a RUNNING trial with 2 epochs",
+    )
+    killed = next(w for w in workers if w.pid == victim.user_attrs["worker_pid"])
+    killed.proc.send_signal(signal.SIGKILL)
+    killed_at = datetime.now()  # Optuna's trial times are naive local times too
+    assert killed.proc.wait(timeout=10) == -signal.SIGKILL
+    victim = _trials(storage)[victim.number]
+    assert victim.state == TrialState.RUNNING  # nothing but the heartbeat can end it now
+    reported = len(victim.intermediate_values)
+
+    _wait_for(
+        storage,
+        lambda trials: trials[victim.number].state == TrialState.FAIL,
+        fleet=fleet,
+        what=f"the killed trial {victim.number} to turn FAIL",
+        timeout=GRACE + 30,
+    )
+
+    others = [w for w in workers if w is not killed]
+    assert fleet.wait(others) == [0, 0], fleet.logs()
+    trials = _trials(storage)
+    _assert_exact(trials, 6)
+    _assert_failed_by_heartbeat(trials, victim.number, killed_at)
+    stale = trials[victim.number]
+    assert stale.state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.params == victim.params
+    assert retry.user_attrs["retry_of"] == victim.number
+    assert retry.user_attrs["worker_pid"] != killed.pid
+    resumed = retry.user_attrs["resumed_from_epoch"]  # not from scratch
+    assert reported <= resumed < epochs
+    # inherited epochs, then the resumed ones; the epoch of the checkpoint itself is missing
+    # when the kill fell between saving it and reporting it
+    assert set(range(1, epochs + 1)) - set(retry.intermediate_values) <= {resumed}
+    assert set(retry.intermediate_values) <= set(range(1, epochs + 1))
+    assert not list((workdir / "checkpoints").rglob("*.pt"))  # finished trials leave none
+
+    client = MlflowClient(tracking)
+    lost = client.get_run(stale.user_attrs["mlflow_run_id"])
+    assert lost.info.status == "FAILED"
+    assert "heartbeat" in lost.data.tags["fail_reason"]
+    rerun = client.get_run(retry.user_attrs["mlflow_run_id"])
+    assert rerun.info.run_id != lost.info.run_id
+    assert rerun.info.status == "FINISHED"
+    assert rerun.data.tags["retry_of"] == str(victim.number)
+    steps = [m.step for m in client.get_metric_history(rerun.info.run_id, "val_acc")]
+    assert steps == list(range(resumed + 1, epochs + 1))  # continues, no duplicate steps
+
+
+@pytest.mark.slow
+def test_killing_every_worker_and_starting_again_keeps_the_finished_trials(
+    fleet: Fleet, workdir: Path
+) -> None:
+    """(c) SIGKILL all 3 workers; 3 new ones finish the study without redoing finished trials.
+
+    Each worker is killed while it is mid-training, so every trial it leaves has its heartbeat
+    (a kill between creating a trial and its first heartbeat is the xfail test below).
+    """
+    epochs = 8
+    path = write_study(workdir / "s.yaml", n_trials=6, train={"epochs": epochs})
+    _create(path, fleet.url)
+    first = [fleet.start(path, "--no-tracking") for _ in range(3)]
+    storage = _storage(fleet.url)
+
+    def mid_training(pid: int) -> Callable[[list[FrozenTrial]], FrozenTrial | None]:
+        def find(trials: list[FrozenTrial]) -> FrozenTrial | None:
+            if _done(trials) < 1:
+                return None
+            return next(
+                (
+                    t
+                    for t in trials
+                    if t.state == TrialState.RUNNING
+                    and t.user_attrs.get("worker_pid") == pid
+                    and 1 <= len(t.intermediate_values) <= epochs - 2
+                ),
+                None,
+            )
+
+        return find
+
+    killed = []
+    for w in first:
+        what = f"worker {w.pid} mid-training"
+        killed.append(_wait_for(storage, mid_training(w.pid), fleet=fleet, what=what))
+        w.proc.send_signal(signal.SIGKILL)
+    assert fleet.wait(first) == [-signal.SIGKILL] * 3
+    before = _trials(storage)
+    finished_before = {t.number: t for t in before if t.state in FINISHED}
+    assert len(finished_before) < 6
+
+    second = [fleet.start(path, "--no-tracking") for _ in range(3)]
+    assert fleet.wait(second) == [0, 0, 0], fleet.logs()
+    trials = _trials(storage)
+    _assert_exact(trials, 6)
+    for number, old in finished_before.items():  # kept as they were
+        now = trials[number]
+        assert (now.state, now.values, now.params) == (old.state, old.values, old.params)
+    originals = set()
+    for k in killed:  # failed by the heartbeat, retried with the same parameters
+        assert trials[k.number].state == TrialState.FAIL
+        original = k.system_attrs.get("failed_trial", k.number)  # a retry's retry: the first
+        originals.add(original)
+        retries = [
+            t
+            for t in trials
+            if t.system_attrs.get("failed_trial") == original
+            and t.number > k.number
+            and t.state in FINISHED
+        ]
+        assert len(retries) == 1 and retries[0].params == k.params
+    new = [t for t in trials if t.number not in finished_before and t.state in FINISHED]
+    assert len(new) == 6 - len(finished_before)
+    assert {t.system_attrs.get("failed_trial") for t in new} <= originals | {None}
+    assert {t.user_attrs["worker_pid"] for t in new} <= {w.pid for w in second}
+
+
+@pytest.mark.slow
+def test_a_database_restart_mid_study_is_survived(
+    fleet: Fleet, workdir: Path, postgres: PostgresCluster
+) -> None:
+    """(d) `pg_ctl stop -m fast`, 2 s down, start: the study still completes, exactly.
+
+    A worker may lose its trial (failed by the heartbeat, retried elsewhere) or exit with an
+    error when the database is down at the wrong moment; rerunning the same command once is
+    the documented recovery.
+    """
+    path = write_study(workdir / "s.yaml", n_trials=6, train={"epochs": 8})
+    _create(path, fleet.url)
+    workers = [fleet.start(path, "--no-tracking") for _ in range(3)]
+    storage = _storage(fleet.url)
+    _wait_for(
+        storage,
+        lambda trials: _done(trials) >= 2 and _running(2, {w.pid for w in workers})(trials),
+        fleet=fleet,
+        what="2 finished trials and one running",
+    )
+    postgres.restart(down_seconds=2.0)
+    codes = fleet.wait(workers)
+    if any(codes):
+        print(f"exit codes after the restart: {codes}; rerunning once")
+        rerun = fleet.start(path, "--no-tracking")
+        try:
+            rerun.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            orphans = _running_without_heartbeat(fleet.url)
+            fleet.kill_all(signal.SIGABRT)
+            if orphans:  # see test_a_trial_left_running_without_a_heartbeat_is_retried
+                pytest.xfail(
+                    f"trials {orphans} RUNNING without a heartbeat row: rerun waits forever"
+                )
+            pytest.fail(f"the rerun did not finish in 120 s:\n{fleet.logs()}")
+        assert rerun.proc.returncode == 0, fleet.logs()
+    trials = _trials(storage)
+    _assert_exact(trials, 6)
+    assert not list((workdir / "checkpoints").rglob("*.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="a storage error while the database restarts ends the worker with a traceback "
+    "(exit 1): run_worker does not wait for the database, Optuna's heartbeat thread ends at its "
+    "first error, _Monitor.stop's final draw raises; fix in autoall/study.py and workers.py",
+)
+def test_workers_ride_out_a_database_restart_without_exiting(
+    fleet: Fleet, workdir: Path, postgres: PostgresCluster
+) -> None:
+    """(d) as users want it: no worker exits; a trial cut short is rerun, the target exact."""
+    path = write_study(workdir / "s.yaml", n_trials=4, train={"epochs": 8})
+    _create(path, fleet.url)
+    workers = [fleet.start(path, "--no-tracking") for _ in range(2)]
+    storage = _storage(fleet.url)
+    _wait_for(
+        storage,
+        lambda trials: _done(trials) >= 1 and _running(2, {w.pid for w in workers})(trials),
+        fleet=fleet,
+        what="a finished trial and one running",
+    )
+    postgres.restart(down_seconds=2.0)
+    assert fleet.wait(workers) == [0, 0], fleet.logs()
+    _assert_exact(_trials(storage), 4)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="a fresh trial started between a stale trial's FAIL and its retry's creation is not "
+    "surplus (_is_surplus ignores retries numbered after it) and retries skip the check: the "
+    "target is overshot, or the retry is left WAITING; fix in autoall/study.py _is_surplus",
+)
+def test_a_retry_queued_after_a_fresh_trial_started_keeps_the_target_exact(
+    fleet: Fleet, workdir: Path
+) -> None:
+    """Optuna's fail_stale_trials sets FAIL, then queues the retry: the gap, made wide."""
+    path = write_study(workdir / "s.yaml", n_trials=2, train={"epochs": 12})
+    _create(path, fleet.url)
+    storage = _storage(fleet.url)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    study.tell(study.ask(), 0.5)  # one finished trial
+    stale = study.ask()  # a dead worker's trial, failed by the heartbeat; its retry comes later
+    storage.set_trial_state_values(stale._trial_id, TrialState.FAIL)
+    worker = fleet.start(path, "--no-tracking")
+    _wait_for(storage, _running(1, {worker.pid}), fleet=fleet, what="a fresh trial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=2, inherit_intermediate_values=True)
+    retry(study, storage.get_trial(stale._trial_id))  # the second half of fail_stale_trials
+    assert fleet.wait([worker]) == [0], fleet.logs()
+    trials = _trials(storage)
+    states = _states(trials)
+    assert _done(trials) == 2 and "WAITING" not in states and "RUNNING" not in states, states
+    assert any(
+        t.system_attrs.get("failed_trial") == stale.number for t in trials if t.state in FINISHED
+    )
+
+
+def _running_without_heartbeat(url: str) -> list[int]:
+    """Numbers of RUNNING trials that have no row in Optuna's heartbeat table."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    query = sqlalchemy.text(
+        "SELECT t.number FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.state = 'RUNNING' AND h.trial_id IS NULL"
+    )
+    try:
+        with engine.connect() as conn:
+            return sorted(int(n) for n in conn.execute(query).scalars())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="Optuna never fails a RUNNING trial without a heartbeat row (worker died before its "
+    "first beat, or the database was down then), and run_worker waits for it forever; fix in "
+    "autoall/study.py run_worker",
+)
+def test_a_trial_left_running_without_a_heartbeat_is_retried(fleet: Fleet, workdir: Path) -> None:
+    """A worker that died between creating its trial and its first heartbeat must not block."""
+    path = write_study(workdir / "s.yaml", n_trials=1, train={"epochs": 2})
+    _create(path, fleet.url)
+    storage = _storage(fleet.url)
+    orphan = optuna.load_study(study_name=STUDY, storage=storage).ask()  # no heartbeat thread
+    assert _running_without_heartbeat(fleet.url) == [orphan.number]
+    worker = fleet.start(path, "--no-tracking")
+    # from its first progress line on, the worker has the grace period and a poll or two
+    _wait_for(
+        storage,
+        lambda trials: "0/1" in worker.output() or trials[0].state != TrialState.RUNNING,
+        fleet=fleet,
+        what="the worker to start",
+    )
+    time.sleep(GRACE + 2 * INTERVAL + 2)
+    trials = _trials(storage)
+    if trials[orphan.number].state == TrialState.RUNNING:
+        fleet.kill_all()  # it would wait forever
+    assert trials[orphan.number].state == TrialState.FAIL, _states(trials)
+    assert fleet.wait([worker], timeout=60) == [0], fleet.logs()
+    _assert_exact(_trials(storage), 1)
+
+
+def test_a_wrong_password_is_a_clear_error_without_the_password(
+    workdir: Path, postgres: PostgresCluster, postgres_url: str
+) -> None:
+    """(e) exit code 1, the masked URL and PostgreSQL's reason, no password anywhere."""
+    path = write_study(workdir / "s.yaml")
+    wrong = postgres.url_for(postgres.database, password="Wr0ng-Pa55word")
+    runner = CliRunner()
+    for args in (["run", "--no-tracking"], ["create"]):
+        result = runner.invoke(main, ["study", args[0], str(path), "--storage", wrong, *args[1:]])
+        assert result.exit_code == 1, result.output
+        masked = f"postgresql+psycopg2://autoall:***@127.0.0.1:{postgres.port}/autoall"
+        assert f"Cannot open the Optuna storage {masked}" in result.output
+        assert "password authentication failed" in result.output
+        assert "Wr0ng-Pa55word" not in result.output
+        assert postgres.password not in result.output
+        assert "Traceback" not in result.output
+    assert optuna.get_all_study_summaries(postgres_url) == []  # nothing was created
+
+
+# Imports everything first, then waits for the go file: both processes then reach the empty
+# database within milliseconds of each other, as workers started by one `srun` do.
+_AT_ONCE = """
+import pathlib, sys, time
+import optuna, psycopg2, sqlalchemy, torch
+import autoall.cli, autoall.study, autoall.workers
+go = pathlib.Path(sys.argv[1])
+pathlib.Path(f"{go}.{sys.argv[2]}").touch()
+while not go.exists():
+    time.sleep(0.002)
+sys.argv = ["autoall", *sys.argv[3:]]
+autoall.cli.main()
+"""
+
+
+@pytest.mark.slow
+def test_two_workers_started_at_once_on_an_empty_database_both_succeed(
+    fleet: Fleet, workdir: Path
+) -> None:
+    """No `autoall study create`: both make the schema and the study at the same moment."""
+    path = write_study(workdir / "s.yaml", n_trials=4, train={"epochs": 2})
+    go = workdir / "go"
+    workers = [
+        fleet.start(path, "--no-tracking", prefix=[sys.executable, "-c", _AT_ONCE, str(go), str(i)])
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.{i}").exists() for i in range(2)):
+        assert time.monotonic() < deadline, fleet.logs()
+        assert all(w.proc.poll() is None for w in workers), fleet.logs()
+        time.sleep(0.05)
+    go.touch()
+    assert fleet.wait(workers) == [0, 0], fleet.logs()
+    trials = _trials(_storage(fleet.url))
+    _assert_exact(trials, 4)
