@@ -40,7 +40,7 @@ from autoall.models import build_model
 from autoall.stats import mean_std, time_to_target
 from autoall.study import DEFAULT_STORAGE, count_trials, make_pruner, make_sampler, make_storage
 from autoall.summary import best_trial
-from autoall.tracking import Tracker, client_uri, flatten
+from autoall.tracking import Tracker, client_uri, final_metrics, flatten
 from autoall.train import (
     NonFiniteLossError,
     RunResult,
@@ -434,7 +434,7 @@ class _RunStore:
             variant=variant.name,
             seed=seed,
             run_id=run_id,
-            metrics={k: float(v) for k, v in _final_metrics(result).items() if k in FINAL_METRICS},
+            metrics={k: float(v) for k, v in final_metrics(result).items() if k in FINAL_METRICS},
             val_acc=[s.val_acc for s in result.history],
             epoch_seconds=[s.epoch_seconds for s in result.history],
             reused=False,
@@ -448,7 +448,7 @@ class _RunStore:
         metrics = [
             Metric(k, v, now, s.epoch) for s in result.history for k, v in s.metrics().items()
         ]
-        final = _final_metrics(result)
+        final = final_metrics(result)
         metrics += [Metric(k, float(v), now, result.epochs_run) for k, v in final.items()]
         for i in range(0, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], synchronous=True)
@@ -481,22 +481,6 @@ class _RunStore:
 
     def end_parent(self, status: str) -> None:
         self.client.set_terminated(self.parent_id, status)
-
-
-def _final_metrics(result: RunResult) -> dict[str, float]:
-    values = {
-        "test_acc": result.test_acc,
-        "test_loss": result.test_loss,
-        "final_val_acc": result.final_val_acc,
-        "best_val_acc": result.best_val_acc,
-        "train_eval_acc": result.train_eval_acc,
-        "wall_seconds": result.wall_seconds,
-        "median_epoch_seconds": result.median_epoch_seconds,
-        "epochs_run": result.epochs_run,
-        "params_total": result.params.total,
-        "params_all": result.params.all,
-    }
-    return {k: float(v) for k, v in values.items() if v is not None}
 
 
 def _set_target(rep: ArchReport, target: float | None) -> None:

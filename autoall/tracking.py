@@ -360,7 +360,7 @@ class TrialRun(_Logger):
         elif state == "FAIL":
             tags["fail_reason"] = reason or "unknown"
         run_tags = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
-        metrics = _metrics(_final_metrics(result), step=len(self._history)) if result else []
+        metrics = _metrics(final_metrics(result), step=len(self._history)) if result else []
         self._call(
             "log final metrics",
             self._client.log_batch,
@@ -520,7 +520,8 @@ def _metrics(values: Mapping[str, float], *, step: int) -> list[Any]:
     return [Metric(k, float(v), timestamp, step) for k, v in values.items()]
 
 
-def _final_metrics(result: RunResult) -> dict[str, float]:
+def final_metrics(result: RunResult) -> dict[str, float]:
+    """A run's final figures as MLflow metrics (None values left out)."""
     values = {
         "final_val_acc": result.final_val_acc,
         "best_val_acc": result.best_val_acc,
