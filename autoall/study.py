@@ -46,6 +46,7 @@ log = logging.getLogger("autoall.study")
 
 DEFAULT_STORAGE = "sqlite:///autoall.db"
 _MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials all fail stops instead of looping
+_MAX_OUTAGE_SECONDS = 300  # a worker waits this long for an unreachable database, then stops
 _MAX_OOM_RETRIES = 2  # a trial that ran out of GPU memory is queued again this often
 
 
@@ -112,8 +113,27 @@ class StorageError(RuntimeError):
     """The Optuna storage cannot be opened (wrong URL, server down, bad password); no secrets."""
 
 
+class _Storage(RDBStorage):
+    """RDBStorage whose heartbeat outlives a database blip.
+
+    Optuna's heartbeat thread ends at the first exception of `record_heartbeat`; the trial then
+    trains on with no heartbeat and is failed as stale (and rerun elsewhere) although alive.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:  # the next beat, one interval later, tries again
+            lines = str(exc).strip().splitlines()
+            log.warning(
+                "heartbeat of trial id %d not recorded: %s",
+                trial_id,
+                mask_secrets(lines[0] if lines else ""),
+            )
+
+
 def _rdb_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage:
-    return RDBStorage(
+    return _Storage(
         url,
         engine_kwargs=engine_kwargs,
         heartbeat_interval=hb.interval if hb else None,
@@ -287,6 +307,57 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
     """
     consecutive_failures = 0
     start_lock = _StartLock(study._storage)
+    unbeaten: dict[int, float] = {}  # trial id -> when this worker first saw it without heartbeat
+    outage_since: float | None = None
+    while True:
+        try:
+            step = _step(ctx, study, start_lock, unbeaten, poll_seconds)
+        except Exception as exc:
+            if not _is_storage_outage(exc):
+                raise
+            # the database is down or restarting: a trial cut short stays RUNNING, its heartbeat
+            # stops, and it is rerun as stale; this worker waits for the database to come back
+            outage_since = outage_since or time.monotonic()
+            if time.monotonic() - outage_since > _MAX_OUTAGE_SECONDS:
+                raise RuntimeError(
+                    f"{ctx.cfg.study_name(ctx.arch)}: the Optuna storage has failed for "
+                    f"{_MAX_OUTAGE_SECONDS} s: {mask_secrets(str(exc).splitlines()[0])}"
+                ) from None
+            log.warning("Optuna storage error (%s); retrying", type(exc).__name__)
+            time.sleep(poll_seconds)
+            continue
+        outage_since = None
+        if isinstance(step, Counts):
+            return step
+        failed, last = step
+        consecutive_failures = consecutive_failures + 1 if failed else 0
+        if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
+            reason = last.user_attrs.get("fail_reason", "see the log") if last else ""
+            raise RuntimeError(
+                f"{ctx.cfg.study_name(ctx.arch)}: {consecutive_failures} trials in a row failed; "
+                f"stopping this worker. Last reason: {reason}"
+            )
+
+
+def _is_storage_outage(exc: BaseException) -> bool:
+    """Whether a storage error is in `exc`'s chain (Optuna's _run_trial raises UnboundLocalError
+    when the database is gone for both `tell` and `get_trial`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, optuna.exceptions.StorageInternalError | SQLAlchemyError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _step(
+    ctx: WorkerContext,
+    study: optuna.Study,
+    start_lock: _StartLock,
+    unbeaten: dict[int, float],
+    poll_seconds: float,
+) -> Counts | tuple[bool, FrozenTrial | None]:
+    """Until one trial has run: the final counts, or (whether that trial failed, the trial)."""
     while True:
         counts = count_trials(study.get_trials(deepcopy=False))
         if counts.done >= ctx.n_trials:
@@ -296,6 +367,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # a no-op without heartbeat
+                _fail_trials_without_heartbeat(study, unbeaten)
             continue
 
         def guarded(trial: optuna.Trial) -> float | tuple[float, float]:
@@ -303,7 +375,10 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             return objective(trial, ctx)
 
         start_lock.acquire()
-        if count_trials(study.get_trials(deepcopy=False)).done >= ctx.n_trials:
+        again = count_trials(study.get_trials(deepcopy=False))  # others may have started one
+        if again.done >= ctx.n_trials or (
+            again.waiting == 0 and again.done + again.running >= ctx.n_trials
+        ):
             start_lock.release()
             continue
         try:
@@ -317,18 +392,58 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
         finally:
             start_lock.release()
         last = study.get_trials(deepcopy=False)[-1] if ctx.n_trials else None
+        reason = last.user_attrs.get("fail_reason", "") if last is not None else ""
         failed = (
             last is not None
             and last.state == TrialState.FAIL
-            and "out of memory" not in last.user_attrs.get("fail_reason", "")
+            and "out of memory" not in reason
+            and not reason.startswith("surplus")  # not this worker's failure
         )
-        consecutive_failures = consecutive_failures + 1 if failed else 0
-        if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
-            reason = last.user_attrs.get("fail_reason", "see the log") if last else ""
-            raise RuntimeError(
-                f"{ctx.cfg.study_name(ctx.arch)}: {consecutive_failures} trials in a row failed; "
-                f"stopping this worker. Last reason: {reason}"
-            )
+        return failed, last
+
+
+def _fail_trials_without_heartbeat(study: optuna.Study, first_seen: dict[int, float]) -> None:
+    """Fail RUNNING trials that have had no heartbeat for a grace period, and retry them.
+
+    Optuna's stale check skips a trial with no heartbeat row at all: a worker killed between
+    creating its trial and the first beat (TPE samples in between), or whose first beat failed
+    while the database was down. Waiting workers would wait for it forever. The time is this
+    worker's own clock (datetime_start is the creating host's), from when it first saw the trial.
+    """
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # unwrap Optuna's cache
+    if not isinstance(backend, RDBStorage) or backend.heartbeat_interval is None:
+        return
+    from optuna.storages._rdb import models
+
+    grace = backend.grace_period or 2 * backend.heartbeat_interval
+    session = backend.scoped_session()
+    try:
+        ids = {
+            trial_id
+            for (trial_id,) in session.query(models.TrialModel.trial_id)
+            .outerjoin(models.TrialHeartbeatModel)
+            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(models.TrialHeartbeatModel.trial_heartbeat_id.is_(None))
+        }
+    finally:
+        backend.scoped_session.remove()
+    now = time.monotonic()
+    for trial_id in set(first_seen) - ids:
+        del first_seen[trial_id]
+    callback = backend.get_heartbeat_stale_trial_callback()
+    for trial_id in ids:
+        if now - first_seen.setdefault(trial_id, now) <= grace:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        log.warning("trial id %d had no heartbeat for %s s; failed as stale", trial_id, grace)
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
 
 
 def objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, float]:
@@ -405,6 +520,8 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
             trial.report(stats.val_acc, stats.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
+        if retry_of is None and _is_surplus(trial, ctx.n_trials):  # a retry queued meanwhile
+            raise _SurplusTrial("surplus: a retried trial took its place")
 
     try:
         result = train(model, ctx.data, tcfg, on_epoch=on_epoch, checkpoint=checkpoint)
@@ -442,6 +559,8 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         raise
     except BaseException as exc:  # KeyboardInterrupt included: the run must not stay RUNNING
         reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc)
+        if isinstance(exc, _SurplusTrial):
+            reason = str(exc)
         trial.set_user_attr("fail_reason", mask_secrets(reason)[:500])
         _finish(run, trial, "FAIL", checkpoint, reason=reason)
         raise
@@ -458,9 +577,24 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
 
 
 def _is_surplus(trial: optuna.Trial, target: int) -> bool:
-    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    earlier = trial.study.get_trials(deepcopy=False, states=live)
-    return sum(1 for t in earlier if t.number < trial.number) >= target
+    """Whether the target is covered without this fresh trial.
+
+    Ahead of it: finished trials, every live retry (it resumes a checkpoint, and it may be
+    queued after this trial started: Optuna fails a stale trial first and queues its retry
+    after), then live fresh trials with a smaller number.
+    """
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    live = (TrialState.RUNNING, TrialState.WAITING)
+    ahead = sum(
+        1
+        for t in trial.study.get_trials(deepcopy=False)
+        if t.number != trial.number
+        and (
+            t.state in finished
+            or (t.state in live and ("failed_trial" in t.system_attrs or t.number < trial.number))
+        )
+    )
+    return ahead >= target
 
 
 def _record_result(trial: optuna.Trial, result: RunResult) -> None:

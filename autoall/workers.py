@@ -7,6 +7,7 @@ thread polls the storage, so the progress shown is the study's, whichever worker
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import sys
@@ -207,7 +208,8 @@ class _Monitor:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        self._draw()  # the final state
+        with contextlib.suppress(Exception):  # the database may be what stopped the workers
+            self._draw()  # the final state
         if self.tty:
             self.out.write("\n")
 

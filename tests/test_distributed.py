@@ -478,12 +478,6 @@ def test_a_database_restart_mid_study_is_survived(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a storage error while the database restarts ends the worker with a traceback "
-    "(exit 1): run_worker does not wait for the database, Optuna's heartbeat thread ends at its "
-    "first error, _Monitor.stop's final draw raises; fix in autoall/study.py and workers.py",
-)
 def test_workers_ride_out_a_database_restart_without_exiting(
     fleet: Fleet, workdir: Path, postgres: PostgresCluster
 ) -> None:
@@ -504,12 +498,6 @@ def test_workers_ride_out_a_database_restart_without_exiting(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a fresh trial started between a stale trial's FAIL and its retry's creation is not "
-    "surplus (_is_surplus ignores retries numbered after it) and retries skip the check: the "
-    "target is overshot, or the retry is left WAITING; fix in autoall/study.py _is_surplus",
-)
 def test_a_retry_queued_after_a_fresh_trial_started_keeps_the_target_exact(
     fleet: Fleet, workdir: Path
 ) -> None:
@@ -553,12 +541,6 @@ def _running_without_heartbeat(url: str) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Optuna never fails a RUNNING trial without a heartbeat row (worker died before its "
-    "first beat, or the database was down then), and run_worker waits for it forever; fix in "
-    "autoall/study.py run_worker",
-)
 def test_a_trial_left_running_without_a_heartbeat_is_retried(fleet: Fleet, workdir: Path) -> None:
     """A worker that died between creating its trial and its first heartbeat must not block."""
     path = write_study(workdir / "s.yaml", n_trials=1, train={"epochs": 2})
