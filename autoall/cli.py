@@ -194,7 +194,12 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
     default=None,
     help="Worker processes [default: one per GPU, else 1].",
 )
-@click.option("--storage", default=None, envvar="AUTOALL_STORAGE", help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].")
+@click.option(
+    "--storage",
+    default=None,
+    envvar="AUTOALL_STORAGE",
+    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
+)
 @click.option(
     "--study-name", default=None, help="Overrides the file's name (studies are <name>/<arch>)."
 )
@@ -291,7 +296,12 @@ def study_run(
 
 @study_group.command("create")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--storage", default=None, envvar="AUTOALL_STORAGE", help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].")
+@click.option(
+    "--storage",
+    default=None,
+    envvar="AUTOALL_STORAGE",
+    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
+)
 @click.option("--study-name", default=None, help="Overrides the file's name.")
 def study_create(file: str, storage: str | None, study_name: str | None) -> None:
     """Create the storage schema and the studies of FILE once, before many workers start."""
@@ -312,7 +322,12 @@ def study_create(file: str, storage: str | None, study_name: str | None) -> None
 
 @study_group.command("status")
 @click.argument("target")
-@click.option("--storage", default=None, envvar="AUTOALL_STORAGE", help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].")
+@click.option(
+    "--storage",
+    default=None,
+    envvar="AUTOALL_STORAGE",
+    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
+)
 def study_status(target: str, storage: str | None) -> None:
     """Per architecture: counts by state, best value and parameters, time spent.
 
@@ -329,7 +344,12 @@ def study_status(target: str, storage: str | None) -> None:
 
 
 @study_group.command("list")
-@click.option("--storage", default=None, envvar="AUTOALL_STORAGE", help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].")
+@click.option(
+    "--storage",
+    default=None,
+    envvar="AUTOALL_STORAGE",
+    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
+)
 def study_list(storage: str | None) -> None:
     """List the studies in a storage."""
     import optuna
@@ -358,7 +378,12 @@ def study_list(storage: str | None) -> None:
     default=None,
     help="File to write [default: stdout].",
 )
-@click.option("--storage", default=None, envvar="AUTOALL_STORAGE", help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].")
+@click.option(
+    "--storage",
+    default=None,
+    envvar="AUTOALL_STORAGE",
+    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
+)
 def study_export(name: str, fmt: str, output: str | None, storage: str | None) -> None:
     """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture)."""
     from autoall.summary import trials_table
@@ -416,7 +441,12 @@ def _experiment_links(uri: str, port: int) -> list[str]:
 
 
 @main.command("dashboard")
-@click.option("--storage", default=None, envvar="AUTOALL_STORAGE", help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].")
+@click.option(
+    "--storage",
+    default=None,
+    envvar="AUTOALL_STORAGE",
+    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
+)
 @click.option("--port", type=int, default=8080, show_default=True)
 def dashboard(storage: str | None, port: int) -> None:
     """Start optuna-dashboard on the study storage."""
@@ -502,7 +532,12 @@ def demo(n_trials: int) -> None:
     default=None,
     help="Output folder [default: reports/<name>].",
 )
-@click.option("--storage", default=None, envvar="AUTOALL_STORAGE", help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].")
+@click.option(
+    "--storage",
+    default=None,
+    envvar="AUTOALL_STORAGE",
+    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
+)
 @click.option(
     "--tracking-uri",
     default=None,

@@ -22,7 +22,12 @@ study finds its store in place); creating a store from nothing (MLflow's migrati
 separately, as the one-time cost of a project's first tracked study. ``--profile`` adds one
 tracking-on run under cProfile and lists the functions that dominate the overhead.
 
+On a 2-core machine that other jobs share, torch's default two threads make a digits epoch 5-20x
+slower whenever another process runs (the threads wait on each other), and no faster when the
+machine is quiet; ``--threads 1`` keeps the runs comparable there (the section says which).
+
     .venv/bin/python bench/bench_study.py                      # 3 pairs + profile, writes RESULTS.md
+    .venv/bin/python bench/bench_study.py --threads 1          # on a shared machine
     .venv/bin/python bench/bench_study.py --pairs 1 --n-trials 4 --no-profile --no-write  # smoke
 """
 
@@ -94,7 +99,7 @@ def _child(
         exit_code = exc.code if isinstance(exc.code, int) else 1
     main_end = time.time()
     cpu_seconds = time.process_time()  # every thread of this process, since it started
-    if profiler is not None:
+    if profiler is not None and profile_path is not None:
         profiler.disable()
         profiler.dump_stats(profile_path)
     report = {
@@ -469,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-study-store-") as tmp:
         store_seconds = []
+        wait_for_quiet(args.quiet_load, args.quiet_wait)
         for i in range(3):
             folder = Path(tmp) / str(i)
             folder.mkdir()
