@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import importlib.util
 import math
+import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -247,9 +250,11 @@ def _randperm(n: int, *, generator: torch.Generator | None, device: torch.device
 
 
 def _stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Sorted ``(keep, held_out)`` indices; ``held_out`` is a stratified ``fraction``."""
-    from sklearn.model_selection import train_test_split
+    """Sorted ``(keep, held_out)`` indices; ``held_out`` is a stratified ``fraction``.
 
+    scikit-learn's ``train_test_split``; the indices are cached under `cache_dir()` by the
+    labels, fraction and seed, so later studies skip importing scikit-learn (~1 s).
+    """
     n, n_classes = len(labels), len(np.unique(labels))
     n_held = math.ceil(fraction * n)
     if n_held < n_classes or n - n_held < n_classes:
@@ -257,10 +262,38 @@ def _stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tupl
             f"val_fraction={fraction} splits {n} images into {n - n_held} and {n_held}, but a "
             f"stratified split needs at least {n_classes} (one per class) on each side."
         )
+    key = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    key.update(f"{fraction!r}/{seed}".encode())
+    path = cache_dir() / "splits" / f"{key.hexdigest()[:32]}.npz"
+    try:
+        with np.load(path) as cached:
+            keep, held = cached["keep"], cached["held"]
+        if len(keep) + len(held) == n:
+            return torch.from_numpy(keep), torch.from_numpy(held)
+    except (OSError, KeyError, ValueError):
+        pass  # not cached yet (or unreadable): compute it
+    from sklearn.model_selection import train_test_split
+
     keep, held = train_test_split(
         np.arange(n), test_size=fraction, stratify=labels, random_state=seed
     )
-    return torch.from_numpy(np.sort(keep)), torch.from_numpy(np.sort(held))
+    keep, held = np.sort(keep), np.sort(held)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, keep=keep, held=held)
+        os.replace(tmp, path)  # concurrent workers write the same content; readers see all
+    except OSError:
+        pass  # a read-only home: compute it every time
+    return torch.from_numpy(keep), torch.from_numpy(held)
+
+
+def cache_dir() -> Path:
+    """$AUTOALL_CACHE, else $XDG_CACHE_HOME/autoall, else ~/.cache/autoall."""
+    if os.environ.get("AUTOALL_CACHE"):
+        return Path(os.environ["AUTOALL_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "autoall"
 
 
 def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -279,12 +312,26 @@ def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
 
 @functools.lru_cache(maxsize=1)
 def _digits_tensors() -> tuple[Tensor, Tensor]:
-    """All 1,797 digits, uint8 (N, 1, 8, 8) with values 0..16; cached, callers only index it."""
-    from sklearn.datasets import load_digits
+    """All 1,797 digits, uint8 (N, 1, 8, 8) with values 0..16; cached, callers only index it.
 
-    digits = load_digits()
-    images = torch.from_numpy(digits.images.astype(np.uint8)[:, None])
-    return images, torch.from_numpy(digits.target.astype(np.int64))
+    Read from scikit-learn's bundled ``digits.csv.gz`` (what ``load_digits`` reads) without
+    importing scikit-learn (~1 s); ``load_digits`` if the file is not where it used to be.
+    """
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    csv = [Path(f) / "datasets" / "data" / "digits.csv.gz" for f in folders]
+    if csv and csv[0].is_file():
+        table = np.loadtxt(csv[0], delimiter=",", dtype=np.float64)
+        images, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images, target = digits.images, digits.target
+    return (
+        torch.from_numpy(images.astype(np.uint8)[:, None].copy()),
+        torch.from_numpy(target.astype(np.int64)),
+    )
 
 
 def _load_mnist_like(

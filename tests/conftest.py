@@ -26,6 +26,18 @@ import yaml
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """autoall's cache (split indices) in a temporary folder, inherited by CLI subprocesses."""
+    old = os.environ.get("AUTOALL_CACHE")
+    os.environ["AUTOALL_CACHE"] = str(tmp_path_factory.mktemp("autoall-cache"))
+    yield
+    if old is None:
+        os.environ.pop("AUTOALL_CACHE", None)
+    else:
+        os.environ["AUTOALL_CACHE"] = old
+
+
 def write_study(path: Path, **overrides: Any) -> Path:
     """A digits study that runs a trial in well under a second on one CPU core."""
     study: dict[str, Any] = {
@@ -50,6 +62,16 @@ def write_study(path: Path, **overrides: Any) -> Path:
         else:
             study[key] = value
     path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite MLflow store with its tables made once (its migrations take seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 
 
