@@ -165,6 +165,14 @@ def _print_table(rows: list[tuple[str, str]]) -> None:
         click.echo(f"{key:<{width}}  {value}")
 
 
+_storage_option = click.option(
+    "--storage",
+    default=None,
+    envvar="AUTOALL_STORAGE",
+    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
+)
+
+
 @main.group("study", context_settings=_SETTINGS)
 def study_group() -> None:
     """Run and inspect Optuna studies of the ALL knobs."""
@@ -194,12 +202,7 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
     default=None,
     help="Worker processes [default: one per GPU, else 1].",
 )
-@click.option(
-    "--storage",
-    default=None,
-    envvar="AUTOALL_STORAGE",
-    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
-)
+@_storage_option
 @click.option(
     "--study-name", default=None, help="Overrides the file's name (studies are <name>/<arch>)."
 )
@@ -220,6 +223,13 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
     help="Mid-trial checkpoints (share it across hosts so a retried trial resumes).",
 )
 @click.option(
+    "--checkpoint-every",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds between a trial's checkpoints (0: after every epoch).",
+)
+@click.option(
     "--trials-per-gpu",
     type=click.IntRange(min=1),
     default=1,
@@ -237,6 +247,7 @@ def study_run(
     tracking_uri: str | None,
     no_tracking: bool,
     checkpoint_dir: str = ".autoall/checkpoints",
+    checkpoint_every: float = 30.0,
     trials_per_gpu: int = 1,
 ) -> None:
     """Run the study in FILE until each architecture holds its target of finished trials."""
@@ -270,6 +281,7 @@ def study_run(
         tracking=not no_tracking,
         gpus=gpus,
         checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     click.echo(f"Optuna storage: {mask_secrets(opts.storage)}", err=True)
@@ -296,12 +308,7 @@ def study_run(
 
 @study_group.command("create")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option(
-    "--storage",
-    default=None,
-    envvar="AUTOALL_STORAGE",
-    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
-)
+@_storage_option
 @click.option("--study-name", default=None, help="Overrides the file's name.")
 def study_create(file: str, storage: str | None, study_name: str | None) -> None:
     """Create the storage schema and the studies of FILE once, before many workers start."""
@@ -322,12 +329,7 @@ def study_create(file: str, storage: str | None, study_name: str | None) -> None
 
 @study_group.command("status")
 @click.argument("target")
-@click.option(
-    "--storage",
-    default=None,
-    envvar="AUTOALL_STORAGE",
-    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
-)
+@_storage_option
 def study_status(target: str, storage: str | None) -> None:
     """Per architecture: counts by state, best value and parameters, time spent.
 
@@ -344,12 +346,7 @@ def study_status(target: str, storage: str | None) -> None:
 
 
 @study_group.command("list")
-@click.option(
-    "--storage",
-    default=None,
-    envvar="AUTOALL_STORAGE",
-    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
-)
+@_storage_option
 def study_list(storage: str | None) -> None:
     """List the studies in a storage."""
     import optuna
@@ -378,12 +375,7 @@ def study_list(storage: str | None) -> None:
     default=None,
     help="File to write [default: stdout].",
 )
-@click.option(
-    "--storage",
-    default=None,
-    envvar="AUTOALL_STORAGE",
-    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
-)
+@_storage_option
 def study_export(name: str, fmt: str, output: str | None, storage: str | None) -> None:
     """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture)."""
     from autoall.summary import trials_table
@@ -441,12 +433,7 @@ def _experiment_links(uri: str, port: int) -> list[str]:
 
 
 @main.command("dashboard")
-@click.option(
-    "--storage",
-    default=None,
-    envvar="AUTOALL_STORAGE",
-    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
-)
+@_storage_option
 @click.option("--port", type=int, default=8080, show_default=True)
 def dashboard(storage: str | None, port: int) -> None:
     """Start optuna-dashboard on the study storage."""
@@ -532,12 +519,7 @@ def demo(n_trials: int) -> None:
     default=None,
     help="Output folder [default: reports/<name>].",
 )
-@click.option(
-    "--storage",
-    default=None,
-    envvar="AUTOALL_STORAGE",
-    help="Optuna storage URL [default: $AUTOALL_STORAGE or sqlite:///autoall.db].",
-)
+@_storage_option
 @click.option(
     "--tracking-uri",
     default=None,

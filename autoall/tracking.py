@@ -17,16 +17,17 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from autoall.train import EpochStats, RunResult
+    from autoall.train import RunResult
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TRIAL_STATES: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL")
@@ -48,6 +49,15 @@ log = logging.getLogger("autoall.tracking")
 T = TypeVar("T")
 
 
+class Epoch(Protocol):
+    """An epoch's figures: `autoall.train.EpochStats`, or an `EpochPoint`."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    def metrics(self) -> dict[str, float]: ...
+
+
 class TrackingError(RuntimeError):
     """The tracking store could not be reached or set up when the study started."""
 
@@ -67,6 +77,36 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     if db_path is not None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     return resolved
+
+
+def check_server(uri: str) -> None:
+    """For an http(s) tracking server: cap MLflow's HTTP retries, then GET /health (5 s) or raise.
+
+    MLflow's defaults (7 retries, backoff 2) make one call to a server that went down take
+    minutes; MLFLOW_HTTP_REQUEST_* variables already set are kept. Other stores: nothing to do.
+    """
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return
+    for name, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    try:
+        _check_health(uri)
+    except Exception as exc:
+        raise TrackingError(
+            f"MLflow tracking server at {mask_secrets(uri)} is not reachable: {_reason(exc)}. "
+            "Start it (mlflow server ...) or pass --tracking-uri."
+        ) from None
+
+
+@dataclass(frozen=True)
+class EpochPoint:
+    """One epoch's metrics as plain data (what a writer process receives instead of EpochStats)."""
+
+    epoch: int
+    values: dict[str, float]
+
+    def metrics(self) -> dict[str, float]:
+        return self.values
 
 
 class _Logger:
@@ -127,11 +167,8 @@ class Tracker(_Logger):
         from mlflow import MlflowClient
 
         is_http = urlsplit(self.uri).scheme in ("http", "https")
+        check_server(self.uri)
         try:
-            if is_http:
-                for name, value in _HTTP_DEFAULTS.items():
-                    os.environ.setdefault(name, value)
-                _check_health(self.uri)
             with _sqlite_init_lock(self.uri):  # MLflow's schema set-up is not concurrency-safe
                 self._client = self._retrying(MlflowClient, tracking_uri=client_uri(self.uri))
                 self.experiment_id = self._retrying(self._experiment_id)
@@ -286,6 +323,12 @@ class Tracker(_Logger):
         metrics = _metrics(values, step=step)
         self._call("update parent run", self._client.log_batch, parent_id, metrics=metrics)
 
+    def check(self) -> None:
+        """Nothing to check: `connect` raised already if the store was not there."""
+
+    def close(self) -> None:
+        """Nothing to close (the client holds no process); for symmetry with TrackingWriter."""
+
     def fail_run(self, run_id: str, reason: str) -> None:
         """Mark a run that its worker left RUNNING (killed) as FAILED, with the reason."""
         run = self._call(f"get run {run_id}", self._client.get_run, run_id)
@@ -319,10 +362,15 @@ class TrialRun(_Logger):
         self.retries = retries
         self.retry_wait = retry_wait
         self.lost: list[str] = []  # messages of logging calls that failed after the retries
-        self._history: list[EpochStats] = []
+        self._history: list[Epoch] = []
         self._finished = False
 
-    def log_epoch(self, stats: EpochStats) -> None:
+    @property
+    def history(self) -> list[Epoch]:
+        """The epochs logged so far."""
+        return list(self._history)
+
+    def log_epoch(self, stats: Epoch) -> None:
         """All metrics of one epoch in ONE log_batch call, at step `stats.epoch`."""
         self._history.append(stats)
         if self.run_id:
@@ -340,9 +388,25 @@ class TrialRun(_Logger):
     ) -> None:
         """End the run as its trial ended: COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED.
 
-        One log_batch with the final metrics (when `result` is given) and the state tags, then
-        `learning_curve.png` (from `result.history`, else the epochs logged), then the status.
+        `end` (final metrics, state tags, status), then `log_curve` (from `result.history`,
+        else the epochs logged).
         """
+        final = final_metrics(result) if result is not None else None
+        self.end(state, final=final, reason=reason, epoch=epoch)
+        history: Sequence[Epoch] = self._history
+        if result is not None and result.history:
+            history = result.history
+        self.log_curve(history)
+
+    def end(
+        self,
+        state: str,
+        *,
+        final: Mapping[str, float] | None = None,
+        reason: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        """One log_batch with the final metrics and the state tags, then the run's status."""
         if state not in _RUN_STATUS:
             raise ValueError(f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}.")
         if self._finished or not self.run_id:
@@ -360,7 +424,7 @@ class TrialRun(_Logger):
         elif state == "FAIL":
             tags["fail_reason"] = reason or "unknown"
         run_tags = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
-        metrics = _metrics(final_metrics(result), step=len(self._history)) if result else []
+        metrics = _metrics(final, step=len(self._history)) if final else []
         self._call(
             "log final metrics",
             self._client.log_batch,
@@ -369,20 +433,23 @@ class TrialRun(_Logger):
             tags=run_tags,
             synchronous=True,
         )
-        history = result.history if result is not None and result.history else self._history
-        if history:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "learning_curve.png"
-                try:
-                    _plot_learning_curve(history, path)
-                except Exception as exc:  # a plot must never fail the trial
-                    self.lost.append(f"MLflow: learning curve plot failed: {_reason(exc)}")
-                    log.warning(self.lost[-1])
-                else:
-                    self._call(
-                        "log learning_curve.png", self._client.log_artifact, self.run_id, str(path)
-                    )
         self._call("end run", self._client.set_terminated, self.run_id, _RUN_STATUS[state])
+
+    def log_curve(self, history: Sequence[Epoch]) -> None:
+        """`learning_curve.png` (loss and accuracy per epoch) as an artifact of the run."""
+        if not history or not self.run_id:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "learning_curve.png"
+            try:
+                _plot_learning_curve(history, path)
+            except Exception as exc:  # a plot must never fail the trial
+                self.lost.append(f"MLflow: learning curve plot failed: {_reason(exc)}")
+                log.warning(self.lost[-1])
+            else:
+                self._call(
+                    "log learning_curve.png", self._client.log_artifact, self.run_id, str(path)
+                )
 
 
 class NullRun:
@@ -392,7 +459,7 @@ class NullRun:
         self.run_id = ""
         self.lost: list[str] = []
 
-    def log_epoch(self, stats: EpochStats) -> None:
+    def log_epoch(self, stats: Epoch) -> None:
         pass
 
     def finish(self, state: str, **_: Any) -> None:
@@ -423,6 +490,12 @@ class NullTracker:
         return None
 
     def fail_run(self, run_id: str, reason: str) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -539,7 +612,7 @@ def final_metrics(result: RunResult) -> dict[str, float]:
     return values
 
 
-def _plot_learning_curve(history: list[EpochStats], path: Path) -> None:
+def _plot_learning_curve(history: Sequence[Epoch], path: Path) -> None:
     """Loss and accuracy vs epoch, train and validation, as a PNG (Agg, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -548,14 +621,13 @@ def _plot_learning_curve(history: list[EpochStats], path: Path) -> None:
     FigureCanvasAgg(fig)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.96, wspace=0.25)
     epochs = [s.epoch for s in history]
+    values = [s.metrics() for s in history]
     loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, [s.train_loss for s in history], marker=".", label="train")
-    loss_ax.plot(epochs, [s.val_loss for s in history], marker=".", label="val")
-    acc_ax.plot(epochs, [s.train_acc for s in history], marker=".", label="train")
-    acc_ax.plot(epochs, [s.val_acc for s in history], marker=".", label="val")
-    for ax, name, corner in ((loss_ax, "loss", "upper right"), (acc_ax, "accuracy", "lower right")):
+    for ax, name, corner in ((loss_ax, "loss", "upper right"), (acc_ax, "acc", "lower right")):
+        ax.plot(epochs, [v[f"train_{name}"] for v in values], marker=".", label="train")
+        ax.plot(epochs, [v[f"val_{name}"] for v in values], marker=".", label="val")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+        ax.set_ylabel("accuracy" if name == "acc" else name)
         ax.grid(alpha=0.3)
         ax.legend(loc=corner)
     fig.savefig(path, dpi=80)

@@ -194,6 +194,7 @@ def train(
     on_epoch: EpochCallback | None = None,
     *,
     checkpoint: str | Path | None = None,
+    checkpoint_every: float = 0.0,
 ) -> RunResult:
     """Train `model` on `data.train`, validate every epoch on `data.val`.
 
@@ -201,8 +202,9 @@ def train(
     (`result.stopped_early`), an exception it raises (e.g. optuna.TrialPruned) propagates.
     The test split is evaluated once at the end, and only when `cfg.evaluate_test`.
 
-    With `checkpoint`, the state after every finished epoch (model, optimizer, scheduler,
-    random states, history) is written to that file, atomically; a run that finds the file
+    With `checkpoint`, the state after a finished epoch (model, optimizer, scheduler, random
+    states, history) is written to that file, atomically, once `checkpoint_every` seconds have
+    passed since the last save (or the start; 0: every epoch); a run that finds the file
     resumes after its last epoch, with the same batch order it would have had. `on_epoch`
     sees only the epochs trained in this call. The caller removes the file when done.
     """
@@ -256,6 +258,7 @@ def train(
     if checkpoint is not None and Path(checkpoint).exists():
         first_epoch = _restore(checkpoint, model, optimizer, scheduler, generator, result) + 1
     start = time.perf_counter() - sum(s.epoch_seconds for s in history)
+    saved = time.perf_counter()
     try:
         for epoch in range(first_epoch, cfg.epochs + 1):
             epoch_start = time.perf_counter()
@@ -310,8 +313,9 @@ def train(
             if reached and result.target_epoch is None:
                 result.target_epoch = epoch
                 result.target_seconds = time.perf_counter() - start
-            if checkpoint is not None:
+            if checkpoint is not None and time.perf_counter() - saved >= checkpoint_every:
                 _save(checkpoint, epoch, model, optimizer, scheduler, generator, result)
+                saved = time.perf_counter()
             if on_epoch is not None and on_epoch(stats):
                 result.stopped_early = True
                 break

@@ -33,7 +33,8 @@ from autoall.study import (
     run_worker,
     search_space_summary,
 )
-from autoall.tracking import NullTracker, Tracker, mask_secrets
+from autoall.tracking import NullTracker, mask_secrets
+from autoall.tracking_writer import TrackingWriter
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class RunOptions:
     tracking: bool = True
     gpus: int = 0  # > 0 with several workers: worker i sees only GPU i % gpus
     checkpoint_dir: str = ".autoall/checkpoints"  # mid-trial checkpoints; shared across hosts
+    checkpoint_every: float = 30.0  # seconds between a trial's checkpoints (0: every epoch)
 
 
 def default_n_jobs(trials_per_gpu: int = 1) -> int:
@@ -61,9 +63,6 @@ def run_study(
     out = out or sys.stderr
     storage = make_storage(opts.storage, cfg)
     studies = create_studies(cfg, storage, n_trials=opts.n_trials)
-    tracker = _connect(cfg, opts)  # fails fast, before any training
-    parents = {arch: _parent(tracker, cfg, arch, opts) for arch in cfg.architectures}
-
     counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
     if all(c.done >= opts.n_trials for c in counts.values()):
         print(
@@ -73,29 +72,46 @@ def run_study(
         )
         return counts
 
-    monitor = _Monitor(cfg, opts, out=out)
-    monitor.start()
+    tracker = _connect(cfg, opts)  # a server that is down fails here, before any training
     try:
-        if opts.n_jobs == 1:
-            _work(cfg, opts, 0, parents, tracker=tracker)
-        else:
-            _spawn_workers(cfg, opts, parents)
+        parents = _parents(tracker, cfg, opts)
+        monitor = _Monitor(cfg, opts, out=out)
+        monitor.start()
+        try:
+            if opts.n_jobs == 1:
+                _work(cfg, opts, 0, tracker=tracker, parents=parents)
+            else:
+                _spawn_workers(cfg, opts)
+        finally:
+            monitor.stop()
+        counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
+        for arch, c in counts.items():
+            if c.done >= opts.n_trials and parents[arch]:
+                tracker.finish_parent(parents[arch])
     finally:
-        monitor.stop()
-    counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
-    for arch, c in counts.items():
-        if c.done >= opts.n_trials and parents[arch]:
-            tracker.finish_parent(parents[arch])
+        tracker.close()  # waits for the last trial's logging
+    for message in tracker.lost:
+        print(f"warning: {message}", file=out)
+    tracker.check()
     return counts
 
 
-def _connect(cfg: StudyConfig, opts: RunOptions) -> Tracker | NullTracker:
+def _connect(cfg: StudyConfig, opts: RunOptions) -> TrackingWriter | NullTracker:
+    """MLflow tracking in a writer process (see autoall.tracking_writer), or none."""
     if not opts.tracking:
         return NullTracker()
-    return Tracker.connect(opts.tracking_uri, experiment=cfg.name)
+    return TrackingWriter.connect(opts.tracking_uri, experiment=cfg.name)
 
 
-def _parent(tracker: Tracker | NullTracker, cfg: StudyConfig, arch: str, opts: RunOptions) -> str:
+def _parents(
+    tracker: TrackingWriter | NullTracker, cfg: StudyConfig, opts: RunOptions
+) -> dict[str, str]:
+    return {arch: _parent(tracker, cfg, arch, opts) for arch in cfg.architectures}
+
+
+def _parent(
+    tracker: TrackingWriter | NullTracker, cfg: StudyConfig, arch: str, opts: RunOptions
+) -> str:
     params: dict[str, Any] = {f"search.{k}": v for k, v in search_space_summary(cfg).items()}
     params.update(
         {
@@ -117,13 +133,19 @@ def _work(
     cfg: StudyConfig,
     opts: RunOptions,
     index: int,
-    parents: dict[str, str],
     *,
-    tracker: Tracker | NullTracker | None = None,
+    tracker: TrackingWriter | NullTracker | None = None,
+    parents: dict[str, str] | None = None,
 ) -> None:
     """One worker: every architecture's study in turn, each until its target is met."""
-    if tracker is None:
+    if tracker is None:  # a spawned worker: its own writer process, the same parent runs
         tracker = _connect(cfg, opts)
+        try:
+            return _work(cfg, opts, index, tracker=tracker)
+        finally:
+            tracker.close()
+    if parents is None:  # keys; the writer finds or creates the runs
+        parents = _parents(tracker, cfg, opts)
     storage = make_storage(opts.storage, cfg)
     data = load_study_data(cfg, opts.device)
     for arch in cfg.architectures:
@@ -144,13 +166,12 @@ def _work(
             parent_run_id=parents.get(arch),
             n_trials=opts.n_trials,
             checkpoint_dir=Path(opts.checkpoint_dir),
+            checkpoint_every=opts.checkpoint_every,
         )
         run_worker(ctx, study)
 
 
-def _worker_process(
-    cfg: StudyConfig, opts: RunOptions, index: int, parents: dict[str, str]
-) -> None:
+def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int) -> None:
     if opts.gpus > 0:  # before any CUDA call in this process; respects an inherited list
         inherited = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         visible = [d.strip() for d in inherited.split(",") if d.strip()]
@@ -160,17 +181,15 @@ def _worker_process(
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.n_jobs))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        _work(cfg, opts, index, parents)
+        _work(cfg, opts, index)
     except KeyboardInterrupt:  # the trial is already marked FAIL by Optuna
         sys.exit(130)
 
 
-def _spawn_workers(cfg: StudyConfig, opts: RunOptions, parents: dict[str, str]) -> None:
+def _spawn_workers(cfg: StudyConfig, opts: RunOptions) -> None:
     ctx = mp.get_context("spawn")
     procs = [
-        ctx.Process(
-            target=_worker_process, args=(cfg, opts, i, parents), name=f"autoall-worker-{i}"
-        )
+        ctx.Process(target=_worker_process, args=(cfg, opts, i), name=f"autoall-worker-{i}")
         for i in range(opts.n_jobs)
     ]
     for p in procs:

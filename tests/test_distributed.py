@@ -66,7 +66,8 @@ class Fleet:
         log = self.workdir / f"worker-{len(self.workers)}.log"
         command = prefix or [sys.executable, "-m", "autoall.cli"]
         command = [*command, "study", "run", str(study_file), "--storage", self.url]
-        command += ["--checkpoint-dir", str(self.workdir / "checkpoints"), *args]
+        command += ["--checkpoint-dir", str(self.workdir / "checkpoints")]
+        command += ["--checkpoint-every", "0", *args]  # every epoch: a killed trial resumes
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT on a timeout prints every thread's stack
         env.pop("MLFLOW_TRACKING_URI", None)
@@ -175,8 +176,11 @@ def _wait_for(
     pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{fleet.logs()}")
 
 
-def _running(min_epochs: int, pids: set[int]) -> Callable[[list[FrozenTrial]], FrozenTrial | None]:
-    """A RUNNING trial of one of `pids` with at least `min_epochs` reported, or None."""
+def _running(
+    min_epochs: int, pids: set[int], *, linked: bool = False
+) -> Callable[[list[FrozenTrial]], FrozenTrial | None]:
+    """A RUNNING trial of one of `pids` with at least `min_epochs` reported (and, if `linked`,
+    its MLflow run id), or None."""
 
     def find(trials: list[FrozenTrial]) -> FrozenTrial | None:
         for t in trials:
@@ -184,6 +188,7 @@ def _running(min_epochs: int, pids: set[int]) -> Callable[[list[FrozenTrial]], F
                 t.state == TrialState.RUNNING
                 and len(t.intermediate_values) >= min_epochs
                 and t.user_attrs.get("worker_pid") in pids
+                and (not linked or "mlflow_run_id" in t.user_attrs)
             ):
                 return t
         return None
@@ -314,7 +319,7 @@ def test_a_killed_worker_s_trial_fails_by_heartbeat_and_resumes_from_its_checkpo
 
     victim = _wait_for(
         storage,
-        _running(2, {w.pid for w in workers}),
+        _running(2, {w.pid for w in workers}, linked=True),
         fleet=fleet,
         what="a RUNNING trial with 2 epochs",
     )

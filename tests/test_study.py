@@ -146,6 +146,7 @@ def _wait_for_done(n: int, timeout: float = 120, *, running_epochs: int = 0) -> 
 
 def _start(study_file: Path, *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "autoall.cli", "study", "run", str(study_file), "--no-tracking"]
+    cmd += ["--checkpoint-every", "0"]  # a checkpoint after every epoch: a kill can resume
     return subprocess.Popen(
         [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from conftest import MlflowServer, free_port, write_study
@@ -49,14 +50,21 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tracker.connect's MLflow HTTP defaults undone afterwards; no worker process left over."""
+    """Tracker.connect's MLflow HTTP defaults undone afterwards; no worker process left over.
+
+    In-process trials train with one torch thread: as fast for these tiny models, and on a
+    shared 2-core machine two threads make an epoch many times slower (bench/RESULTS.md).
+    """
     for name, value in (
         ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
         ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
         ("MLFLOW_HTTP_REQUEST_TIMEOUT", "15"),
     ):
         monkeypatch.setenv(name, value)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     assert multiprocessing.active_children() == [], "--n-jobs workers outlived the study run"
 
 
@@ -205,18 +213,20 @@ def test_study_run_tree_mirrors_the_optuna_trials(tracked: Path) -> None:
             assert (folder / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("failing", ["train", "build_model"])
 def test_pruned_and_failed_trials_end_their_runs_killed_and_failed(
-    tracked: Path, monkeypatch: pytest.MonkeyPatch
+    tracked: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    """Trial 1 is pruned at epoch 2 by the pruner, trial 2 raises inside training."""
-    real_train = autoall.study.train
-    trains: list[int] = []
+    """Trial 1 is pruned at epoch 2 by the pruner, trial 2 raises inside training (or while
+    its model is built: the run exists already and ends FAILED too)."""
+    real = getattr(autoall.study, failing)
+    calls: list[int] = []
 
-    def train_failing_once(*args: Any, **kwargs: Any) -> Any:
-        trains.append(1)
-        if len(trains) == 3:
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
             raise RuntimeError("boom")
-        return real_train(*args, **kwargs)
+        return real(*args, **kwargs)
 
     asked: dict[int, int] = {}
 
@@ -224,7 +234,7 @@ def test_pruned_and_failed_trials_end_their_runs_killed_and_failed(
         asked[self.number] = asked.get(self.number, 0) + 1
         return self.number == 1 and asked[self.number] == 2
 
-    monkeypatch.setattr(autoall.study, "train", train_failing_once)
+    monkeypatch.setattr(autoall.study, failing, failing_once)
     monkeypatch.setattr(optuna.Trial, "should_prune", prune_trial_1_at_epoch_2)
     path = write_study(tracked / "s.yaml", n_trials=3)
     code, out = _run(str(path))
@@ -290,6 +300,15 @@ def test_two_workers_and_a_resume_share_one_parent_per_architecture(tracked: Pat
         assert str(os.getpid()) not in worker_pids  # trials 0 and 1 ran in worker processes
         assert runs[2].data.tags["pid"] == str(os.getpid())
         assert parent.info.status == "FINISHED" and parent.data.metrics["n_complete"] == 3
+        # the live summary's step counts finished trials, so the latest point is the newest
+        history = client.get_metric_history(parent.info.run_id, "n_complete")
+        newest = max(history, key=lambda m: m.step)
+        assert (newest.step, newest.value) == (3, 3)
+
+    code, out = _run(str(path), "--n-trials", "3")  # target met: trains nothing, reopens nothing
+    assert code == 0 and "Target met" in out, out
+    for arch in ("mlp", "cnn"):
+        assert _only_parent(client, "t", f"t/{arch}").info.status == "FINISHED"
 
 
 @pytest.mark.slow

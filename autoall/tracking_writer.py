@@ -1,0 +1,452 @@
+"""MLflow tracking off the trial's path: a writer process owns the MLflow client.
+
+`autoall study run` hands every tracking call to a child process (`python -m
+autoall.tracking_writer`) through a pipe and goes on training. The child imports MLflow, opens
+the store and makes the calls in order, with the retries of `autoall.tracking`; on a machine
+with a spare core that work costs the trials nothing. A worker waits for the child only where
+it needs an answer:
+
+- a trial's run id, read without waiting once the child has created the run (`run_id`);
+- the end of a trial (`finish`), so that logging lost on the way is a user attribute of the
+  trial before Optuna finishes it; the learning-curve PNG is drawn after that answer;
+- `find_trial_run` and `close`, which drains the child.
+
+The store is opened while the worker sets up its storage and data. An http(s) server's /health
+is checked before the child starts, so a server that is down still fails the study before any
+trial; a store that fails later in the child (a broken SQLite file, a parent run that cannot
+be made) is raised by `check()` as a `TrackingError`, at the latest a few epochs in.
+
+If the worker dies, the child sees its pipe close, finishes what it got and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from autoall.tracking import (
+    DEFAULT_TRACKING_URI,
+    TRIAL_STATES,
+    EpochPoint,
+    Tracker,
+    TrackingError,
+    TrialRun,
+    check_server,
+    client_uri,
+    final_metrics,
+    mask_secrets,
+    resolve_tracking_uri,
+)
+
+if TYPE_CHECKING:
+    from autoall.train import EpochStats, RunResult
+
+log = logging.getLogger("autoall.tracking")
+_HEADER = struct.Struct("!I")
+_WAIT_SLICE = 1.0  # seconds between checks that the child is still alive while waiting
+
+
+def _write_frame(stream: IO[bytes], message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    """The next message, or None at the end of the stream."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)
+
+
+class TrackingWriter:
+    """The `Tracker` of one worker, in a child process; same methods, answers only when needed.
+
+    Parent runs are named by key (`parent_run` returns it at once; the child finds or creates
+    the run); child runs by the `WriterRun` that `start_trial` returns.
+    """
+
+    def __init__(self, uri: str, *, experiment: str, retries: int = 3, retry_wait: float = 1.0):
+        self.uri = uri
+        self.experiment = experiment
+        self._lost: list[str] = []
+        self._fatal: str | None = None
+        self._pending: dict[int, Future[Any]] = {}
+        self._next_id = 0
+        self._lock = threading.Lock()  # the pending calls
+        self._write_lock = threading.Lock()  # the pipe (never held while waiting for _lock)
+        self._closed = False
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "autoall.tracking_writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches the worker only; the child drains, then exits
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._to_child = self._proc.stdin
+        self._from_child = self._proc.stdout
+        self._reader = threading.Thread(
+            target=self._read_answers, name="autoall-tracking-answers", daemon=True
+        )
+        self._reader.start()
+        self._connected = self._call("connect", client_uri(uri), experiment, retries, retry_wait)
+
+    @classmethod
+    def connect(cls, uri: str | None, *, experiment: str, **kw: Any) -> TrackingWriter:
+        """Start the child that opens the store; check an http(s) server's /health first."""
+        resolved = resolve_tracking_uri(uri)
+        check_server(resolved)
+        return cls(resolved, experiment=experiment, **kw)
+
+    # -- the calls ---------------------------------------------------------------------------
+
+    def parent_run(
+        self, *, study_name: str, arch: str, params: dict[str, Any], tags: dict[str, str]
+    ) -> str:
+        """The key of the study's parent run, which the child finds or creates."""
+        self._send("parent", study_name, study_name, arch, params, tags)
+        return study_name
+
+    def start_trial(
+        self,
+        *,
+        parent_id: str,
+        trial_number: int,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        config_yaml: str,
+        run_name: str | None = None,
+    ) -> WriterRun:
+        self.check()
+        call = self._call("start", parent_id, trial_number, params, tags, config_yaml, run_name)
+        return WriterRun(self, call)
+
+    def update_parent(self, parent_id: str, **summary: Any) -> None:
+        self._send("update_parent", parent_id, summary)
+
+    def finish_parent(self, parent_id: str) -> None:
+        self._send("finish_parent", parent_id)
+
+    def fail_run(self, run_id: str, reason: str) -> None:
+        self._send("fail_run", run_id, reason)
+
+    def find_trial_run(self, parent_id: str, trial_number: int) -> str | None:
+        return self._wait(self._call("find_trial_run", parent_id, trial_number))  # type: ignore[no-any-return]
+
+    def check(self) -> None:
+        """Raise `TrackingError` if the child could not open the store or make a parent run."""
+        if self._connected.done() and self._connected.exception() is None:
+            answer = self._connected.result()
+            if isinstance(answer, str):  # the store's error, as the child saw it
+                self._fatal = self._fatal or answer
+        if self._fatal is not None:
+            raise TrackingError(self._fatal)
+
+    @property
+    def experiment_id(self) -> str:
+        answer = self._wait(self._connected)
+        return "" if isinstance(answer, str) else str(answer[0])
+
+    @property
+    def lost(self) -> list[str]:
+        """Parent-run bookkeeping that failed after the retries (child runs keep their own)."""
+        return list(self._lost)
+
+    def close(self) -> None:
+        """Let the child finish every call, then stop it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._wait(self._call("close"))
+        except TrackingError:
+            pass  # already reported (or the child died: said in `lost`)
+        finally:
+            with contextlib.suppress(OSError):
+                self._to_child.close()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._reader.join(timeout=5)
+            self._from_child.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _send(self, op: str, *args: Any) -> None:
+        self._write((op, None, *args))
+
+    def _call(self, op: str, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            self._next_id += 1
+            call_id = self._next_id
+            self._pending[call_id] = future
+        future.call_id = call_id  # type: ignore[attr-defined]
+        self._write((op, call_id, *args))
+        return future
+
+    def _write(self, message: tuple[Any, ...]) -> None:
+        if self._closed and message[0] != "close":
+            raise TrackingError("the MLflow tracking writer is closed")
+        try:
+            with self._write_lock:
+                _write_frame(self._to_child, message)
+        except (BrokenPipeError, ValueError, OSError):
+            self._child_died()
+
+    def _wait(self, future: Future[Any]) -> Any:
+        while True:
+            try:
+                return future.result(timeout=_WAIT_SLICE)
+            except TimeoutError:
+                if self._proc.poll() is not None and not future.done():
+                    self._reader.join(timeout=5)  # answers still in the pipe come first
+                    if not future.done():
+                        self._child_died()
+
+    def _read_answers(self) -> None:
+        while True:
+            try:
+                message = _read_frame(self._from_child)
+            except (OSError, ValueError, pickle.UnpicklingError):
+                message = None
+            if message is None:
+                break
+            call_id, kind, value = message
+            if kind == "fatal":
+                self._fatal = self._fatal or value
+                continue
+            if kind == "lost":
+                self._lost.append(value)
+                continue
+            with self._lock:
+                future = self._pending.pop(call_id, None)
+            if future is None:
+                continue
+            if kind == "error":
+                future.set_exception(TrackingError(f"MLflow tracking writer: {value}"))
+            else:
+                future.set_result(value)
+        self._child_died()
+
+    def _child_died(self) -> None:
+        """Every open call ends with the reason; the study goes on without tracking."""
+        code = self._proc.poll()
+        message = (
+            f"MLflow: the tracking writer process ended (exit code {code}); "
+            "later logging of this worker is lost"
+        )
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        if pending and not self._closed:
+            log.warning(message)
+            self._lost.append(message)
+        for future in pending:
+            if not future.done():
+                future.set_exception(TrackingError(message))
+
+
+class WriterRun:
+    """A trial's child run as the worker sees it: calls go to the writer process."""
+
+    def __init__(self, writer: TrackingWriter, started: Future[Any]) -> None:
+        self._writer = writer
+        self._started = started
+        self.lost: list[str] = []
+        self._finished = False
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id once the child has created the run, else "" (never waits)."""
+        if self._started.done() and self._started.exception() is None:
+            return str(self._started.result()[0])
+        return ""
+
+    def log_epoch(self, stats: EpochStats) -> None:
+        self._writer.check()
+        self._writer._send("epoch", self._started_id, EpochPoint(stats.epoch, stats.metrics()))
+
+    def finish(
+        self,
+        state: str,
+        *,
+        result: RunResult | None = None,
+        reason: str | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        """End the run (waits until the child has logged it; the PNG comes after)."""
+        if state not in TRIAL_STATES:
+            raise ValueError(f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}.")
+        if self._finished:
+            return
+        self._finished = True
+        final = final_metrics(result) if result is not None else None
+        history = (
+            [EpochPoint(s.epoch, s.metrics()) for s in result.history]
+            if result is not None and result.history
+            else None
+        )
+        try:
+            done = self._writer._call(
+                "finish", self._started_id, state, final, history, reason, epoch
+            )
+            self.lost = list(self._writer._wait(done))
+        except TrackingError as exc:
+            self.lost = [str(exc)]
+
+    @property
+    def _started_id(self) -> int:
+        return self._started.call_id  # type: ignore[attr-defined,no-any-return]
+
+
+# -- the child -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    """The writer process: one Tracker, the runs of this worker's trials by start-call id."""
+
+    answers: IO[bytes]
+    tracker: Tracker | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.parents: dict[str, str] = {}
+        self.runs: dict[int, TrialRun] = {}
+        self.reported = 0  # how much of tracker.lost went to the worker
+
+    def answer(self, call_id: int | None, kind: str, value: Any) -> None:
+        _write_frame(self.answers, (call_id, kind, value))
+
+    def serve(self, requests: IO[bytes]) -> None:
+        while True:
+            message = _read_frame(requests)
+            if message is None:  # the worker is gone: what came is done, nothing more will
+                return
+            op, call_id, *args = message
+            try:
+                if self.handle(op, call_id, args):
+                    return
+            except Exception as exc:  # a bug here must not leave the worker waiting
+                log.exception("tracking writer: %s failed", op)
+                if call_id is not None:
+                    self.answer(call_id, "error", f"{type(exc).__name__}: {exc}")
+            self.report_lost()
+
+    def handle(self, op: str, call_id: int | None, args: list[Any]) -> bool:
+        """Carry out one call; True when the worker asked to close."""
+        if op == "connect":
+            uri, experiment, retries, retry_wait = args
+            try:
+                self.tracker = Tracker(
+                    uri, experiment=experiment, retries=retries, retry_wait=retry_wait
+                )
+                self.tracker._open()
+            except TrackingError as exc:
+                self.error = str(exc)
+                self.answer(call_id, "ok", self.error)
+                return False
+            self.answer(call_id, "ok", (self.tracker.experiment_id,))
+            return False
+        if op == "close":
+            self.answer(call_id, "ok", None)
+            return True
+        tracker = self.tracker
+        if tracker is None:  # could not connect: the worker raises at its next check
+            if call_id is not None:
+                self.answer(call_id, "ok", self._nothing(op))
+            return False
+        if op == "parent":
+            key, study_name, arch, params, tags = args
+            try:
+                self.parents[key] = tracker.parent_run(
+                    study_name=study_name, arch=arch, params=params, tags=tags
+                )
+            except TrackingError as exc:
+                self.answer(None, "fatal", str(exc))
+        elif op == "start":
+            parent_key, number, params, tags, config_yaml, run_name = args
+            run = tracker.start_trial(
+                parent_id=self.parents.get(parent_key, ""),
+                trial_number=number,
+                params=params,
+                tags=tags,
+                config_yaml=config_yaml,
+                run_name=run_name,
+            )
+            self.runs[call_id] = run  # type: ignore[index]
+            self.answer(call_id, "ok", (run.run_id,))
+        elif op == "epoch":
+            start_id, point = args
+            if start_id in self.runs:
+                self.runs[start_id].log_epoch(point)
+        elif op == "finish":
+            start_id, state, final, history, reason, epoch = args
+            ending = self.runs.pop(start_id, None)
+            if ending is None:
+                self.answer(call_id, "ok", [])
+                return False
+            ending.end(state, final=final, reason=reason, epoch=epoch)
+            self.answer(call_id, "ok", list(ending.lost))  # the worker goes on; the PNG follows
+            ending.log_curve(history or ending.history)
+        elif op == "update_parent":
+            key, summary = args
+            if key in self.parents:
+                tracker.update_parent(self.parents[key], **summary)
+        elif op == "finish_parent":
+            (key,) = args
+            if key in self.parents:
+                tracker.finish_parent(self.parents[key])
+        elif op == "fail_run":
+            tracker.fail_run(*args)
+        elif op == "find_trial_run":
+            parent_key, number = args
+            parent = self.parents.get(parent_key, "")
+            self.answer(call_id, "ok", tracker.find_trial_run(parent, number) if parent else None)
+        else:
+            raise ValueError(f"unknown tracking call {op!r}")
+        return False
+
+    @staticmethod
+    def _nothing(op: str) -> Any:
+        return {"start": ("",), "finish": [], "find_trial_run": None}.get(op)
+
+    def report_lost(self) -> None:
+        if self.tracker is not None and len(self.tracker.lost) > self.reported:
+            for message in self.tracker.lost[self.reported :]:
+                self.answer(None, "lost", message)
+            self.reported = len(self.tracker.lost)
+
+
+def main() -> None:
+    """`python -m autoall.tracking_writer`: serve the calls on stdin, answer on stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
+    logging.basicConfig(format="autoall tracking: %(message)s", level=logging.WARNING)
+    _Child(answers).serve(sys.stdin.buffer)
+    answers.close()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["DEFAULT_TRACKING_URI", "TrackingWriter", "WriterRun", "mask_secrets"]
