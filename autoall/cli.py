@@ -13,11 +13,12 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from autoall.config import StudyConfig, StudyFileError, load_study_file
+if TYPE_CHECKING:  # autoall.config imports torch: only the commands that need it load it
+    from autoall.config import StudyConfig
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -179,6 +180,8 @@ def study_group() -> None:
 
 
 def _load(file: str, architectures: str | None = None) -> StudyConfig:
+    from autoall.config import StudyFileError, load_study_file
+
     try:
         cfg = load_study_file(file)
         if architectures:
@@ -251,6 +254,39 @@ def study_run(
     trials_per_gpu: int = 1,
 ) -> None:
     """Run the study in FILE until each architecture holds its target of finished trials."""
+    from autoall.tracking_writer import prestarted
+
+    with prestarted(enabled=not no_tracking):  # MLflow loads in its process meanwhile
+        _study_run(
+            file,
+            n_trials,
+            n_jobs,
+            storage,
+            study_name,
+            architectures,
+            device,
+            tracking_uri,
+            no_tracking,
+            checkpoint_dir,
+            checkpoint_every,
+            trials_per_gpu,
+        )
+
+
+def _study_run(
+    file: str,
+    n_trials: int | None,
+    n_jobs: int | None,
+    storage: str | None,
+    study_name: str | None,
+    architectures: str | None,
+    device: str | None,
+    tracking_uri: str | None,
+    no_tracking: bool,
+    checkpoint_dir: str,
+    checkpoint_every: float,
+    trials_per_gpu: int,
+) -> None:
     import optuna
 
     from autoall.study import DEFAULT_STORAGE, StorageError
@@ -335,6 +371,7 @@ def study_status(target: str, storage: str | None) -> None:
 
     TARGET is a study file or a study name (`digits` for all its architectures, or `digits/mlp`).
     """
+    from autoall.config import StudyFileError
     from autoall.summary import study_summaries
 
     try:
@@ -459,12 +496,27 @@ def _run_until_interrupted(cmd: list[str]) -> None:
         sys.exit(proc.wait())
     except KeyboardInterrupt:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + 10
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            proc.poll()  # reap the server itself; its helpers exit on their own
+            time.sleep(0.1)
+        if _group_alive(proc.pid):  # a helper ignored SIGTERM
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait()
         click.echo("stopped.", err=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists (zombies of other parents included)."""
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @main.command("demo")
@@ -547,6 +599,7 @@ def report(
     baseline), each evaluated once on the test split and logged to MLflow. Finished runs are
     reused, so a rerun costs nothing. Writes report.md, report.html, results.csv and the figures.
     """
+    from autoall.config import StudyFileError
     from autoall.report import ReportError, ReportOptions, resolve_study_file, run_report
     from autoall.study import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets

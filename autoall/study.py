@@ -49,6 +49,7 @@ DEFAULT_STORAGE = "sqlite:///autoall.db"
 _MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials all fail stops instead of looping
 _MAX_OUTAGE_SECONDS = 300  # a worker waits this long for an unreachable database, then stops
 _MAX_OOM_RETRIES = 2  # a trial that ran out of GPU memory is queued again this often
+_SURPLUS_CHECK_SECONDS = 5.0  # a running fresh trial checks this often whether a retry replaced it
 
 
 @dataclass(frozen=True)
@@ -522,9 +523,10 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
     checkpoint = ctx.checkpoint_path(retry_of if retry_of is not None else trial.number)
     multi = cfg.second_objective is not None
     last_epoch = 0
+    next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
 
     def on_epoch(stats: Any) -> None:
-        nonlocal last_epoch, linked
+        nonlocal last_epoch, linked, next_surplus_check
         last_epoch = stats.epoch
         run.log_epoch(stats)
         linked = _link_run(trial, run, linked=linked)
@@ -532,8 +534,13 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
             trial.report(stats.val_acc, stats.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
-        if retry_of is None and _is_surplus(trial, ctx.n_trials):  # a retry queued meanwhile
-            raise _SurplusTrial("surplus: a retried trial took its place")
+        # a retry queued meanwhile (another host's worker died): checked every few seconds
+        # (it reads every trial) and after the last epoch, so the target is never overshot
+        due = time.monotonic() >= next_surplus_check or stats.epoch >= tcfg.epochs
+        if retry_of is None and due:
+            next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
+            if _is_surplus(trial, ctx.n_trials):
+                raise _SurplusTrial("surplus: a retried trial took its place")
 
     def finish(state: str, **kw: Any) -> None:
         _finish(run, trial, state, checkpoint, **kw)

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ _SETTLE_SECONDS = 0.5  # longer than one create_run takes: lets a concurrent par
 _MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _MAX_TAG_LENGTH = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _MAX_PARAMS_PER_BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+_MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation.MAX_METRICS_PER_BATCH
 # MLflow's own HTTP retries default to 7 with backoff 2 (minutes per call); ours wrap them.
 _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -172,6 +174,7 @@ class Tracker(_Logger):
             with _sqlite_init_lock(self.uri):  # MLflow's schema set-up is not concurrency-safe
                 self._client = self._retrying(MlflowClient, tracking_uri=client_uri(self.uri))
                 self.experiment_id = self._retrying(self._experiment_id)
+                _write_ahead_log(self.uri)
         except TrackingError:
             raise
         except Exception as exc:
@@ -214,35 +217,48 @@ class Tracker(_Logger):
         (start_time, then run_id) and every other creator deletes its own.
         """
         try:
-            runs = self._parents(study_name)
-            created = None
-            if not runs:
-                run_tags = {**tags, "autoall.study": study_name, "autoall.role": "study"}
-                run_tags["autoall.arch"] = arch
-                created = self._retrying(
-                    self._client.create_run,
-                    self.experiment_id,
-                    tags=_masked(run_tags, _MAX_TAG_LENGTH),
-                    run_name=study_name,
-                ).info.run_id
-            if created or _now_ms() - _oldest(runs).info.start_time < 1000 * _SETTLE_SECONDS:
-                time.sleep(_SETTLE_SECONDS)
-                runs = self._parents(study_name) or runs
-            winner = _oldest(runs) if runs else None
-            winner_id = winner.info.run_id if winner else created
-            assert winner_id is not None
-            if created and created != winner_id:
-                self._retrying(self._client.delete_run, created)
-            elif created:
-                self._retrying(self._log_params, winner_id, params)
-            if winner and winner.info.run_id != created and winner.info.status != "RUNNING":
-                self._retrying(self._client.update_run, winner_id, status="RUNNING")  # resumed
-            return winner_id
+            with _sqlite_init_lock(self.uri) as locked:  # one host: no race, no settle wait
+                return self._parent_run(study_name, arch, params, tags, settle=not locked)
         except Exception as exc:
             raise TrackingError(
                 f"Could not find or create the MLflow parent run of {study_name!r} in "
                 f"{mask_secrets(self.uri)}: {_reason(exc)}."
             ) from None
+
+    def _parent_run(
+        self,
+        study_name: str,
+        arch: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        *,
+        settle: bool,
+    ) -> str:
+        runs = self._parents(study_name)
+        created = None
+        if not runs:
+            run_tags = {**tags, "autoall.study": study_name, "autoall.role": "study"}
+            run_tags["autoall.arch"] = arch
+            created = self._retrying(
+                self._client.create_run,
+                self.experiment_id,
+                tags=_masked(run_tags, _MAX_TAG_LENGTH),
+                run_name=study_name,
+            ).info.run_id
+        recent = created or _now_ms() - _oldest(runs).info.start_time < 1000 * _SETTLE_SECONDS
+        if settle and recent:
+            time.sleep(_SETTLE_SECONDS)
+            runs = self._parents(study_name) or runs
+        winner = _oldest(runs) if runs else None
+        winner_id = winner.info.run_id if winner else created
+        assert winner_id is not None
+        if created and created != winner_id:
+            self._retrying(self._client.delete_run, created)
+        elif created:
+            self._retrying(self._log_params, winner_id, params)
+        if winner and winner.info.run_id != created and winner.info.status != "RUNNING":
+            self._retrying(self._client.update_run, winner_id, status="RUNNING")  # resumed
+        return winner_id
 
     def _parents(self, study_name: str) -> list[Run]:
         runs = self._retrying(
@@ -372,11 +388,20 @@ class TrialRun(_Logger):
 
     def log_epoch(self, stats: Epoch) -> None:
         """All metrics of one epoch in ONE log_batch call, at step `stats.epoch`."""
-        self._history.append(stats)
-        if self.run_id:
-            metrics = _metrics(stats.metrics(), step=stats.epoch)
-            what = f"log epoch {stats.epoch}"
-            self._call(what, self._client.log_batch, self.run_id, metrics=metrics, synchronous=True)
+        self.log_epochs([stats])
+
+    def log_epochs(self, epochs: Sequence[Epoch]) -> None:
+        """Several epochs' metrics (each at its step) in one log_batch call (MLflow takes up to
+        1,000 metrics per call; more go in as many calls as needed)."""
+        self._history.extend(epochs)
+        if not self.run_id or not epochs:
+            return
+        metrics = [m for e in epochs for m in _metrics(e.metrics(), step=e.epoch)]
+        first, last = epochs[0].epoch, epochs[-1].epoch
+        what = f"log epoch {first}" if first == last else f"log epochs {first}-{last}"
+        for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+            batch = metrics[i : i + _MAX_METRICS_PER_BATCH]
+            self._call(what, self._client.log_batch, self.run_id, metrics=batch, synchronous=True)
 
     def finish(
         self,
@@ -537,19 +562,32 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _sqlite_init_lock(uri: str) -> Iterator[None]:
-    """An exclusive lock on `<db>.lock` (POSIX) while a process creates or checks the tables."""
+def _sqlite_init_lock(uri: str) -> Iterator[bool]:
+    """An exclusive lock on `<db>.lock` (POSIX) while a process creates or checks the tables or
+    a parent run; yields whether it holds one (not for servers, not on Windows)."""
     path = _sqlite_path(uri)
     try:
         import fcntl
     except ImportError:  # Windows: no lock
         path = None
     if path is None:
-        yield
+        yield False
         return
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        yield True
+
+
+def _write_ahead_log(uri: str) -> None:
+    """Switch a SQLite store to SQLite's write-ahead log (kept in the file): a commit is one
+    append (~1-2 ms instead of ~5), and the MLflow UI reading it never blocks a writer."""
+    path = _sqlite_path(uri)
+    if path is None:
+        return
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
 
 
 def client_uri(uri: str) -> str:
@@ -612,22 +650,47 @@ def final_metrics(result: RunResult) -> dict[str, float]:
     return values
 
 
+_CURVE_LOCK = threading.Lock()
+_curve: tuple[Any, dict[str, tuple[Any, Any, Any]]] | None = None  # (figure, name -> axes, lines)
+
+
 def _plot_learning_curve(history: Sequence[Epoch], path: Path) -> None:
-    """Loss and accuracy vs epoch, train and validation, as a PNG (Agg, no pyplot state)."""
+    """Loss and accuracy vs epoch, train and validation, as a PNG (Agg, no pyplot state).
+
+    One figure is made per process and its lines updated for every trial: half the cost of a
+    new figure (~40 ms instead of ~80 ms).
+    """
+    global _curve
+    with _CURVE_LOCK:
+        if _curve is None:
+            _curve = _curve_figure()
+        fig, panels = _curve
+        epochs = [s.epoch for s in history]
+        values = [s.metrics() for s in history]
+        for name, (ax, train_line, val_line) in panels.items():
+            train_line.set_data(epochs, [v[f"train_{name}"] for v in values])
+            val_line.set_data(epochs, [v[f"val_{name}"] for v in values])
+            ax.relim()
+            ax.autoscale_view()
+        fig.savefig(path, dpi=80)
+
+
+def _curve_figure() -> tuple[Any, dict[str, tuple[Any, Any, Any]]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.5))  # fixed margins: a constrained layout doubles the cost
     FigureCanvasAgg(fig)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.96, wspace=0.25)
-    epochs = [s.epoch for s in history]
-    values = [s.metrics() for s in history]
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    for ax, name, corner in ((loss_ax, "loss", "upper right"), (acc_ax, "acc", "lower right")):
-        ax.plot(epochs, [v[f"train_{name}"] for v in values], marker=".", label="train")
-        ax.plot(epochs, [v[f"val_{name}"] for v in values], marker=".", label="val")
+    panels = {}
+    for ax, name, corner in zip(
+        fig.subplots(1, 2), ("loss", "acc"), ("upper right", "lower right"), strict=True
+    ):
+        (train_line,) = ax.plot([], [], marker=".", label="train")
+        (val_line,) = ax.plot([], [], marker=".", label="val")
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy" if name == "acc" else name)
         ax.grid(alpha=0.3)
         ax.legend(loc=corner)
-    fig.savefig(path, dpi=80)
+        panels[name] = (ax, train_line, val_line)
+    return fig, panels

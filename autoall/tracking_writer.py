@@ -25,11 +25,14 @@ import contextlib
 import logging
 import os
 import pickle
+import select
 import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -74,6 +77,46 @@ def _read_frame(stream: IO[bytes]) -> Any:
     return pickle.loads(data)
 
 
+def _spawn() -> subprocess.Popen[bytes]:
+    """The child; it imports MLflow at once, then waits for its calls."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoall.tracking_writer"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C reaches the worker only; the child drains, then exits
+    )
+
+
+_prestarted: subprocess.Popen[bytes] | None = None
+
+
+@contextlib.contextmanager
+def prestarted(enabled: bool = True) -> Iterator[None]:
+    """Start the writer process now, so it imports MLflow (~1-2 s) while this process imports
+    torch and reads the study file; the first `TrackingWriter` takes it over. One that is not
+    taken (a bad study file, --no-tracking decided later) is stopped at the end: it has touched
+    no store."""
+    global _prestarted
+    if enabled and _prestarted is None:
+        _prestarted = _spawn()
+    try:
+        yield
+    finally:
+        unused, _prestarted = _prestarted, None
+        if unused is not None:
+            unused.kill()
+            unused.wait()
+            for pipe in (unused.stdin, unused.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
+def _take_prestarted() -> subprocess.Popen[bytes] | None:
+    global _prestarted
+    proc, _prestarted = _prestarted, None
+    return proc
+
+
 class TrackingWriter:
     """The `Tracker` of one worker, in a child process; same methods, answers only when needed.
 
@@ -91,12 +134,7 @@ class TrackingWriter:
         self._lock = threading.Lock()  # the pending calls
         self._write_lock = threading.Lock()  # the pipe (never held while waiting for _lock)
         self._closed = False
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "autoall.tracking_writer"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,  # Ctrl-C reaches the worker only; the child drains, then exits
-        )
+        self._proc = _take_prestarted() or _spawn()
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._to_child = self._proc.stdin
         self._from_child = self._proc.stdout
@@ -330,18 +368,35 @@ class _Child:
     def __post_init__(self) -> None:
         self.parents: dict[str, str] = {}
         self.runs: dict[int, TrialRun] = {}
+        self.held: dict[int, list[EpochPoint]] = {}  # epochs not written yet, by run
+        self.flushed: dict[int, float] = {}  # when each run's epochs were last written
         self.reported = 0  # how much of tracker.lost went to the worker
 
     def answer(self, call_id: int | None, kind: str, value: Any) -> None:
         _write_frame(self.answers, (call_id, kind, value))
 
-    def serve(self, requests: IO[bytes]) -> None:
+    def serve(self, requests: _FrameReader) -> None:
+        """Carry out the calls in order until the worker closes (or is gone).
+
+        Epochs are held back up to `_EPOCH_FLUSH_SECONDS` and go in one log_batch per run: a
+        study of short epochs writes a batch per second, not per epoch; anything else that
+        comes (a trial's end, a new run) first writes what is held.
+        """
         while True:
-            message = _read_frame(requests)
+            held = any(self.held.values())
+            message = requests.read(timeout=_EPOCH_FLUSH_SECONDS if held else None)
+            if message is _IDLE:
+                self.flush_epochs()
+                continue
             if message is None:  # the worker is gone: what came is done, nothing more will
+                self.flush_epochs()
                 return
             op, call_id, *args = message
             try:
+                if op == "epoch":
+                    self.hold_epoch(*args)
+                    continue
+                self.flush_epochs()
                 if self.handle(op, call_id, args):
                     return
             except Exception as exc:  # a bug here must not leave the worker waiting
@@ -349,6 +404,22 @@ class _Child:
                 if call_id is not None:
                     self.answer(call_id, "error", f"{type(exc).__name__}: {exc}")
             self.report_lost()
+
+    def hold_epoch(self, start_id: int, point: EpochPoint) -> None:
+        if start_id not in self.runs:
+            return
+        self.held.setdefault(start_id, []).append(point)
+        now = time.monotonic()
+        if now - self.flushed.get(start_id, 0.0) >= _EPOCH_FLUSH_SECONDS:
+            self.flush_epochs()
+
+    def flush_epochs(self) -> None:
+        for start_id, points in self.held.items():
+            if points and start_id in self.runs:
+                self.runs[start_id].log_epochs(points)
+                self.flushed[start_id] = time.monotonic()
+        self.held.clear()
+        self.report_lost()
 
     def handle(self, op: str, call_id: int | None, args: list[Any]) -> bool:
         """Carry out one call; True when the worker asked to close."""
@@ -393,10 +464,6 @@ class _Child:
             )
             self.runs[call_id] = run  # type: ignore[index]
             self.answer(call_id, "ok", (run.run_id,))
-        elif op == "epoch":
-            start_id, point = args
-            if start_id in self.runs:
-                self.runs[start_id].log_epoch(point)
         elif op == "finish":
             start_id, state, final, history, reason, epoch = args
             ending = self.runs.pop(start_id, None)
@@ -435,14 +502,53 @@ class _Child:
             self.reported = len(self.tracker.lost)
 
 
+_IDLE = object()  # no call within the timeout
+_EPOCH_FLUSH_SECONDS = 1.0  # epochs are written at least this often (and at a trial's end)
+
+
+class _FrameReader:
+    """Messages from a file descriptor, with a timeout (select) for writing held epochs."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+
+    def read(self, timeout: float | None) -> Any:
+        """The next message; `_IDLE` if none came within `timeout`; None at the end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if len(self.buffer) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(self.buffer)
+                if len(self.buffer) >= _HEADER.size + size:
+                    data = bytes(self.buffer[_HEADER.size : _HEADER.size + size])
+                    del self.buffer[: _HEADER.size + size]
+                    return pickle.loads(data)
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.fd], [], [], wait)
+            if not ready:
+                return _IDLE
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                return None
+            self.buffer += chunk
+
+
 def main() -> None:
     """`python -m autoall.tracking_writer`: serve the calls on stdin, answer on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
+    with contextlib.suppress(OSError):
+        os.nice(10)  # training first: this process uses what the worker leaves idle
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
     logging.basicConfig(format="autoall tracking: %(message)s", level=logging.WARNING)
-    _Child(answers).serve(sys.stdin.buffer)
+    import mlflow  # noqa: F401  (now, while the worker starts; the calls come later)
+
+    _Child(answers).serve(_FrameReader(sys.stdin.fileno()))
     answers.close()
+    sys.stderr.flush()
+    # every call is written (MLflow's synchronous calls): skip the interpreter's teardown of
+    # MLflow, SQLAlchemy and matplotlib, ~0.7 s the worker would wait for at the end
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -61,19 +61,20 @@ def run_study(
 ) -> dict[str, Counts]:
     """Run every architecture's study to its target; return the final counts per architecture."""
     out = out or sys.stderr
-    storage = make_storage(opts.storage, cfg)
-    studies = create_studies(cfg, storage, n_trials=opts.n_trials)
-    counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
-    if all(c.done >= opts.n_trials for c in counts.values()):
-        print(
-            f"Target met: every study of {cfg.name} already holds {opts.n_trials} finished "
-            "trials; nothing to run (raise --n-trials to run more).",
-            file=out,
-        )
-        return counts
-
-    tracker = _connect(cfg, opts)  # a server that is down fails here, before any training
+    # first: a server that is down fails here, before anything else; the writer process
+    # imports MLflow and opens the store while this one sets up storage and data
+    tracker = _connect(cfg, opts)
     try:
+        storage = make_storage(opts.storage, cfg)
+        studies = create_studies(cfg, storage, n_trials=opts.n_trials)
+        counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
+        if all(c.done >= opts.n_trials for c in counts.values()):
+            print(
+                f"Target met: every study of {cfg.name} already holds {opts.n_trials} finished "
+                "trials; nothing to run (raise --n-trials to run more).",
+                file=out,
+            )
+            return counts  # the parent runs stay as they are
         parents = _parents(tracker, cfg, opts)
         monitor = _Monitor(cfg, opts, out=out)
         monitor.start()
