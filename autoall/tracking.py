@@ -430,8 +430,10 @@ class TrialRun(_Logger):
         final: Mapping[str, float] | None = None,
         reason: str | None = None,
         epoch: int | None = None,
+        epochs: Sequence[Epoch] = (),
     ) -> None:
-        """One log_batch with the final metrics and the state tags, then the run's status."""
+        """One log_batch with the final metrics and the state tags (and `epochs` not logged
+        yet, each at its step), then the run's status."""
         if state not in _RUN_STATUS:
             raise ValueError(f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}.")
         if self._finished or not self.run_id:
@@ -449,9 +451,19 @@ class TrialRun(_Logger):
         elif state == "FAIL":
             tags["fail_reason"] = reason or "unknown"
         run_tags = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
-        metrics = _metrics(final, step=len(self._history)) if final else []
+        epoch_metrics = [m for e in epochs for m in _metrics(e.metrics(), step=e.epoch)]
+        n_final = len(final or {})
+        if epochs and len(epoch_metrics) + n_final > _MAX_METRICS_PER_BATCH:
+            self.log_epochs(epochs)  # a long backlog goes in batches of its own
+            epoch_metrics = []
+        else:
+            self._history.extend(epochs)
+        metrics = epoch_metrics + (_metrics(final, step=len(self._history)) if final else [])
+        what = "log final metrics"
+        if epoch_metrics:
+            what = f"log epochs {epochs[0].epoch}-{epochs[-1].epoch} and final metrics"
         self._call(
-            "log final metrics",
+            what,
             self._client.log_batch,
             self.run_id,
             metrics=metrics,

@@ -396,7 +396,8 @@ class _Child:
                 if op == "epoch":
                     self.hold_epoch(*args)
                     continue
-                self.flush_epochs()
+                # a trial's end takes its own held epochs into its final batch (one write less)
+                self.flush_epochs(but=args[0] if op == "finish" else None)
                 if self.handle(op, call_id, args):
                     return
             except Exception as exc:  # a bug here must not leave the worker waiting
@@ -413,12 +414,15 @@ class _Child:
         if now - self.flushed.get(start_id, 0.0) >= _EPOCH_FLUSH_SECONDS:
             self.flush_epochs()
 
-    def flush_epochs(self) -> None:
-        for start_id, points in self.held.items():
+    def flush_epochs(self, *, but: int | None = None) -> None:
+        """Write every run's held epochs (except run `but`'s: its end writes them)."""
+        for start_id, points in list(self.held.items()):
+            if start_id == but:
+                continue
             if points and start_id in self.runs:
                 self.runs[start_id].log_epochs(points)
                 self.flushed[start_id] = time.monotonic()
-        self.held.clear()
+            del self.held[start_id]
         self.report_lost()
 
     def handle(self, op: str, call_id: int | None, args: list[Any]) -> bool:
@@ -470,7 +474,8 @@ class _Child:
             if ending is None:
                 self.answer(call_id, "ok", [])
                 return False
-            ending.end(state, final=final, reason=reason, epoch=epoch)
+            held = self.held.pop(start_id, [])
+            ending.end(state, final=final, reason=reason, epoch=epoch, epochs=held)
             self.answer(call_id, "ok", list(ending.lost))  # the worker goes on; the PNG follows
             ending.log_curve(history or ending.history)
         elif op == "update_parent":

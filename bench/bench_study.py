@@ -14,8 +14,13 @@ then calls the CLI's ``main``. From the timers and the Optuna storage:
   attribute ``train_seconds`` exists for COMPLETE trials only; that variant is shown too);
 - compute: the sum of ``epoch_seconds`` (forward, backward, step, validation) of every epoch,
   i.e. ``train()`` without its per-epoch callbacks (Optuna report / prune check, MLflow write);
-- platform overhead = (wall - training time) / wall; tracking overhead = (wall on - wall off) /
+- platform overhead = (wall - training time) / wall; also "after start-up", with wall = `main`
+  alone (interpreter start and imports left out); tracking overhead = (wall on - wall off) /
   wall on, per pair, and directly as the time spent in autoall's tracking calls / wall on.
+
+After each pair, a reference run: the same study written by hand with Optuna (same sampler,
+pruner, search space and ``train()``, plain SQLite storage, nothing else), timed the same way,
+so autoall's wall time is also given as a ratio to writing the loop by hand.
 
 The MLflow store is copied from an empty template made once per benchmark (a project's second
 study finds its store in place); creating a store from nothing (MLflow's migrations) is timed
@@ -43,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,7 @@ from _common import machine_header, markdown_table, median, spread, write_sectio
 SECTION = "bench_study"
 STUDY = ROOT / "studies" / "digits.yaml"
 CHILD = "_child"  # argv[1] of a run's process
+HAND = "_hand"  # argv[1] of a run of the hand-written reference loop
 DISTURBED = 1.25  # a run whose compute exceeds the fastest run's by more was disturbed
 TRACKING_CALLS = (  # autoall's own tracking work, timed in the child; nested calls not listed
     "tracking.connect",
@@ -64,6 +70,7 @@ TRACKING_CALLS = (  # autoall's own tracking work, timed in the child; nested ca
     "tracking.finish",
     "tracking.update_parent",
     "tracking.finish_parent",
+    "tracking.close",
 )
 
 
@@ -75,7 +82,15 @@ def _child(
 ) -> int:
     """One study run: timers in place, then `autoall study run ...` exactly as the CLI does it."""
     code_start = time.time()
-    import autoall.cli  # torch, click, ...: part of what a user waits for
+    import contextlib
+
+    import autoall.cli  # click only; `study run` loads torch, optuna, ... itself
+    from autoall.tracking_writer import prestarted
+
+    # as `study run` does first thing: the MLflow writer process starts before torch loads
+    # (the timers below need autoall.study, so torch loads here, before the CLI's main)
+    writer = prestarted() if "--no-tracking" not in cli_args else contextlib.nullcontext()
+    writer.__enter__()
 
     if threads is not None:
         import torch
@@ -98,6 +113,7 @@ def _child(
     except SystemExit as exc:
         exit_code = exc.code if isinstance(exc.code, int) else 1
     main_end = time.time()
+    writer.__exit__(None, None, None)
     cpu_seconds = time.process_time()  # every thread of this process, since it started
     if profiler is not None and profile_path is not None:
         profiler.disable()
@@ -117,12 +133,90 @@ def _child(
     return exit_code
 
 
+def _hand_child(out_path: Path, threads: int | None, n_trials: int) -> int:
+    """The reference: the same study written by hand with Optuna and autoall's `train()`.
+
+    What an Optuna user writes without autoall: the study file's sampler and pruner, a plain
+    SQLite storage, an objective that reports every epoch; no heartbeat, no checkpoints, no
+    tracking, no progress display, no target across restarts.
+    """
+    code_start = time.time()
+    import optuna
+    import torch
+
+    from autoall.data import load_data
+    from autoall.layer import ALLSpec
+    from autoall.models import build_model
+    from autoall.train import TrainConfig, seed_everything, train
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    imported = time.time()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = load_data("digits", val_fraction=0.1, split_seed=0)
+    data = replace(data, test_x=data.test_x[:0], test_y=data.test_y[:0])  # as the workers do
+    train_seconds: list[float] = []
+    compute: list[float] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        hidden = trial.suggest_int("hidden_size", 8, 256, log=True)
+        all_lr = trial.suggest_float("all_lr", 1e-4, 3e-2, log=True)
+        aux_weight = trial.suggest_float("aux_weight", 1e-4, 1.0, log=True)
+        aux_loss = trial.suggest_categorical(
+            "aux_loss", ["reconstruction", "sparsity", "orthogonality", "none"]
+        )
+        cfg = TrainConfig(epochs=20, batch_size=64, seed=0, all_lr=all_lr)  # the mlp baseline
+        seed_everything(0)
+        spec = ALLSpec(hidden_size=hidden, aux_loss=aux_loss, aux_weight=aux_weight)
+        model = build_model("mlp", in_shape=data.in_shape, num_classes=10, all_spec=spec)
+
+        def on_epoch(stats: Any) -> None:
+            compute.append(stats.epoch_seconds)
+            trial.report(stats.val_acc, stats.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        start = time.perf_counter()
+        try:
+            result = train(model, data, cfg, on_epoch=on_epoch)
+        finally:
+            train_seconds.append(time.perf_counter() - start)
+        return result.final_val_acc
+
+    study = optuna.create_study(
+        study_name="digits/mlp",
+        storage="sqlite:///autoall.db",
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(
+            seed=0, n_startup_trials=5, multivariate=True, constant_liar=True
+        ),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
+    )
+    study.optimize(objective, n_trials=n_trials)
+    main_end = time.time()
+    report = {
+        "exit_code": 0,
+        "code_start": code_start,
+        "imported": imported,
+        "main_end": main_end,
+        "cpu_seconds": time.process_time(),
+        "timers": {"trial.train": [sum(train_seconds), len(train_seconds)]},
+        "compute_seconds": sum(compute),
+        "epochs": len(compute),
+        "trials": _trials(),
+    }
+    out_path.write_text(json.dumps(report))
+    return 0
+
+
 def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> None:
     import optuna
     import optuna.study._optimize
 
     import autoall.study
     import autoall.tracking
+    import autoall.tracking_writer
+    import autoall.train
     import autoall.workers
 
     def timed(owner: Any, attr: str, key: str) -> None:
@@ -153,14 +247,15 @@ def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> Non
         (autoall.study, "train", "trial.train"),
         (autoall.study, "_after_trial", "_after_trial factory"),
         (optuna.Trial, "report", "epoch.optuna_report"),
+        (autoall.train, "_save", "epoch.checkpoint"),
         (optuna.Trial, "should_prune", "epoch.should_prune"),
         (optuna.Trial, "set_user_attr", "trial.set_user_attr"),
-        (autoall.tracking.Tracker, "start_trial", "tracking.start_trial"),
-        (autoall.tracking.TrialRun, "log_epoch", "tracking.log_epoch"),
-        (autoall.tracking.TrialRun, "finish", "tracking.finish"),
-        (autoall.tracking, "_plot_learning_curve", "tracking.finish: png plot"),
-        (autoall.tracking.Tracker, "update_parent", "tracking.update_parent"),
-        (autoall.tracking.Tracker, "finish_parent", "tracking.finish_parent"),
+        (autoall.tracking_writer.TrackingWriter, "start_trial", "tracking.start_trial"),
+        (autoall.tracking_writer.WriterRun, "log_epoch", "tracking.log_epoch"),
+        (autoall.tracking_writer.WriterRun, "finish", "tracking.finish"),
+        (autoall.tracking_writer.TrackingWriter, "update_parent", "tracking.update_parent"),
+        (autoall.tracking_writer.TrackingWriter, "finish_parent", "tracking.finish_parent"),
+        (autoall.tracking_writer.TrackingWriter, "close", "tracking.close"),
     ):
         timed(owner, attr, key)
 
@@ -183,7 +278,7 @@ def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> Non
 
     autoall.study._after_trial = after_trial
 
-    for cls in (autoall.tracking.TrialRun, autoall.tracking.NullRun):
+    for cls in (autoall.tracking_writer.WriterRun, autoall.tracking.NullRun):
         log_epoch = cls.log_epoch
 
         def recording(self: Any, stats: Any, _log_epoch: Any = log_epoch) -> None:
@@ -255,6 +350,16 @@ class Run:
     def overhead(self, training: float) -> float:
         return (self.wall - training) / self.wall
 
+    @property
+    def study_wall(self) -> float:
+        """`main` alone: the study, without interpreter start and imports (torch ~1-1.5 s),
+        which a hand-written Optuna + PyTorch script pays alike."""
+        return float(self.report["main_end"] - self.report["imported"])
+
+    @property
+    def study_overhead(self) -> float:
+        return (self.study_wall - self.train) / self.study_wall
+
     def signature(self) -> list[tuple[str, dict[str, Any]]]:
         return [(t["state"], t["params"]) for t in self.report["trials"]]
 
@@ -288,6 +393,23 @@ def run_study(
             raise RuntimeError(f"study run failed with exit code {code}:\n{tail}")
         report = json.loads((work / "report.json").read_text())
         return Run(tracking=tracking, wall=report["main_end"] - start, report=report, load=load)
+
+
+def run_hand(*, n_trials: int, threads: int | None = None) -> Run:
+    """One run of the hand-written reference loop in a fresh temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="bench-study-hand-") as tmp:
+        work = Path(tmp)
+        cmd = [sys.executable, str(Path(__file__).resolve()), HAND, str(work / "report.json")]
+        cmd += [str(threads) if threads else "-", str(n_trials)]
+        load = os.getloadavg()[0]
+        start = time.time()
+        with open(work / "output.log", "w") as log:
+            code = subprocess.call(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+        if code != 0:
+            tail = (work / "output.log").read_text()[-3000:]
+            raise RuntimeError(f"hand-written loop failed with exit code {code}:\n{tail}")
+        report = json.loads((work / "report.json").read_text())
+        return Run(tracking=False, wall=report["main_end"] - start, report=report, load=load)
 
 
 def _kept(pairs: list[tuple[Run, Run]]) -> list[tuple[Run, Run]]:
@@ -402,6 +524,7 @@ def _main_rest(r: Run) -> float:
         "tracking.parent_run",
         "setup.data",
         "loop.run_worker",
+        "tracking.close",
     )
     return (r.report["main_end"] - r.report["imported"]) - sum(r.timer(k) for k in parts)
 
@@ -409,24 +532,25 @@ def _main_rest(r: Run) -> float:
 _PARTS: tuple[tuple[str, Callable[[Run], float]], ...] = (
     ("interpreter start + imports (torch, optuna, autoall)", _startup),
     ("Optuna storage + studies", lambda r: r.timer("setup.storage") + r.timer("setup.create_studies")),
-    ("MLflow connect (import, store check, experiment)", lambda r: r.timer("tracking.connect")),
-    ("MLflow parent run (find or create, settle wait)", lambda r: r.timer("tracking.parent_run")),
+    ("MLflow: start the writer process (it imports MLflow and opens the store on its own)", lambda r: r.timer("tracking.connect")),
+    ("MLflow parent run (handed to the writer)", lambda r: r.timer("tracking.parent_run")),
     ("data (digits, test split dropped)", lambda r: r.timer("setup.data")),
     ("trials: compute (sum of epoch_seconds)", lambda r: r.compute),
-    ("trials: train() outside epochs (first-call torch set-up, callbacks: report, prune check, MLflow epoch write)", lambda r: r.train - r.compute),
+    ("trials: train() outside epochs (first-call torch set-up, checkpoint, callbacks: report, prune check, MLflow epoch write)", lambda r: r.train - r.compute),
     ("&nbsp;&nbsp;of which Optuna `trial.report` (one SQLite commit per epoch)", lambda r: r.timer("epoch.optuna_report")),
     ("&nbsp;&nbsp;of which Optuna `trial.should_prune` (reads the trials)", lambda r: r.timer("epoch.should_prune")),
-    ("&nbsp;&nbsp;of which MLflow `log_epoch` (one log_batch per epoch)", lambda r: r.timer("tracking.log_epoch")),
+    ("&nbsp;&nbsp;of which MLflow `log_epoch` (hand one epoch to the writer)", lambda r: r.timer("tracking.log_epoch")),
+    ("&nbsp;&nbsp;of which mid-trial checkpoints (`torch.save`, every 30 s)", lambda r: r.timer("epoch.checkpoint")),
     ("trials: Optuna ask (TPE) + suggest", lambda r: r.timer("trial.optuna_ask") + r.timer("trial.suggest")),
     ("trials: Optuna tell", lambda r: r.timer("trial.optuna_tell")),
     ("trials: build_model", lambda r: r.timer("trial.build_model")),
-    ("trials: MLflow start_trial (create run, params, config.yaml)", lambda r: r.timer("tracking.start_trial")),
-    ("trials: MLflow finish (final metrics, PNG, status)", lambda r: r.timer("tracking.finish")),
-    ("&nbsp;&nbsp;of which the learning-curve PNG (matplotlib)", lambda r: r.timer("tracking.finish: png plot")),
+    ("trials: MLflow start_trial (hand it to the writer)", lambda r: r.timer("tracking.start_trial")),
+    ("trials: MLflow finish (wait until the writer has ended the run; the PNG comes after)", lambda r: r.timer("tracking.finish")),
     ("trials: after-trial callback (counts, parent summary)", lambda r: r.timer("trial.after_trial callback")),
     ("trials: rest (stale-trial check, heartbeat thread, user attrs, tags)", _objective_rest),
     ("worker loop between trials (counting, locks)", lambda r: r.timer("loop.run_worker") - r.timer("trial.optimize")),
-    ("rest of `main` (CLI, monitor start/stop, finish parent)", _main_rest),
+    ("MLflow: wait for the writer to drain at the end (last PNG, parent status)", lambda r: r.timer("tracking.close")),
+    ("rest of `main` (CLI, monitor start/stop)", _main_rest),
     ("**study wall time**", lambda r: r.wall),
     ("(progress monitor thread, concurrent with the above)", lambda r: r.timer("monitor.draw (thread)")),
 )  # fmt: skip
@@ -439,6 +563,9 @@ def _breakdown(runs: list[Run]) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == HAND:
+        out, threads, n_trials = argv[1:]
+        return _hand_child(Path(out), None if threads == "-" else int(threads), int(n_trials))
     if argv and argv[0] == CHILD:
         out, profile, threads, sep, *cli_args = argv[1:]
         assert sep == "--", argv
@@ -483,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fresh MLflow store: {spread(store_seconds)}", flush=True)
 
         pairs: list[tuple[Run, Run]] = []  # (on, off)
+        hand: list[Run] = []  # the hand-written reference loop, one run after each pair
         while len(pairs) < args.max_pairs and len(_kept(pairs)) < args.pairs:
             order = (True, False) if len(pairs) % 2 == 0 else (False, True)
             pair: dict[bool, Run] = {}
@@ -503,6 +631,13 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             pairs.append((pair[True], pair[False]))
+            wait_for_quiet(args.quiet_load, args.quiet_wait)
+            hand.append(run_hand(n_trials=args.n_trials, threads=args.threads))
+            print(
+                f"pair {len(pairs)} hand-written loop: wall {hand[-1].wall:.2f} s, "
+                f"train {hand[-1].train:.2f} s",
+                flush=True,
+            )
         profile_rows: tuple[list[list[str]], list[list[str]]] | None = None
         if not args.no_profile:
             prof = Path(tmp) / "study.prof"
@@ -517,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"profiled run: wall {profiled.wall:.2f} s (cProfile on)", flush=True)
     load_end = os.getloadavg()
 
-    body = _render(args, header, load_start, load_end, store_seconds, pairs, profile_rows)
+    body = _render(args, header, load_start, load_end, store_seconds, pairs, hand, profile_rows)
     print(body)
     if not args.no_write:
         write_section(SECTION, body)
@@ -531,6 +666,7 @@ def _render(
     load_end: tuple[float, float, float],
     store_seconds: list[float],
     all_pairs: list[tuple[Run, Run]],
+    hand: list[Run],
     profile_rows: tuple[list[list[str]], list[list[str]]] | None,
 ) -> str:
     pairs = _kept(all_pairs) or all_pairs  # none undisturbed: all, and the text says so
@@ -554,6 +690,7 @@ def _render(
             spread([r.cpu for r in group], digits=1),
             spread([r.train for r in group], digits=2),
             _spread_pct([r.overhead(r.train) for r in group]),
+            _spread_pct([r.study_overhead for r in group]),
             _spread_pct([r.overhead(r.train_attr) for r in group]),
             _spread_pct([r.overhead(r.compute) for r in group]),
         ]
@@ -562,6 +699,7 @@ def _render(
     cpu_diff = [(a.cpu - b.cpu) / a.cpu for a, b in pairs]
     direct = [r.tracking_seconds / r.wall for r in on]
     platform_on = median([r.overhead(r.train) for r in on])
+    study_on = median([r.study_overhead for r in on])
     states = statistics.mode(
         [
             ", ".join(
@@ -592,7 +730,9 @@ def _render(
         "- Wall time: process start to the end of the CLI's `main` (imports included). Training "
         "time: every trial's `train()` call, pruned trials included (includes the per-epoch "
         "callbacks); `train_seconds` variant: the user attribute, COMPLETE trials only; compute: "
-        "the sum of `epoch_seconds` (training + validation, no callbacks).",
+        "the sum of `epoch_seconds` (training + validation, no callbacks). After start-up: the "
+        "same with wall = `main` alone. Process CPU: the worker process only; MLflow runs in "
+        "its writer process (autoall/tracking_writer.py), on the other core.",
         "",
         markdown_table(
             [
@@ -602,14 +742,33 @@ def _render(
                 "process CPU",
                 "training time",
                 "platform overhead",
+                "... after start-up",
                 "overhead vs `train_seconds`",
                 "overhead vs compute",
             ],
-            [row("on (default)", on), row("off (`--no-tracking`)", off)],
+            [
+                row("on (default)", on),
+                row("off (`--no-tracking`)", off),
+                row("hand-written Optuna loop (reference)", hand),
+            ],
         ),
         "",
+        f"The reference is the same study written by hand with Optuna (same sampler, pruner and "
+        f"`train()`; plain SQLite storage; no heartbeat, checkpoints, tracking, progress or "
+        f"target across restarts), one run after each pair: it ran "
+        f"{'the same trials' if all(h.signature() == on[0].signature() for h in hand) else 'DIFFERENT trials'}. "
+        f"autoall's wall time / the reference's, medians: tracking on "
+        f"**{median([r.wall for r in on]) / median([h.wall for h in hand]):.2f}x**, off "
+        f"{median([r.wall for r in off]) / median([h.wall for h in hand]):.2f}x; the reference's "
+        f"own overhead by the same formula: {_pct(median([h.overhead(h.train) for h in hand]))} "
+        f"from process start, {_pct(median([h.study_overhead for h in hand]))} after start-up.",
+        "",
         f"Target, issue 3 (platform overhead <= 10 %, the default command, tracking on): "
-        f"**{'met' if platform_on <= 0.10 else 'missed'}** ({_pct(platform_on)}).",
+        f"from process start **{'met' if platform_on <= 0.10 else 'missed'}** "
+        f"({_pct(platform_on)}); after start-up (the study itself: `main` without interpreter "
+        f"start and imports, {spread([_startup(r) for r in on], digits=2)} s, which a "
+        f"hand-written Optuna + PyTorch script pays alike) **{'met' if study_on <= 0.10 else 'missed'}** "
+        f"({_pct(study_on)}).",
         "",
         f"Tracking overhead, paired (wall on - wall off) / wall on: "
         f"**{_spread_pct(wall_diff)}**; time inside autoall's tracking calls / wall on: "
@@ -668,7 +827,7 @@ def _render(
             f"{1000 * median([_per_call(r, key) for r in on]):.1f}",
             f"{median([r.timer(key) for r in on]):.2f}",
         ]
-        for key in (*TRACKING_CALLS, "tracking.finish: png plot")
+        for key in TRACKING_CALLS
     ]
     lines += [
         "",
