@@ -239,38 +239,12 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
     show_default=True,
     help="Worker processes per GPU (with several GPUs or this option, --n-jobs defaults to GPUs x this).",
 )
-def study_run(
-    file: str,
-    n_trials: int | None,
-    n_jobs: int | None,
-    storage: str | None,
-    study_name: str | None,
-    architectures: str | None,
-    device: str | None,
-    tracking_uri: str | None,
-    no_tracking: bool,
-    checkpoint_dir: str = ".autoall/checkpoints",
-    checkpoint_every: float = 30.0,
-    trials_per_gpu: int = 1,
-) -> None:
+def study_run(**options: Any) -> None:
     """Run the study in FILE until each architecture holds its target of finished trials."""
     from autoall.tracking_writer import prestarted
 
-    with prestarted(enabled=not no_tracking):  # MLflow loads in its process meanwhile
-        _study_run(
-            file,
-            n_trials,
-            n_jobs,
-            storage,
-            study_name,
-            architectures,
-            device,
-            tracking_uri,
-            no_tracking,
-            checkpoint_dir,
-            checkpoint_every,
-            trials_per_gpu,
-        )
+    with prestarted(enabled=not options["no_tracking"]):  # MLflow loads in its process meanwhile
+        _study_run(**options)
 
 
 def _study_run(
@@ -283,9 +257,9 @@ def _study_run(
     device: str | None,
     tracking_uri: str | None,
     no_tracking: bool,
-    checkpoint_dir: str,
-    checkpoint_every: float,
-    trials_per_gpu: int,
+    checkpoint_dir: str = ".autoall/checkpoints",
+    checkpoint_every: float = 30.0,
+    trials_per_gpu: int = 1,
 ) -> None:
     import optuna
 
