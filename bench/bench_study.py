@@ -691,7 +691,8 @@ def _render(
             spread([r.train for r in group], digits=2),
             _spread_pct([r.overhead(r.train) for r in group]),
             _spread_pct([r.study_overhead for r in group]),
-            _spread_pct([r.overhead(r.train_attr) for r in group]),
+            # the reference records no `train_seconds` attribute
+            _spread_pct([r.overhead(r.train_attr) for r in group]) if group[0].train_attr else "-",
             _spread_pct([r.overhead(r.compute) for r in group]),
         ]
 
@@ -766,7 +767,7 @@ def _render(
         f"Target, issue 3 (platform overhead <= 10 %, the default command, tracking on): "
         f"from process start **{'met' if platform_on <= 0.10 else 'missed'}** "
         f"({_pct(platform_on)}); after start-up (the study itself: `main` without interpreter "
-        f"start and imports, {spread([_startup(r) for r in on], digits=2)} s, which a "
+        f"start and imports, {spread([_startup(r) for r in on], digits=2)}, which a "
         f"hand-written Optuna + PyTorch script pays alike) **{'met' if study_on <= 0.10 else 'missed'}** "
         f"({_pct(study_on)}).",
         "",
