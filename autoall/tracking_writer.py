@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from autoall.tracking import (
-    DEFAULT_TRACKING_URI,
     TRIAL_STATES,
     EpochPoint,
     Tracker,
@@ -47,7 +46,6 @@ from autoall.tracking import (
     check_server,
     client_uri,
     final_metrics,
-    mask_secrets,
     resolve_tracking_uri,
 )
 
@@ -63,18 +61,6 @@ def _write_frame(stream: IO[bytes], message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_HEADER.pack(len(data)) + data)
     stream.flush()
-
-
-def _read_frame(stream: IO[bytes]) -> Any:
-    """The next message, or None at the end of the stream."""
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
-        return None
-    return pickle.loads(data)
 
 
 def _spawn() -> subprocess.Popen[bytes]:
@@ -196,11 +182,6 @@ class TrackingWriter:
             raise TrackingError(self._fatal)
 
     @property
-    def experiment_id(self) -> str:
-        answer = self._wait(self._connected)
-        return "" if isinstance(answer, str) else str(answer[0])
-
-    @property
     def lost(self) -> list[str]:
         """Parent-run bookkeeping that failed after the retries (child runs keep their own)."""
         return list(self._lost)
@@ -260,9 +241,10 @@ class TrackingWriter:
                         self._child_died()
 
     def _read_answers(self) -> None:
+        answers = _FrameReader(self._from_child.fileno())
         while True:
             try:
-                message = _read_frame(self._from_child)
+                message = answers.read(timeout=None)
             except (OSError, ValueError, pickle.UnpicklingError):
                 message = None
             if message is None:
@@ -558,6 +540,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["DEFAULT_TRACKING_URI", "TrackingWriter", "WriterRun", "mask_secrets"]
