@@ -199,8 +199,12 @@ def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried(workdir:
     assert retry.params == stale.params
     assert retry.user_attrs["retry_of"] == stale.number
     # it resumed from the checkpoint of its last finished epoch, not from scratch
-    assert retry.user_attrs["resumed_from_epoch"] >= len(stale.intermediate_values) >= 2
-    assert sorted(retry.intermediate_values) == list(range(1, 13))
+    resumed = retry.user_attrs["resumed_from_epoch"]
+    assert resumed >= len(stale.intermediate_values) >= 2
+    # inherited epochs, then the resumed ones; the epoch of the checkpoint itself is missing
+    # when the kill fell between saving it and reporting it (README, "Checkpoints")
+    assert set(range(1, 13)) - set(retry.intermediate_values) <= {resumed}
+    assert set(retry.intermediate_values) <= set(range(1, 13))
     assert not list((workdir / ".autoall" / "checkpoints").rglob("*.pt"))  # cleaned up
     assert time.monotonic() - start < 60
 
