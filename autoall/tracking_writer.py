@@ -110,9 +110,13 @@ class TrackingWriter:
     the run); child runs by the `WriterRun` that `start_trial` returns.
     """
 
-    def __init__(self, uri: str, *, experiment: str, retries: int = 3, retry_wait: float = 1.0):
+    def __init__(self, proc: subprocess.Popen[bytes], *, uri: str, experiment: str) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
         self.uri = uri
         self.experiment = experiment
+        self._proc = proc
+        self._to_child = proc.stdin
+        self._from_child = proc.stdout
         self._lost: list[str] = []
         self._fatal: str | None = None
         self._pending: dict[int, Future[Any]] = {}
@@ -120,22 +124,25 @@ class TrackingWriter:
         self._lock = threading.Lock()  # the pending calls
         self._write_lock = threading.Lock()  # the pipe (never held while waiting for _lock)
         self._closed = False
-        self._proc = _take_prestarted() or _spawn()
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._to_child = self._proc.stdin
-        self._from_child = self._proc.stdout
         self._reader = threading.Thread(
             target=self._read_answers, name="autoall-tracking-answers", daemon=True
         )
-        self._reader.start()
-        self._connected = self._call("connect", client_uri(uri), experiment, retries, retry_wait)
+        self._connected: Future[Any] = Future()  # the child's answer to "connect"
 
     @classmethod
-    def connect(cls, uri: str | None, *, experiment: str, **kw: Any) -> TrackingWriter:
-        """Start the child that opens the store; check an http(s) server's /health first."""
+    def connect(
+        cls, uri: str | None, *, experiment: str, retries: int = 3, retry_wait: float = 1.0
+    ) -> TrackingWriter:
+        """Check an http(s) server's /health, then have the child (the one `prestarted` began,
+        else a new one) open the store; its answer is read by `check()` without waiting."""
         resolved = resolve_tracking_uri(uri)
         check_server(resolved)
-        return cls(resolved, experiment=experiment, **kw)
+        writer = cls(_take_prestarted() or _spawn(), uri=resolved, experiment=experiment)
+        writer._reader.start()
+        writer._connected = writer._call(
+            "connect", client_uri(resolved), experiment, retries, retry_wait
+        )
+        return writer
 
     # -- the calls ---------------------------------------------------------------------------
 
