@@ -118,6 +118,27 @@ def _child(
     if profiler is not None and profile_path is not None:
         profiler.disable()
         profiler.dump_stats(profile_path)
+    _write_report(
+        out_path,
+        exit_code=exit_code,
+        times=(code_start, imported, main_end, cpu_seconds),
+        timers=timers,
+        compute=compute,
+    )
+    return exit_code
+
+
+def _write_report(
+    out_path: Path,
+    *,
+    exit_code: int,
+    times: tuple[float, float, float, float],
+    timers: dict[str, list[float]],
+    compute: list[float],
+) -> None:
+    """One run's figures as JSON: (process start, imports done, `main` end, CPU seconds),
+    summed timers, compute (sum of epoch_seconds) and the trials from the storage."""
+    code_start, imported, main_end, cpu_seconds = times
     report = {
         "exit_code": exit_code,
         "code_start": code_start,
@@ -130,7 +151,6 @@ def _child(
         "trials": _trials(),
     }
     out_path.write_text(json.dumps(report))
-    return exit_code
 
 
 def _hand_child(out_path: Path, threads: int | None, n_trials: int) -> int:
@@ -194,18 +214,13 @@ def _hand_child(out_path: Path, threads: int | None, n_trials: int) -> int:
     )
     study.optimize(objective, n_trials=n_trials)
     main_end = time.time()
-    report = {
-        "exit_code": 0,
-        "code_start": code_start,
-        "imported": imported,
-        "main_end": main_end,
-        "cpu_seconds": time.process_time(),
-        "timers": {"trial.train": [sum(train_seconds), len(train_seconds)]},
-        "compute_seconds": sum(compute),
-        "epochs": len(compute),
-        "trials": _trials(),
-    }
-    out_path.write_text(json.dumps(report))
+    _write_report(
+        out_path,
+        exit_code=0,
+        times=(code_start, imported, main_end, time.process_time()),
+        timers={"trial.train": train_seconds},
+        compute=compute,
+    )
     return 0
 
 
