@@ -352,7 +352,6 @@ class _Child:
 
     answers: IO[bytes]
     tracker: Tracker | None = None
-    error: str | None = None
 
     def __post_init__(self) -> None:
         self.parents: dict[str, str] = {}
@@ -424,8 +423,7 @@ class _Child:
                 )
                 self.tracker._open()
             except TrackingError as exc:
-                self.error = str(exc)
-                self.answer(call_id, "ok", self.error)
+                self.answer(call_id, "ok", str(exc))  # the worker raises it at check()
                 return False
             self.answer(call_id, "ok", (self.tracker.experiment_id,))
             return False
