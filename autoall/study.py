@@ -273,6 +273,8 @@ class WorkerContext:
     n_trials: int
     checkpoint_dir: Path | None = None  # mid-trial checkpoints; shared across hosts
     checkpoint_every: float = 0.0  # seconds between a trial's checkpoints (0: every epoch)
+    # (trial number, checkpoint) of the trial just ended here: dropped once Optuna stored its state
+    ended_checkpoint: tuple[int, Path] | None = None
     on_trial_end: Callable[[FrozenTrial], None] | None = None
 
     def checkpoint_path(self, trial_key: int) -> Path | None:
@@ -326,7 +328,8 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
         try:
             step = _step(ctx, study, start_lock, unbeaten, poll_seconds)
         except Exception as exc:
-            if not _is_storage_outage(exc):
+            error = _storage_error(exc)
+            if error is None:
                 raise
             # the database is down or restarting: a trial cut short stays RUNNING, its heartbeat
             # stops, and it is rerun as stale; this worker waits for the database to come back
@@ -334,9 +337,9 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             if time.monotonic() - outage_since > _MAX_OUTAGE_SECONDS:
                 raise RuntimeError(
                     f"{ctx.cfg.study_name(ctx.arch)}: the Optuna storage has failed for "
-                    f"{_MAX_OUTAGE_SECONDS} s: {mask_secrets(str(exc).splitlines()[0])}"
+                    f"{_MAX_OUTAGE_SECONDS} s: {_first_line(error)}"
                 ) from None
-            log.warning("Optuna storage error (%s); retrying", type(exc).__name__)
+            log.warning("Optuna storage error (%s); retrying", _first_line(error))
             time.sleep(poll_seconds)
             continue
         outage_since = None
@@ -352,15 +355,20 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             )
 
 
-def _is_storage_outage(exc: BaseException) -> bool:
-    """Whether a storage error is in `exc`'s chain (Optuna's _run_trial raises UnboundLocalError
-    when the database is gone for both `tell` and `get_trial`)."""
+def _storage_error(exc: BaseException) -> BaseException | None:
+    """The storage error in `exc`'s chain, if any (Optuna's _run_trial raises AssertionError
+    from its `finally` when the database is gone at `tell`)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, optuna.exceptions.StorageInternalError | SQLAlchemyError):
-            return True
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return False
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return mask_secrets(f"{type(exc).__name__}: {lines[0] if lines else ''}")
 
 
 def _step(
@@ -405,6 +413,7 @@ def _step(
             )
         finally:
             start_lock.release()
+            _drop_ended_checkpoint(ctx, study)
         ctx.tracker.check()
         last = study.get_trials(deepcopy=False)[-1] if ctx.n_trials else None
         reason = last.user_attrs.get("fail_reason", "") if last is not None else ""
@@ -543,7 +552,7 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
                 raise _SurplusTrial("surplus: a retried trial took its place")
 
     def finish(state: str, **kw: Any) -> None:
-        _finish(run, trial, state, checkpoint, **kw)
+        _finish(ctx, run, trial, state, checkpoint, **kw)
         _link_run(trial, run, linked=linked)
 
     try:
@@ -640,21 +649,47 @@ def _link_run(trial: optuna.Trial, run: Any, *, linked: bool) -> bool:
     return linked
 
 
-def _finish(run: Any, trial: optuna.Trial, state: str, checkpoint: Path | None, **kw: Any) -> None:
-    """End the MLflow run; the trial is over in this process, so its checkpoint goes too.
+def _finish(
+    ctx: WorkerContext,
+    run: Any,
+    trial: optuna.Trial,
+    state: str,
+    checkpoint: Path | None,
+    **kw: Any,
+) -> None:
+    """End the MLflow run; the trial's checkpoint goes once Optuna has stored the trial's end.
 
-    (A killed worker never gets here: its checkpoint stays for the retried trial.)
+    Not before: a worker killed (or a database lost) between here and Optuna's `tell` leaves a
+    RUNNING trial, and its retry resumes from that checkpoint.
     """
     if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
+        ctx.ended_checkpoint = (trial.number, checkpoint)
     run.finish(state, **kw)
     if run.lost:
         trial.set_user_attr("tracking_lost", "; ".join(run.lost)[:1000])
         log.warning("trial %d: MLflow logging lost: %s", trial.number, "; ".join(run.lost))
 
 
+def _drop_ended_checkpoint(
+    ctx: WorkerContext, study: optuna.Study, trial: FrozenTrial | None = None
+) -> None:
+    """Delete the checkpoint of the trial that just ended here if Optuna stored it as finished
+    (`trial`: as Optuna's callback got it; otherwise read back, after an exception)."""
+    if ctx.ended_checkpoint is None:
+        return
+    (number, path), ctx.ended_checkpoint = ctx.ended_checkpoint, None
+    if trial is None:
+        try:
+            trial = study.get_trials(deepcopy=False)[number]
+        except Exception:  # the database is down: the trial stays RUNNING and is retried
+            return
+    if trial.state.is_finished():
+        path.unlink(missing_ok=True)
+
+
 def _after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], None]:
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        _drop_ended_checkpoint(ctx, study, trial)
         counts = count_trials(study.get_trials(deepcopy=False))
         best = _best_value(study)
         if ctx.parent_run_id:

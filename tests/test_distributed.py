@@ -7,6 +7,7 @@ tiny digits MLPs, the heartbeat is 1 s with a 3 s grace period (conftest.write_s
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -177,16 +178,16 @@ def _wait_for(
 
 
 def _running(
-    min_epochs: int, pids: set[int], *, linked: bool = False
+    min_epochs: int, pids: set[int], *, max_epochs: float = math.inf, linked: bool = False
 ) -> Callable[[list[FrozenTrial]], FrozenTrial | None]:
-    """A RUNNING trial of one of `pids` with at least `min_epochs` reported (and, if `linked`,
-    its MLflow run id), or None."""
+    """A RUNNING trial of one of `pids` with `min_epochs` to `max_epochs` reported (and, if
+    `linked`, its MLflow run id), or None."""
 
     def find(trials: list[FrozenTrial]) -> FrozenTrial | None:
         for t in trials:
             if (
                 t.state == TrialState.RUNNING
-                and len(t.intermediate_values) >= min_epochs
+                and min_epochs <= len(t.intermediate_values) <= max_epochs
                 and t.user_attrs.get("worker_pid") in pids
                 and (not linked or "mlflow_run_id" in t.user_attrs)
             ):
@@ -317,11 +318,11 @@ def test_a_killed_worker_s_trial_fails_by_heartbeat_and_resumes_from_its_checkpo
     workers = [fleet.start(path, "--tracking-uri", tracking) for _ in range(3)]
     storage = _storage(fleet.url)
 
-    victim = _wait_for(
+    victim = _wait_for(  # mid-trial: the first trials may learn their run id only at the end
         storage,
-        _running(2, {w.pid for w in workers}, linked=True),
+        _running(2, {w.pid for w in workers}, max_epochs=epochs - 4, linked=True),
         fleet=fleet,
-        what="a RUNNING trial with 2 epochs",
+        what=f"a RUNNING trial with its run id and 2 to {epochs - 4} epochs",
     )
     killed = next(w for w in workers if w.pid == victim.user_attrs["worker_pid"])
     killed.proc.send_signal(signal.SIGKILL)

@@ -209,6 +209,34 @@ def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried(workdir:
     assert time.monotonic() - start < 60
 
 
+def test_a_trial_whose_end_was_not_stored_keeps_its_checkpoint_for_the_retry(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database is lost at Optuna's `tell` (as for a worker killed just before it): the
+    trial stays RUNNING, and its checkpoint stays until the heartbeat's retry resumes it."""
+    path = write_study(workdir / "s.yaml", train={"epochs": 3}, n_trials=1)
+    store = optuna.storages.RDBStorage.set_trial_state_values
+    lost: list[int] = []
+
+    def lost_once(self: object, trial_id: int, state: TrialState, values: object = None) -> bool:
+        if state == TrialState.COMPLETE and not lost:
+            lost.append(trial_id)
+            raise optuna.exceptions.StorageInternalError("connection lost")
+        return store(self, trial_id, state, values)
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", lost_once)
+    code, out = _run(str(path), "--checkpoint-every", "0")
+    assert code == 0, out
+    assert len(lost) == 1
+    assert "Optuna storage error (StorageInternalError: connection lost); retrying" in caplog.text
+    stale, retry = _trials()
+    assert stale.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["retry_of"] == 0
+    assert retry.user_attrs["resumed_from_epoch"] == 3  # every epoch kept: none trained again
+    assert retry.values == [stale.intermediate_values[3]]
+    assert not list((workdir / ".autoall" / "checkpoints").rglob("*.pt"))  # cleaned up
+
+
 @pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study_exactly(study_file: Path) -> None:
     code, out = _run(str(study_file), "--n-jobs", "2", "--n-trials", "6")
