@@ -677,7 +677,8 @@ def _drop_ended_checkpoint(
     (`trial`: as Optuna's callback got it; otherwise read back, after an exception)."""
     if ctx.ended_checkpoint is None:
         return
-    (number, path), ctx.ended_checkpoint = ctx.ended_checkpoint, None
+    number, path = ctx.ended_checkpoint
+    ctx.ended_checkpoint = None  # checked once: later, a stale FAIL's retry may use the file
     if trial is None:
         try:
             trial = study.get_trials(deepcopy=False)[number]
