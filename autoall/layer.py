@@ -5,7 +5,10 @@ For feature vectors ``x`` of shape ``(B, d)`` and a code size ``m = hidden_size`
     a = act(W_down x + b_down)        # (B, m)
     y = x + W_up a + b_up             # (B, d)
 
-``W_up`` and ``b_up`` start at zero, so a freshly inserted ALL is exactly the identity.
+On conv feature maps ``(B, C, H, W)`` (``channel_dim=1``, ``d = C``) the same two maps act
+on the channels at every position, i.e. as a pair of 1x1 convolutions (DESIGN section 1,
+``positions: blocks``). ``W_up`` and ``b_up`` start at zero, so a freshly inserted ALL is
+exactly the identity.
 Each forward pass also stores the unweighted custom loss ``L(W, a)`` of that batch; the
 training objective is ``task_loss + sum over ALLs of aux_weight * L`` (see
 :func:`auxiliary_loss`), and the ALL's parameters get their own learning rate through
@@ -24,6 +27,7 @@ from torch import nn
 
 AUX_LOSSES: tuple[str, ...] = ("reconstruction", "sparsity", "orthogonality", "none")
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
+POSITIONS: tuple[str, ...] = ("head", "blocks")
 
 _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -34,12 +38,18 @@ def _is_positive_int(value: object) -> bool:
 
 @dataclass(frozen=True)
 class ALLSpec:
-    """What ALL to insert in front of a classifier head (its own lr is TrainConfig.all_lr)."""
+    """Which ALLs to insert and where (their own lr is TrainConfig.all_lr).
+
+    ``positions="head"`` is one ALL in front of the classifier head; ``"blocks"`` adds one
+    after every block or stage of the base architecture (``autoall.models.build_model``;
+    :func:`insert_all` knows only the head). Every ALL gets the same knobs.
+    """
 
     hidden_size: int  # m, the width of the code a
     aux_loss: str = "reconstruction"  # one of AUX_LOSSES
     aux_weight: float = 0.1  # multiplies L(W, a) in the training objective; 0 = adapter alone
     activation: str = "relu"  # one of ACTIVATIONS
+    positions: str = "head"  # one of POSITIONS
 
     def __post_init__(self) -> None:
         if not _is_positive_int(self.hidden_size):
@@ -62,23 +72,49 @@ class ALLSpec:
             raise ValueError(
                 f"activation must be one of {', '.join(ACTIVATIONS)}, but got {self.activation!r}."
             )
+        if self.positions not in POSITIONS:
+            raise ValueError(
+                f"positions must be one of {', '.join(POSITIONS)}, but got {self.positions!r}."
+            )
+
+    def make_layer(self, features: int, *, channel_dim: int = -1) -> AutoLearningLayer:
+        """An ``AutoLearningLayer`` with this spec's knobs on ``features`` inputs."""
+        return AutoLearningLayer(
+            features,
+            self.hidden_size,
+            aux_loss=self.aux_loss,
+            aux_weight=self.aux_weight,
+            activation=self.activation,
+            channel_dim=channel_dim,
+        )
 
 
 class AutoLearningLayer(nn.Module):
     """Residual bottleneck adapter ``y = x + W_up act(W_down x + b_down) + b_up``.
 
-    Shapes: ``x`` is ``(..., d)`` with ``d = features`` (usually ``(B, d)``), the code
-    ``a`` is ``(..., m)`` with ``m = hidden_size``, and ``y`` has the shape of ``x``.
-    ``self.down`` holds ``W_down`` ``(m, d)`` and ``b_down`` ``(m,)``; ``self.up`` holds
-    ``W_up`` ``(d, m)`` and ``b_up`` ``(d,)``, both zero at initialisation (identity map).
+    Shapes: the ALL acts along dimension ``channel_dim`` of ``x``, which must have size
+    ``d = features``; every other dimension is batch or position. With the default
+    ``channel_dim=-1``, ``x`` is ``(..., d)`` (usually ``(B, d)``) and the code ``a`` is
+    ``(..., m)`` with ``m = hidden_size``. With ``channel_dim=1``, ``x`` is a feature map
+    ``(B, d, H, W)`` and at every position ``(h, w)``::
+
+        a[b, :, h, w] = act(W_down x[b, :, h, w] + b_down)          # (B, m, H, W)
+        y[b, :, h, w] = x[b, :, h, w] + W_up a[b, :, h, w] + b_up   # (B, d, H, W)
+
+    which is exactly a pair of 1x1 convolutions. ``y`` always has the shape (and memory
+    format) of ``x``; the channel axis is moved last with ``movedim``, so a channels_last
+    map reaches the two linear maps as a view, without a copy. ``self.down`` holds
+    ``W_down`` ``(m, d)`` and ``b_down`` ``(m,)``; ``self.up`` holds ``W_up`` ``(d, m)`` and
+    ``b_up`` ``(d,)``, both zero at initialisation (identity map).
 
     Custom loss ``L(W, a)``, computed on the batch of each training-mode forward pass and
-    stored unweighted in ``self.aux_value`` (a 0-dim tensor):
+    stored unweighted in ``self.aux_value`` (a 0-dim tensor); ``mean_n`` runs over the
+    samples, and for a feature map over the samples and the positions (``n = B H W``):
 
-    - ``reconstruction``: ``mean_b ||stopgrad(x_b) - (W_down^T a_b + c)||^2 / d``, a tied
+    - ``reconstruction``: ``mean_n ||stopgrad(x_n) - (W_down^T a_n + c)||^2 / d``, a tied
       decoder with the learned bias ``c = self.recon_bias`` ``(d,)``; the target is detached
       so the loss cannot shrink the upstream features (auxiliary auto-encoding).
-    - ``sparsity``: ``mean_b ||a_b||_1 / m`` (activity regularisation).
+    - ``sparsity``: ``mean_n ||a_n||_1 / m`` (activity regularisation).
     - ``orthogonality``: ``||W_down W_down^T - I_m||_F^2 / m^2`` (Bansal et al., 2018).
     - ``none``: 0 (the adapter alone).
 
@@ -94,16 +130,23 @@ class AutoLearningLayer(nn.Module):
         aux_loss: str = "reconstruction",
         aux_weight: float = 0.1,
         activation: str = "relu",
+        channel_dim: int = -1,
     ) -> None:
         super().__init__()
         if not _is_positive_int(features):
             raise ValueError(f"features must be a positive integer, but got {features!r}.")
+        if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
+            raise ValueError(
+                f"channel_dim must be an integer (-1: last, 1: the channels of (B, C, H, W)), "
+                f"but got {channel_dim!r}."
+            )
         spec = ALLSpec(hidden_size, aux_loss=aux_loss, aux_weight=aux_weight, activation=activation)
         self.features = features
         self.hidden_size = spec.hidden_size
         self.aux_loss = spec.aux_loss
         self.aux_weight = float(spec.aux_weight)
         self.activation = spec.activation
+        self.channel_dim = channel_dim
 
         self.down = nn.Linear(features, hidden_size)
         self.act = _ACTIVATION_MODULES[activation]()
@@ -115,27 +158,32 @@ class AutoLearningLayer(nn.Module):
         self.aux_value: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.features:
-            raise ValueError(
-                f"AutoLearningLayer expects inputs with {self.features} features in the last "
-                f"dimension, but got shape {tuple(x.shape)}."
+        dim = self.channel_dim
+        if not -x.dim() <= dim < x.dim() or x.shape[dim] != self.features:
+            where = (
+                "features in the last dimension" if dim == -1 else f"channels in dimension {dim}"
             )
-        a = self.act(self.down(x))
+            raise ValueError(
+                f"AutoLearningLayer expects inputs with {self.features} {where}, "
+                f"but got shape {tuple(x.shape)}."
+            )
+        h = x.movedim(dim, -1)  # (..., d): a view; contiguous when x is channels_last
+        a = self.act(self.down(h))  # (..., m)
         if self.training and self.aux_loss != "none" and self.aux_weight > 0:
-            self.aux_value = self._custom_loss(x, a)
+            self.aux_value = self._custom_loss(h, a)
         else:
             self.aux_value = x.new_zeros(())
-        return x + self.up(a)
+        return x + self.up(a).movedim(-1, dim)  # x first: the sum keeps x's memory format
 
     def _custom_loss(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Unweighted ``L(W, a)`` for inputs ``x`` ``(..., d)`` and codes ``a`` ``(..., m)``."""
         w_down = self.down.weight  # (m, d)
         if self.aux_loss == "reconstruction":
             reconstruction = a @ w_down + self.recon_bias  # (..., d): W_down^T a + c per sample
-            # mean over all elements = mean over samples of the squared norm divided by d
+            # mean over all elements = mean over samples (and positions) of ||.||^2 / d
             return (x.detach() - reconstruction).pow(2).mean()
         if self.aux_loss == "sparsity":
-            return a.abs().mean()  # mean over samples of ||a||_1 / m
+            return a.abs().mean()  # mean over samples (and positions) of ||a||_1 / m
         assert self.aux_loss == "orthogonality", self.aux_loss
         eye = torch.eye(self.hidden_size, device=w_down.device, dtype=w_down.dtype)
         return (w_down @ w_down.T - eye).pow(2).mean()  # ||.||_F^2 / m^2
@@ -144,6 +192,7 @@ class AutoLearningLayer(nn.Module):
         return (
             f"features={self.features}, hidden_size={self.hidden_size}, "
             f"aux_loss={self.aux_loss!r}, aux_weight={self.aux_weight}"
+            + (f", channel_dim={self.channel_dim}" if self.channel_dim != -1 else "")
         )
 
 
@@ -176,10 +225,17 @@ def insert_all(model: nn.Module, spec: ALLSpec) -> nn.Module:
     device and dtype. Because the ALL starts as the identity, the model's outputs are
     unchanged until training moves ``W_up`` or ``b_up``.
 
-    Raises ``ValueError`` when the model has no ``nn.Linear``, when the model is itself the
-    ``nn.Linear`` (there is no parent to replace it on), or when the head is already
-    preceded by an ALL.
+    Raises ``ValueError`` when ``spec.positions`` is not ``"head"`` (only
+    ``autoall.models.build_model`` knows an architecture's blocks), when the model has no
+    ``nn.Linear``, when the model is itself the ``nn.Linear`` (there is no parent to replace
+    it on), or when the head is already preceded by an ALL.
     """
+    if spec.positions != "head":
+        raise ValueError(
+            f"insert_all puts one ALL in front of the classifier head (positions='head'), "
+            f"but got positions={spec.positions!r}; build_model places ALLs after the blocks "
+            "of its architectures."
+        )
     name, head = _last_linear(model)
     if not name:
         raise ValueError(
@@ -196,13 +252,7 @@ def insert_all(model: nn.Module, spec: ALLSpec) -> nn.Module:
                 f"The classifier head {name!r} is already preceded by an AutoLearningLayer; "
                 "insert_all puts at most one ALL in front of a head."
             )
-    layer = AutoLearningLayer(
-        head.in_features,
-        spec.hidden_size,
-        aux_loss=spec.aux_loss,
-        aux_weight=spec.aux_weight,
-        activation=spec.activation,
-    ).to(device=head.weight.device, dtype=head.weight.dtype)
+    layer = spec.make_layer(head.in_features).to(device=head.weight.device, dtype=head.weight.dtype)
     setattr(parent, child_name, nn.Sequential(layer, head))
     return model
 

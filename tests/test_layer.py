@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autoall.layer import (
@@ -283,4 +284,169 @@ def test_layer_rejects_bad_features_and_wrong_input_width() -> None:
 
 def test_extra_repr_shows_the_knobs() -> None:
     text = repr(AutoLearningLayer(3, 2, aux_loss="orthogonality", aux_weight=0.5))
-    assert "features=3, hidden_size=2, aux_loss='orthogonality', aux_weight=0.5" in text
+    assert "features=3, hidden_size=2, aux_loss='orthogonality', aux_weight=0.5\n" in text
+    text = repr(AutoLearningLayer(3, 2, channel_dim=1))
+    assert "aux_weight=0.1, channel_dim=1\n" in text
+
+
+def test_positions_default_to_head_and_are_validated() -> None:
+    assert ALLSpec(8).positions == "head"
+    assert ALLSpec(8, positions="blocks").positions == "blocks"
+    with pytest.raises(ValueError) as excinfo:
+        ALLSpec(8, positions="everywhere")
+    assert str(excinfo.value) == "positions must be one of head, blocks, but got 'everywhere'."
+
+
+def test_insert_all_knows_only_the_head() -> None:
+    with pytest.raises(ValueError, match=r"positions='head'\), but got positions='blocks'"):
+        insert_all(_article_mlp(), ALLSpec(8, positions="blocks"))
+
+
+def test_make_layer_copies_the_spec() -> None:
+    spec = ALLSpec(6, aux_loss="sparsity", aux_weight=0.3, activation="gelu")
+    layer = spec.make_layer(10, channel_dim=1)
+    knobs = (layer.features, layer.hidden_size, layer.aux_loss, layer.aux_weight)
+    assert knobs == (10, 6, "sparsity", 0.3)
+    assert isinstance(layer.act, nn.GELU) and layer.channel_dim == 1
+
+
+# ------------------------------------------------------------------ ALL on conv feature maps
+
+
+def _map() -> torch.Tensor:
+    """A (B=2, d=3, H=2, W=2) feature map with distinct values, some negative."""
+    return torch.linspace(-2.0, 3.0, 24).reshape(2, 3, 2, 2)
+
+
+def _fixed_map_layer(aux_loss: str) -> AutoLearningLayer:
+    layer = AutoLearningLayer(3, 2, aux_loss=aux_loss, channel_dim=1)
+    with torch.no_grad():
+        layer.down.weight.copy_(torch.tensor(W_DOWN))
+        layer.down.bias.copy_(torch.tensor(B_DOWN))
+        if aux_loss == "reconstruction":
+            layer.recon_bias.copy_(torch.tensor(RECON_BIAS))
+    return layer.train()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_channel_all_is_identity_at_init_and_keeps_shape_and_layout(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    layer = AutoLearningLayer(5, 3, channel_dim=1)
+    x = torch.randn(2, 5, 3, 4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = layer(x)
+    assert y.shape == (2, 5, 3, 4)
+    assert torch.equal(y, x)
+    assert y.stride() == x.stride()  # the next conv sees the layout it would have seen
+
+
+def test_channel_all_is_a_pair_of_1x1_convolutions() -> None:
+    torch.manual_seed(0)
+    layer = AutoLearningLayer(6, 4, aux_loss="none", activation="gelu", channel_dim=1)
+    nn.init.normal_(layer.up.weight)
+    nn.init.normal_(layer.up.bias)
+    x = torch.randn(3, 6, 5, 7)
+    d, m = 6, 4
+    a = F.gelu(F.conv2d(x, layer.down.weight.view(m, d, 1, 1), layer.down.bias))
+    expected = x + F.conv2d(a, layer.up.weight.view(d, m, 1, 1), layer.up.bias)
+    torch.testing.assert_close(layer(x), expected)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(layer(x_last), expected)
+
+
+def test_channel_all_sees_a_channels_last_map_as_a_view() -> None:
+    layer = AutoLearningLayer(4, 2, channel_dim=1)
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    seen: list[torch.Tensor] = []
+    layer.down.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    layer(x)
+    (h,) = seen
+    assert h.shape == (2, 3, 3, 4)
+    assert h.is_contiguous() and h.data_ptr() == x.data_ptr()  # no copy
+
+
+def _hand_map_codes(x: list[list[list[list[float]]]]) -> dict[tuple[int, int, int], list[float]]:
+    """a at (b, h, w) = relu(W_DOWN x[b, :, h, w] + B_DOWN), with explicit loops."""
+    return {
+        (b, h, w): [
+            max(sum(W_DOWN[j][i] * x[b][i][h][w] for i in range(3)) + B_DOWN[j], 0.0)
+            for j in range(2)
+        ]
+        for b in range(2)
+        for h in range(2)
+        for w in range(2)
+    }
+
+
+def test_channel_all_losses_are_means_over_batch_and_positions() -> None:
+    x = _map()
+    values = x.tolist()
+    codes = _hand_map_codes(values)
+
+    layer = _fixed_map_layer("reconstruction")
+    layer(x)
+    expected = 0.0
+    for (b, h, w), a in codes.items():
+        for i in range(3):
+            recon = sum(W_DOWN[j][i] * a[j] for j in range(2)) + RECON_BIAS[i]
+            expected += (values[b][i][h][w] - recon) ** 2 / 3
+    expected /= len(codes)  # B * H * W = 8 positions
+    assert layer.aux_value is not None
+    assert layer.aux_value.item() == pytest.approx(expected, rel=1e-6)
+
+    layer = _fixed_map_layer("sparsity")
+    layer(x)
+    expected = sum(sum(abs(v) for v in a) / 2 for a in codes.values()) / len(codes)
+    assert expected > 0
+    assert layer.aux_value is not None
+    assert layer.aux_value.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("aux_loss", ["reconstruction", "sparsity", "orthogonality"])
+def test_channel_all_loss_equals_the_vector_all_on_every_position(aux_loss: str) -> None:
+    maps = _fixed_map_layer(aux_loss)
+    vectors = _fixed_layer(aux_loss)
+    x = _map()
+    maps(x)
+    vectors(x.movedim(1, -1).reshape(-1, 3))  # (B H W, d): one sample per position
+    assert maps.aux_value is not None and vectors.aux_value is not None
+    assert maps.aux_value.item() == pytest.approx(vectors.aux_value.item(), rel=1e-6)
+
+
+def test_channel_all_reconstruction_target_is_detached_and_all_parameters_get_gradients() -> None:
+    torch.manual_seed(0)
+    layer = AutoLearningLayer(4, 3, channel_dim=1)
+    nn.init.normal_(layer.up.weight)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    y = layer(x)
+    assert layer.aux_value is not None
+    (y.square().mean() + layer.aux_value).backward()
+    for name, param in layer.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+    dead = torch.full((2, 4, 3, 3), -10.0, requires_grad=True)
+    with torch.no_grad():
+        layer.down.weight.abs_()
+        layer.down.bias.zero_()
+    layer(dead)
+    assert layer.aux_value is not None and layer.aux_value.item() > 0
+    (grad,) = torch.autograd.grad(layer.aux_value, dead)
+    assert torch.equal(grad, torch.zeros_like(dead))
+
+
+def test_channel_all_rejects_a_wrong_channel_count_and_a_bad_channel_dim() -> None:
+    layer = AutoLearningLayer(4, 2, channel_dim=1)
+    with pytest.raises(ValueError) as excinfo:
+        layer(torch.zeros(2, 3, 5, 5))
+    assert str(excinfo.value) == (
+        "AutoLearningLayer expects inputs with 4 channels in dimension 1, "
+        "but got shape (2, 3, 5, 5)."
+    )
+    with pytest.raises(ValueError, match=r"4 channels in dimension 1, but got shape \(4,\)"):
+        layer(torch.zeros(4))
+    with pytest.raises(ValueError) as excinfo:
+        AutoLearningLayer(4, 2, channel_dim=1.0)  # type: ignore[arg-type]
+    assert str(excinfo.value) == (
+        "channel_dim must be an integer (-1: last, 1: the channels of (B, C, H, W)), but got 1.0."
+    )

@@ -13,7 +13,7 @@ from torch import nn
 
 from autoall.baselines import baseline
 from autoall.data import DeviceData, load_data
-from autoall.layer import ALLSpec
+from autoall.layer import ALLSpec, AutoLearningLayer, all_layers
 from autoall.models import build_model, count_parameters
 from autoall.train import (
     EpochStats,
@@ -210,6 +210,97 @@ def test_aux_loss_in_history(digits: DeviceData) -> None:
     assert all(s.aux_loss > 0 and math.isfinite(s.aux_loss) for s in recon.history)
     none = _run(digits, spec=ALLSpec(16, aux_loss="none"), epochs=2)
     assert [s.aux_loss for s in none.history] == [0.0, 0.0]
+
+
+# ----------------------------------------------------------------- the custom loss trains
+
+
+def _trained_state(data: DeviceData, spec: ALLSpec, **cfg: Any) -> dict[str, torch.Tensor]:
+    model = _model(data, spec=spec)
+    train(model, data, _cfg(**cfg))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("aux_loss", ["reconstruction", "sparsity"])
+def test_the_custom_loss_changes_the_trained_weights(digits: DeviceData, aux_loss: str) -> None:
+    """Same seed, same batches, aux_weight 0.5 against 0: the base network and the ALL end
+    elsewhere. A trainer that optimised the task loss alone would give identical weights."""
+    spec = ALLSpec(16, aux_loss=aux_loss, aux_weight=0.5)
+    with_aux = _trained_state(digits, spec, epochs=2)
+    without = _trained_state(digits, replace(spec, aux_weight=0.0), epochs=2)
+    again = _trained_state(digits, replace(spec, aux_weight=0.0), epochs=2)
+    assert all(torch.equal(again[k], v) for k, v in without.items())  # the gaps are the loss's
+    assert with_aux.keys() == without.keys()
+    base = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "head.1.weight"]
+    layer = ["head.0.down.weight", "head.0.down.bias", "head.0.up.weight", "head.0.up.bias"]
+    for key in base + layer:
+        gap = (with_aux[key] - without[key]).abs().max().item()
+        assert gap > 1e-4, f"{key} moved only {gap:.2e}"
+    if aux_loss == "reconstruction":  # the decoder bias is trained by the custom loss alone
+        assert torch.equal(without["head.0.recon_bias"], torch.zeros(256))
+        assert with_aux["head.0.recon_bias"].abs().max() > 1e-3
+
+
+def _hand_custom_loss(layer: AutoLearningLayer, x: torch.Tensor) -> float:
+    """L(W, a) on a batch of feature vectors x (B, d), written out from DESIGN section 1."""
+    w, b = layer.down.weight, layer.down.bias
+    a = torch.relu(x @ w.T + b)  # (B, m)
+    if layer.aux_loss == "sparsity":
+        return float(a.abs().sum(dim=1).mean() / layer.hidden_size)
+    decoded = a @ w + layer.recon_bias  # (B, d)
+    return float((x - decoded).pow(2).sum(dim=1).mean() / layer.features)
+
+
+# sparsity at 0.5 silences every code unit within two epochs (L = 0 from then on): 0.1 keeps it
+@pytest.mark.parametrize(("aux_loss", "weight"), [("reconstruction", 0.5), ("sparsity", 0.1)])
+def test_reported_aux_loss_is_the_weighted_custom_loss_averaged_over_batches(
+    digits: DeviceData, aux_loss: str, weight: float
+) -> None:
+    model = _model(digits, spec=ALLSpec(16, aux_loss=aux_loss, aux_weight=weight))
+    (layer,) = all_layers(model)
+    per_step: list[tuple[float, float]] = []  # (L as stored by the layer, L by hand)
+
+    def record(module: nn.Module, args: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        if module.training:
+            assert isinstance(module, AutoLearningLayer) and module.aux_value is not None
+            with torch.no_grad():
+                per_step.append((module.aux_value.item(), _hand_custom_loss(module, args[0])))
+
+    layer.register_forward_hook(record)
+    cfg = _cfg(epochs=3)
+    result = train(model, digits, cfg)
+    steps = digits.n_train // cfg.batch_size
+    assert len(per_step) == 3 * steps
+    for stored, by_hand in per_step:
+        assert stored == pytest.approx(by_hand, rel=1e-5)
+    for stats in result.history:
+        batches = per_step[(stats.epoch - 1) * steps : stats.epoch * steps]
+        expected = sum(weight * stored for stored, _ in batches) / steps
+        assert stats.aux_loss > 0
+        assert stats.aux_loss == pytest.approx(expected, rel=1e-5)
+
+    off = _run(digits, spec=ALLSpec(16, aux_loss=aux_loss, aux_weight=0.0), epochs=2)
+    assert [s.aux_loss for s in off.history] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(("arch", "epochs"), [("mlp", 6), ("cnn", 3)])
+def test_a_blocks_model_trains_end_to_end(digits: DeviceData, arch: str, epochs: int) -> None:
+    seed_everything(0)
+    spec = ALLSpec(16, aux_loss="reconstruction", aux_weight=0.1, positions="blocks")
+    model = build_model(
+        arch, in_shape=digits.in_shape, num_classes=digits.num_classes, all_spec=spec
+    )
+    layers = all_layers(model)
+    assert len(layers) == {"mlp": 2, "cnn": 4}[arch]
+    cfg = replace(baseline(arch, "digits").config, device="cpu", epochs=epochs, all_lr=3e-3)
+    result = train(model, digits, cfg)
+    first, last = result.history[0], result.history[-1]
+    assert result.best_val_acc > 0.5, [s.val_acc for s in result.history]  # chance: 0.1
+    assert last.train_loss < first.train_loss
+    assert all(s.aux_loss > 0 and s.all_lr is not None for s in result.history)
+    assert result.params.all == count_parameters(model).all > 0
+    for layer in layers:  # every ALL, the channel ALLs included, left the identity
+        assert layer.up.weight.abs().max() > 0
 
 
 # --------------------------------------------------------------------------------- callbacks
