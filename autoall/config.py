@@ -16,13 +16,18 @@ import yaml
 
 from autoall.baselines import baseline
 from autoall.data import DATASETS
-from autoall.layer import ACTIVATIONS, AUX_LOSSES
+from autoall.layer import ACTIVATIONS, AUX_LOSSES, POSITIONS
 from autoall.models import ARCHITECTURES
 from autoall.train import TrainConfig
 
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "grid", "nsgaii")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
-KNOBS: tuple[str, ...] = ("hidden_size", "all_lr", "aux_weight", "aux_loss")
+KNOBS: tuple[str, ...] = ("hidden_size", "all_lr", "aux_weight", "aux_loss", "positions")
+BASELINE_KNOBS: tuple[str, ...] = ("lr", "weight_decay")  # the tuned baseline's own knobs
+KINDS: tuple[str, ...] = ("all", "baseline")  # the ALL study; the equal-budget tuned baseline
+BASELINE_SUFFIX = (
+    "tuned-baseline"  # the baseline study of <name>/<arch> is <name>/<arch>/tuned-baseline
+)
 SECOND_OBJECTIVES: tuple[str, ...] = ("params", "epoch_seconds")
 _STUDY_TRAIN_KEYS = frozenset(TrainConfig.field_names()) - {"all_lr", "device", "evaluate_test"}
 
@@ -95,16 +100,39 @@ class StudyConfig:
     n_trials: int = 20  # per architecture, across all workers and restarts
     second_objective: str | None = None  # minimised next to validation accuracy
     heartbeat: HeartbeatConfig = HeartbeatConfig()
+    baseline_search: dict[str, ParamSpec] = field(default_factory=dict)  # the rest: space()
 
-    def study_name(self, arch: str) -> str:
-        return f"{self.name}/{arch}"
+    def study_name(self, arch: str, kind: str = "all") -> str:
+        """`<name>/<arch>` for the ALL study, `<name>/<arch>/tuned-baseline` for its baseline."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {_one_of(KINDS)}, but got {kind!r}.")
+        return f"{self.name}/{arch}" if kind == "all" else f"{self.name}/{arch}/{BASELINE_SUFFIX}"
+
+    def space(self, arch: str, kind: str = "all") -> dict[str, ParamSpec]:
+        """The knobs a study of `kind` searches: the ALL's, or the baseline's lr and weight_decay.
+
+        The baseline's defaults: lr log-uniform over [lr / 10, 10 lr] around the architecture's
+        training lr, weight_decay log-uniform over [1e-6, 1e-2]; `baseline_search` overrides.
+        """
+        if kind == "all":
+            return self.search
+        lr = self.train_config(arch).lr
+        defaults = {
+            "lr": ParamSpec("lr", "float", low=lr / 10, high=lr * 10, log=True),
+            "weight_decay": ParamSpec("weight_decay", "float", low=1e-6, high=1e-2, log=True),
+        }
+        return {**defaults, **self.baseline_search}
+
+    def studies(self, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str]]:
+        """(architecture, kind) of every study the file defines, ALL study first per architecture."""
+        return [(arch, kind) for arch in self.architectures for kind in KINDS if kind in kinds]
 
     @property
     def directions(self) -> list[str]:
         return ["maximize"] + (["minimize"] if self.second_objective else [])
 
     def train_config(self, arch: str) -> TrainConfig:
-        """The architecture's hand-tuned baseline, then the file's overrides."""
+        """The architecture's baseline settings (autoall/baselines.py), then the file's overrides."""
         cfg = baseline(arch, self.data.name).config
         return replace(cfg, **{**self.train, **self.train_per_arch.get(arch, {})})
 
@@ -151,6 +179,7 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
             "n_trials",
             "objective",
             "heartbeat",
+            "baseline_search",
         },
     )
     name = v.string(top["name"], "name")
@@ -188,7 +217,28 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
             "sampler.name",
             f"unknown sampler {sampler.name!r}; expected one of {_one_of(SAMPLERS)}.",
         )
-    search = _parse_search(v, top.get("search", {}), grid=sampler.name == "grid")
+    grid = sampler.name == "grid"
+    search = _parse_search(v, top.get("search", {}), knobs=KNOBS, defaults=_DEFAULT_SEARCH)
+    baseline_search = _parse_search(
+        v, top.get("baseline_search", {}), knobs=BASELINE_KNOBS, defaults={}, key="baseline_search"
+    )
+    if grid:
+        for key, specs, knobs in (
+            ("search", search, KNOBS),
+            ("baseline_search", baseline_search, BASELINE_KNOBS),
+        ):
+            for knob in knobs:
+                spec = specs.get(knob)
+                if spec is None or spec.type != "categorical":
+                    v.fail(
+                        f"{key}.{knob}",
+                        "the grid sampler needs 'choices' for every knob"
+                        + (
+                            " (the tuned-baseline study uses the same sampler)."
+                            if key == "baseline_search"
+                            else "."
+                        ),
+                    )
 
     objective = v.mapping(top.get("objective", {}), "objective")
     v.keys(objective, "objective", allowed={"metric", "second"})
@@ -239,6 +289,7 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
         n_trials=n_trials,
         second_objective=second,
         heartbeat=heartbeat,
+        baseline_search=baseline_search,
     )
 
 
@@ -247,16 +298,28 @@ _DEFAULT_SEARCH: dict[str, dict[str, Any]] = {
     "all_lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
     "aux_weight": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
     "aux_loss": {"type": "categorical", "choices": list(AUX_LOSSES)},
+    "positions": {"type": "categorical", "choices": list(POSITIONS)},
 }
 
 
-def _parse_search(v: _Validator, raw: Any, *, grid: bool) -> dict[str, ParamSpec]:
-    given = v.mapping(raw, "search")
-    v.keys(given, "search", allowed=set(KNOBS))
+def _parse_search(
+    v: _Validator,
+    raw: Any,
+    *,
+    knobs: tuple[str, ...],
+    defaults: dict[str, dict[str, Any]],
+    key: str = "search",
+) -> dict[str, ParamSpec]:
+    """The given knobs, validated; a knob neither given nor in `defaults` is left out."""
+    section = key
+    given = v.mapping(raw, section)
+    v.keys(given, section, allowed=set(knobs))
     specs = {}
-    for knob in KNOBS:
-        key = f"search.{knob}"
-        entry = given.get(knob, _DEFAULT_SEARCH[knob])
+    for knob in knobs:
+        key = f"{section}.{knob}"
+        if knob not in given and knob not in defaults:
+            continue
+        entry = given.get(knob, defaults.get(knob))
         if not isinstance(entry, dict):  # a fixed value: a one-choice categorical
             entry = {"type": "categorical", "choices": [entry]}
         v.keys(
@@ -276,8 +339,8 @@ def _parse_search(v: _Validator, raw: Any, *, grid: bool) -> dict[str, ParamSpec
             continue
         if kind not in ("int", "float"):
             v.fail(f"{key}.type", f"must be one of int, float, categorical, but got {kind!r}.")
-        if knob == "aux_loss":
-            v.fail(f"{key}.type", "aux_loss is categorical: give 'choices'.")
+        if knob in ("aux_loss", "positions"):
+            v.fail(f"{key}.type", f"{knob} is categorical: give 'choices'.")
         if knob == "hidden_size" and kind != "int":
             v.fail(f"{key}.type", "hidden_size is an integer: use type 'int'.")
         if "choices" in entry:
@@ -304,10 +367,6 @@ def _parse_search(v: _Validator, raw: Any, *, grid: bool) -> dict[str, ParamSpec
         for bound in (low, high):
             _check_knob_value(v, knob, bound, key)
         specs[knob] = ParamSpec(knob, kind, low=low, high=high, log=log, step=entry.get("step"))
-    if grid:
-        for knob, spec in specs.items():
-            if spec.type != "categorical":
-                v.fail(f"search.{knob}", "the grid sampler needs 'choices' for every knob.")
     return specs
 
 
@@ -315,14 +374,17 @@ def _check_knob_value(v: _Validator, knob: str, value: Any, key: str) -> None:
     if knob == "aux_loss":
         if value not in AUX_LOSSES:
             v.fail(key, f"must be one of {_one_of(AUX_LOSSES)}, but got {value!r}.")
+    elif knob == "positions":
+        if value not in POSITIONS:
+            v.fail(key, f"must be one of {_one_of(POSITIONS)}, but got {value!r}.")
     elif knob == "hidden_size":
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             v.fail(key, f"hidden_size must be a positive integer, but got {value!r}.")
-    elif knob == "all_lr":
+    elif knob in ("all_lr", "lr"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            v.fail(key, f"all_lr must be a positive number, but got {value!r}.")
+            v.fail(key, f"{knob} must be a positive number, but got {value!r}.")
     elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        v.fail(key, f"aux_weight must be a non-negative number, but got {value!r}.")
+        v.fail(key, f"{knob} must be a non-negative number, but got {value!r}.")
 
 
 def _parse_train(

@@ -175,6 +175,31 @@ def load_data(
     return data.to(device)
 
 
+def train_subset(data: DeviceData, fraction: float, *, seed: int) -> DeviceData:
+    """``data`` with its train split cut to a stratified ``fraction``, drawn with ``seed``.
+
+    Validation and test stay whole; mean and std are recomputed on the kept training images
+    (the model sees nothing else of the train split). ``fraction == 1`` returns ``data``.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise ValueError(f"fraction must be a number in (0, 1], but got {fraction!r}.")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], but got {fraction!r}.")
+    if fraction == 1:
+        return data
+    _, kept = _stratified_split(data.train_y.cpu().numpy(), fraction=fraction, seed=seed)
+    kept = kept.to(data.train_y.device)
+    train_x = data.train_x[kept]
+    mean, std = _channel_stats(train_x.cpu())
+    return dataclasses.replace(
+        data,
+        train_x=train_x,
+        train_y=data.train_y[kept],
+        mean=mean.to(data.device),
+        std=std.to(data.device),
+    )
+
+
 def iterate_batches(
     x: Tensor,
     y: Tensor,

@@ -29,19 +29,13 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 import autoall
-from autoall.config import ParamSpec, StudyConfig
+from autoall.config import KINDS, ParamSpec, StudyConfig
 from autoall.data import DeviceData, load_data
-from autoall.layer import ALLSpec
-from autoall.models import build_model
+from autoall.plan import fit, trial_plan
 from autoall.tracking import NullTracker, Tracker, flatten, mask_secrets
 from autoall.tracking_writer import TrackingWriter
-from autoall.train import (
-    NonFiniteLossError,
-    RunResult,
-    TrainingOOMError,
-    seed_everything,
-    train,
-)
+from autoall.train import NonFiniteLossError, RunResult, TrainingOOMError
+from autoall.version import git_commit
 
 log = logging.getLogger("autoall.study")
 
@@ -161,8 +155,13 @@ def _new_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage
     )
 
 
-def make_sampler(cfg: StudyConfig, *, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The study file's sampler; `seed_offset` keeps workers and restarts from repeating draws."""
+def make_sampler(
+    cfg: StudyConfig, *, seed_offset: int = 0, space: dict[str, ParamSpec] | None = None
+) -> optuna.samplers.BaseSampler:
+    """The study file's sampler; `seed_offset` keeps workers and restarts from repeating draws.
+
+    `space` is the searched knobs (the grid sampler's grid); default: the ALL study's.
+    """
     s = cfg.sampler
     seed = None if s.seed is None else s.seed + seed_offset
     if s.name == "tpe":
@@ -177,7 +176,7 @@ def make_sampler(cfg: StudyConfig, *, seed_offset: int = 0) -> optuna.samplers.B
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
     if s.name == "nsgaii":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    grid = {name: list(spec.choices) for name, spec in cfg.search.items()}
+    grid = {name: list(spec.choices) for name, spec in (space or cfg.search).items()}
     return optuna.samplers.GridSampler(grid, seed=seed)
 
 
@@ -195,19 +194,27 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def create_studies(
-    cfg: StudyConfig, storage: RDBStorage, *, n_trials: int, attempts: int = 5
+    cfg: StudyConfig,
+    storage: RDBStorage,
+    *,
+    n_trials: int,
+    kinds: tuple[str, ...] = KINDS,
+    attempts: int = 5,
 ) -> dict[str, optuna.Study]:
-    """Create (or load) one study per architecture, once, before any worker starts.
+    """Create (or load) the studies of `kinds` per architecture, once, before any worker starts.
 
-    Several hosts may do this at the same moment on an empty database; the schema creation can
-    then lose a race, so it is retried.
+    Keyed by study name. Each study records its kind, target and per-trial budget (user
+    attributes), so the report can check that the ALL study and its tuned baseline had the same
+    budget. Several hosts may do this at the same moment on an empty database; the schema
+    creation can then lose a race, so it is retried.
     """
     studies = {}
-    for arch in cfg.architectures:
+    for arch, kind in cfg.studies(kinds):
+        name = cfg.study_name(arch, kind)
         for attempt in range(attempts):
             try:
                 study = optuna.create_study(
-                    study_name=cfg.study_name(arch),
+                    study_name=name,
                     storage=storage,
                     directions=cfg.directions,  # type: ignore[arg-type]
                     load_if_exists=True,
@@ -216,23 +223,36 @@ def create_studies(
             except Exception as exc:  # sqlalchemy IntegrityError / OperationalError on a race
                 if attempt == attempts - 1:
                     raise
-                log.info("creating study %s lost a race (%s); retrying", arch, exc)
+                log.info("creating study %s lost a race (%s); retrying", name, exc)
                 time.sleep(0.5 * (attempt + 1))
         if study.directions != [optuna.study.StudyDirection[d.upper()] for d in cfg.directions]:
             raise ValueError(
-                f"{cfg.path}: study {cfg.study_name(arch)!r} already exists in the storage with "
+                f"{cfg.path}: study {name!r} already exists in the storage with "
                 f"directions {[d.name.lower() for d in study.directions]}, but the file asks for "
                 f"{cfg.directions}; use another --study-name."
             )
         study.set_user_attr("n_trials", n_trials)
-        study.set_user_attr("search_space", search_space_summary(cfg))
-        studies[arch] = study
+        study.set_user_attr("kind", kind)
+        study.set_user_attr("search_space", search_space_summary(cfg.space(arch, kind)))
+        study.set_user_attr("budget", trial_budget(cfg, arch))
+        studies[name] = study
     return studies
 
 
-def search_space_summary(cfg: StudyConfig) -> dict[str, str]:
+def trial_budget(cfg: StudyConfig, arch: str) -> dict[str, Any]:
+    """What every trial of both studies of `arch` gets: epochs, batch size, sampler, pruner."""
+    tcfg = cfg.train_config(arch)
+    return {
+        "epochs": tcfg.epochs,
+        "batch_size": tcfg.batch_size,
+        "sampler": asdict(cfg.sampler),
+        "pruner": asdict(cfg.pruner),
+    }
+
+
+def search_space_summary(space: dict[str, ParamSpec]) -> dict[str, str]:
     out = {}
-    for name, spec in cfg.search.items():
+    for name, spec in space.items():
         if spec.type == "categorical":
             out[name] = f"categorical{list(spec.choices)}"
         else:
@@ -266,6 +286,7 @@ class WorkerContext:
 
     cfg: StudyConfig
     arch: str
+    kind: str  # "all" (the ALL study) or "baseline" (its equal-budget tuned baseline)
     data: DeviceData
     device: str | None
     tracker: Tracker | TrackingWriter | NullTracker
@@ -277,11 +298,15 @@ class WorkerContext:
     ended_checkpoint: tuple[int, Path] | None = None
     on_trial_end: Callable[[FrozenTrial], None] | None = None
 
+    @property
+    def study_name(self) -> str:
+        return self.cfg.study_name(self.arch, self.kind)
+
     def checkpoint_path(self, trial_key: int) -> Path | None:
         """Keyed by the original trial number, so every retry of a trial finds the same file."""
         if self.checkpoint_dir is None:
             return None
-        study = self.cfg.study_name(self.arch).replace("/", "__")
+        study = self.study_name.replace("/", "__")
         return self.checkpoint_dir / study / f"trial-{trial_key}.pt"
 
 
@@ -336,7 +361,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             outage_since = outage_since or time.monotonic()
             if time.monotonic() - outage_since > _MAX_OUTAGE_SECONDS:
                 raise RuntimeError(
-                    f"{ctx.cfg.study_name(ctx.arch)}: the Optuna storage has failed for "
+                    f"{ctx.study_name}: the Optuna storage has failed for "
                     f"{_MAX_OUTAGE_SECONDS} s: {_first_line(error)}"
                 ) from None
             log.warning("Optuna storage error (%s); retrying", _first_line(error))
@@ -350,7 +375,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
         if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
             reason = last.user_attrs.get("fail_reason", "see the log") if last else ""
             raise RuntimeError(
-                f"{ctx.cfg.study_name(ctx.arch)}: {consecutive_failures} trials in a row failed; "
+                f"{ctx.study_name}: {consecutive_failures} trials in a row failed; "
                 f"stopping this worker. Last reason: {reason}"
             )
 
@@ -501,21 +526,16 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
     if retry_of is None and _is_surplus(trial, ctx.n_trials):
         trial.set_user_attr("fail_reason", "surplus: the target was met by other workers")
         raise _SurplusTrial(f"trial {trial.number} is beyond the target of {ctx.n_trials}")
-    params = suggest(trial, cfg.search)
-    spec = ALLSpec(
-        hidden_size=params["hidden_size"],
-        aux_loss=params["aux_loss"],
-        aux_weight=params["aux_weight"],
-        activation=cfg.activation,
-    )
-    tcfg = replace(cfg.train_config(arch), all_lr=params["all_lr"], device=ctx.device)
+    params = suggest(trial, cfg.space(arch, ctx.kind))
+    plan = trial_plan(cfg, arch, ctx.kind, params, device=ctx.device)
+    tcfg = plan.train
     run = ctx.tracker.start_trial(  # first: a trial that fails from here on has its run
         parent_id=ctx.parent_run_id or "",
         trial_number=trial.number,
-        params=flat_params(cfg, arch, params, tcfg),
-        tags=_trial_tags(cfg, arch, trial.number, retry_of),
-        config_yaml=yaml.safe_dump(resolved_config(cfg, arch, params, tcfg), sort_keys=False),
-        run_name=f"{cfg.study_name(arch)}#{trial.number}",
+        params=flat_params(ctx, params, tcfg),
+        tags=_trial_tags(ctx, trial.number, retry_of),
+        config_yaml=yaml.safe_dump(resolved_config(ctx, params, tcfg), sort_keys=False),
+        run_name=f"{ctx.study_name}#{trial.number}",
     )
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
@@ -556,14 +576,9 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         _link_run(trial, run, linked=linked)
 
     try:
-        seed_everything(tcfg.seed)  # every trial starts from the same initialisation
-        model = build_model(
-            arch, in_shape=ctx.data.in_shape, num_classes=ctx.data.num_classes, all_spec=spec
-        )
-        result = train(
-            model,
+        result = fit(  # every trial starts from the same initialisation (tcfg.seed)
+            plan,
             ctx.data,
-            tcfg,
             on_epoch=on_epoch,
             checkpoint=checkpoint,
             checkpoint_every=ctx.checkpoint_every,
@@ -718,41 +733,45 @@ def _best_value(study: optuna.Study) -> float | None:
     return max(values) if values else None
 
 
-def resolved_config(
-    cfg: StudyConfig, arch: str, params: dict[str, Any], tcfg: Any
-) -> dict[str, Any]:
-    """Everything that determines one trial, as plain data (logged as config.yaml)."""
+def resolved_config(ctx: WorkerContext, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:
+    """Everything that determines one trial, as plain data (logged as config.yaml).
+
+    `all` holds the ALL's knobs (None for a tuned-baseline trial, whose knobs are in `train`).
+    """
+    cfg = ctx.cfg
     return {
-        "study": cfg.study_name(arch),
+        "study": ctx.study_name,
         "study_file": cfg.path,
-        "architecture": arch,
+        "kind": ctx.kind,
+        "architecture": ctx.arch,
         "data": asdict(cfg.data),
-        "all": {**params, "activation": cfg.activation},
+        "all": {**params, "activation": cfg.activation} if ctx.kind == "all" else None,
         "train": asdict(tcfg),
     }
 
 
-def flat_params(cfg: StudyConfig, arch: str, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:
+def flat_params(ctx: WorkerContext, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:
     """The resolved configuration flattened to dotted keys (MLflow params)."""
-    flat = flatten(resolved_config(cfg, arch, params, tcfg))
+    flat = flatten(resolved_config(ctx, params, tcfg))
     flat.pop("study_file", None)
     flat["seed"] = tcfg.seed
     flat["device"] = tcfg.device or "auto"
     return flat
 
 
-def _trial_tags(cfg: StudyConfig, arch: str, number: int, retry_of: int | None) -> dict[str, str]:
+def _trial_tags(ctx: WorkerContext, number: int, retry_of: int | None) -> dict[str, str]:
     tags = {
-        "autoall.study": cfg.study_name(arch),
-        "autoall.architecture": arch,
-        "optuna.study_name": cfg.study_name(arch),
+        "autoall.study": ctx.study_name,
+        "autoall.architecture": ctx.arch,
+        "autoall.kind": ctx.kind,
+        "optuna.study_name": ctx.study_name,
         "host": socket.gethostname(),
         "pid": str(os.getpid()),
         "device_name": _device_label(),
         "torch_version": torch.__version__,
         "autoall_version": autoall.__version__,
     }
-    commit = _git_commit()
+    commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
     if retry_of is not None:
@@ -764,18 +783,6 @@ def _device_label() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return "cpu"
-
-
-def _git_commit() -> str | None:
-    """The checkout's commit when autoall runs from a git work tree (read from .git, no subprocess)."""
-    root = Path(__file__).resolve().parent.parent / ".git"
-    try:
-        head = (root / "HEAD").read_text().strip()
-        if head.startswith("ref: "):
-            return (root / head[5:]).read_text().strip()
-        return head
-    except OSError:
-        return None
 
 
 def load_study_data(cfg: StudyConfig, device: str | None) -> DeviceData:

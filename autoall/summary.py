@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoall.config import load_study_file
+from autoall.config import BASELINE_SUFFIX, load_study_file
 from autoall.study import DEFAULT_STORAGE, Counts, count_trials
 
 
@@ -22,13 +22,17 @@ def resolve_study_names(target: str, *, storage: str | None = None) -> tuple[str
     existing = sorted(s.study_name for s in optuna.get_all_study_summaries(storage=url))
     if Path(target).is_file():
         cfg = load_study_file(target)
-        wanted = [cfg.study_name(a) for a in cfg.architectures]
+        wanted = [cfg.study_name(a, k) for a, k in cfg.studies()]
         names = [n for n in wanted if n in existing]
     elif "/" in target:
         names = [target] if target in existing else []
-    else:
-        # `<name>/<arch>` only; the report's `<name>/<arch>/tuned-baseline` is not an ALL study
-        names = [n for n in existing if n.startswith(f"{target}/") and n.count("/") == 1]
+    else:  # `<name>/<arch>` and its `<name>/<arch>/tuned-baseline`, nothing else under <name>
+        names = [
+            n
+            for n in existing
+            if n.startswith(f"{target}/")
+            and (n.count("/") == 1 or (n.count("/") == 2 and n.endswith(f"/{BASELINE_SUFFIX}")))
+        ]
     if not names:
         there = ", ".join(existing) if existing else "none"
         raise ValueError(f"No study matching {target!r} in {url}; studies there: {there}.")

@@ -656,6 +656,8 @@ def final_metrics(result: RunResult) -> dict[str, float]:
         "params_total": result.params.total,
         "params_all": result.params.all,
     }
+    if result.history:
+        values["final_val_loss"] = result.history[-1].val_loss
     for name in ("target_epoch", "target_seconds", "test_acc", "test_loss", "train_eval_acc"):
         if getattr(result, name) is not None:
             values[name] = getattr(result, name)

@@ -128,6 +128,7 @@ class RunResult:
     test_acc: float | None = None  # only with TrainConfig.evaluate_test
     test_loss: float | None = None
     train_eval_acc: float | None = None  # final model on the train split, eval mode (for the gap)
+    test_predictions: np.ndarray | None = None  # predicted class per test example (uint8)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -322,18 +323,28 @@ def train(
         result.wall_seconds = time.perf_counter() - start
         result.final_val_acc = history[-1].val_acc if history else 0.0
         if cfg.evaluate_test:
-            result.test_loss, result.test_acc = evaluate(model, data, "test", cfg=cfg)
+            result.test_loss, result.test_acc, result.test_predictions = _evaluate(
+                model, data, "test", cfg=cfg, predictions=True
+            )
             result.train_eval_acc = evaluate(model, data, "train", cfg=cfg)[1]
     except torch.OutOfMemoryError as exc:
         raise TrainingOOMError(cfg.batch_size, result.device) from exc
     return result
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module, data: DeviceData, split: str, *, cfg: TrainConfig
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on one split, in eval mode, no augmentation."""
+    loss, acc, _ = _evaluate(model, data, split, cfg=cfg)
+    return loss, acc
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module, data: DeviceData, split: str, *, cfg: TrainConfig, predictions: bool = False
+) -> tuple[float, float, np.ndarray | None]:
+    """`evaluate`, and with `predictions` the predicted class of every example (uint8, CPU)."""
     x_all, y_all = data.split(split)
     was_training = model.training
     model.eval()
@@ -341,6 +352,7 @@ def evaluate(
     channels_last = on_cuda and cfg.channels_last and _has_conv(model)
     loss_sum = torch.zeros((), device=x_all.device)
     correct = torch.zeros((), device=x_all.device, dtype=torch.long)
+    predicted: list[torch.Tensor] = []
     with torch.autocast(x_all.device.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.amp):
         for i in range(0, y_all.shape[0], cfg.eval_batch_size):
             x = data.normalize(x_all[i : i + cfg.eval_batch_size])
@@ -349,10 +361,14 @@ def evaluate(
             y = y_all[i : i + cfg.eval_batch_size]
             logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(dim=1) == y).sum()
+            classes = logits.argmax(dim=1)
+            correct += (classes == y).sum()
+            if predictions:
+                predicted.append(classes.to(torch.uint8))
     model.train(was_training)
     n = max(y_all.shape[0], 1)
-    return loss_sum.item() / n, correct.item() / n
+    kept = torch.cat(predicted).cpu().numpy() if predictions and predicted else None
+    return loss_sum.item() / n, correct.item() / n, kept
 
 
 def _make_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:

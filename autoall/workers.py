@@ -20,7 +20,7 @@ from typing import IO, Any
 import optuna
 import torch
 
-from autoall.config import StudyConfig
+from autoall.config import KINDS, StudyConfig
 from autoall.study import (
     Counts,
     WorkerContext,
@@ -48,6 +48,7 @@ class RunOptions:
     gpus: int = 0  # > 0 with several workers: worker i sees only GPU i % gpus
     checkpoint_dir: str = ".autoall/checkpoints"  # mid-trial checkpoints; shared across hosts
     checkpoint_every: float = 30.0  # seconds between a trial's checkpoints (0: every epoch)
+    kinds: tuple[str, ...] = KINDS  # the ALL studies, their equal-budget tuned baselines, or both
 
 
 def default_n_jobs(trials_per_gpu: int = 1) -> int:
@@ -59,15 +60,16 @@ def default_n_jobs(trials_per_gpu: int = 1) -> int:
 def run_study(
     cfg: StudyConfig, opts: RunOptions, *, out: IO[str] | None = None
 ) -> dict[str, Counts]:
-    """Run every architecture's study to its target; return the final counts per architecture."""
+    """Run every study of the file (per architecture: the ALL study, then its tuned baseline,
+    as `opts.kinds` says) to its target; return the final counts per study name."""
     out = out or sys.stderr
     # first: a server that is down fails here, before anything else; the writer process
     # imports MLflow and opens the store while this one sets up storage and data
     tracker = _connect(cfg, opts)
     try:
         storage = make_storage(opts.storage, cfg)
-        studies = create_studies(cfg, storage, n_trials=opts.n_trials)
-        counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
+        studies = create_studies(cfg, storage, n_trials=opts.n_trials, kinds=opts.kinds)
+        counts = {name: count_trials(s.get_trials(deepcopy=False)) for name, s in studies.items()}
         if all(c.done >= opts.n_trials for c in counts.values()):
             print(
                 f"Target met: every study of {cfg.name} already holds {opts.n_trials} finished "
@@ -85,10 +87,10 @@ def run_study(
                 _spawn_workers(cfg, opts)
         finally:
             monitor.stop()
-        counts = {arch: count_trials(s.get_trials(deepcopy=False)) for arch, s in studies.items()}
-        for arch, c in counts.items():
-            if c.done >= opts.n_trials and parents[arch]:
-                tracker.finish_parent(parents[arch])
+        counts = {name: count_trials(s.get_trials(deepcopy=False)) for name, s in studies.items()}
+        for name, c in counts.items():
+            if c.done >= opts.n_trials and parents[name]:
+                tracker.finish_parent(parents[name])
     finally:
         tracker.close()  # waits for the last trial's logging
     for message in tracker.lost:
@@ -107,15 +109,24 @@ def _connect(cfg: StudyConfig, opts: RunOptions) -> TrackingWriter | NullTracker
 def _parents(
     tracker: TrackingWriter | NullTracker, cfg: StudyConfig, opts: RunOptions
 ) -> dict[str, str]:
-    return {arch: _parent(tracker, cfg, arch, opts) for arch in cfg.architectures}
+    return {
+        cfg.study_name(arch, kind): _parent(tracker, cfg, arch, kind, opts)
+        for arch, kind in cfg.studies(opts.kinds)
+    }
 
 
 def _parent(
-    tracker: TrackingWriter | NullTracker, cfg: StudyConfig, arch: str, opts: RunOptions
+    tracker: TrackingWriter | NullTracker,
+    cfg: StudyConfig,
+    arch: str,
+    kind: str,
+    opts: RunOptions,
 ) -> str:
-    params: dict[str, Any] = {f"search.{k}": v for k, v in search_space_summary(cfg).items()}
+    space = search_space_summary(cfg.space(arch, kind))
+    params: dict[str, Any] = {f"search.{k}": v for k, v in space.items()}
     params.update(
         {
+            "kind": kind,
             "sampler": cfg.sampler.name,
             "sampler.seed": cfg.sampler.seed,
             "pruner": cfg.pruner.name,
@@ -126,8 +137,9 @@ def _parent(
             "storage": mask_secrets(opts.storage),
         }
     )
-    tags = {"optuna.study_name": cfg.study_name(arch), "autoall.architecture": arch}
-    return tracker.parent_run(study_name=cfg.study_name(arch), arch=arch, params=params, tags=tags)
+    name = cfg.study_name(arch, kind)
+    tags = {"optuna.study_name": name, "autoall.architecture": arch, "autoall.kind": kind}
+    return tracker.parent_run(study_name=name, arch=arch, params=params, tags=tags)
 
 
 def _work(
@@ -138,7 +150,8 @@ def _work(
     tracker: TrackingWriter | NullTracker | None = None,
     parents: dict[str, str] | None = None,
 ) -> None:
-    """One worker: every architecture's study in turn, each until its target is met."""
+    """One worker: every study in turn (per architecture the ALL study, then its tuned
+    baseline), each until its target is met."""
     if tracker is None:  # a spawned worker: its own writer process, the same parent runs
         tracker = _connect(cfg, opts)
         try:
@@ -149,22 +162,23 @@ def _work(
         parents = _parents(tracker, cfg, opts)
     storage = make_storage(opts.storage, cfg)
     data = load_study_data(cfg, opts.device)
-    for arch in cfg.architectures:
-        name = cfg.study_name(arch)
+    for arch, kind in cfg.studies(opts.kinds):
+        name = cfg.study_name(arch, kind)
         existing = len(optuna.load_study(study_name=name, storage=storage).trials)
+        sampler = make_sampler(
+            cfg, seed_offset=existing + 10_007 * index, space=cfg.space(arch, kind)
+        )
         study = optuna.load_study(
-            study_name=name,
-            storage=storage,
-            sampler=make_sampler(cfg, seed_offset=existing + 10_007 * index),
-            pruner=make_pruner(cfg),
+            study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg)
         )
         ctx = WorkerContext(
             cfg=cfg,
             arch=arch,
+            kind=kind,
             data=data,
             device=opts.device,
             tracker=tracker,
-            parent_run_id=parents.get(arch),
+            parent_run_id=parents.get(name),
             n_trials=opts.n_trials,
             checkpoint_dir=Path(opts.checkpoint_dir),
             checkpoint_every=opts.checkpoint_every,
@@ -209,15 +223,18 @@ def _spawn_workers(cfg: StudyConfig, opts: RunOptions) -> None:
 
 
 class _Monitor:
-    """A live line per architecture: trials done of the target, best value, ETA."""
+    """A live line per study: trials done of the target, best value, ETA.
+
+    A study's ETA counts from when this monitor first saw it running (the studies of one worker
+    run one after the other), at the rate of the trials finished since.
+    """
 
     def __init__(self, cfg: StudyConfig, opts: RunOptions, *, out: IO[str], every: float = 1.0):
         self.cfg, self.opts, self.out, self.every = cfg, opts, out, every
         self.tty = out.isatty()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="autoall-progress", daemon=True)
-        self._start = time.monotonic()
-        self._first: dict[str, int] = {}
+        self._first: dict[str, tuple[int, float]] = {}  # study -> (done, when) when first active
         self._seen: dict[str, int] = {}
         self._drawn = 0
 
@@ -242,15 +259,16 @@ class _Monitor:
 
     def _draw(self) -> None:
         lines = []
-        for arch in self.cfg.architectures:
-            name = self.cfg.study_name(arch)
+        for arch, kind in self.cfg.studies(self.opts.kinds):
+            name = self.cfg.study_name(arch, kind)
             study = optuna.load_study(study_name=name, storage=self._storage)
             trials = study.get_trials(deepcopy=False)
             c = count_trials(trials)
-            self._first.setdefault(arch, c.done)
-            lines.append(self._line(name, arch, c, trials))
-            if not self.tty and c.done + c.failed != self._seen.get(arch):
-                self._seen[arch] = c.done + c.failed
+            if name not in self._first and (c.running or c.done >= self.opts.n_trials):
+                self._first[name] = (c.done, time.monotonic())
+            lines.append(self._line(name, c, trials))
+            if not self.tty and c.done + c.failed != self._seen.get(name):
+                self._seen[name] = c.done + c.failed
                 print(lines[-1], file=self.out, flush=True)
         if self.tty:
             up = f"\x1b[{self._drawn}F" if self._drawn else ""
@@ -258,22 +276,23 @@ class _Monitor:
             self.out.flush()
             self._drawn = len(lines)
 
-    def _line(self, name: str, arch: str, c: Counts, trials: list[Any]) -> str:
+    def _line(self, name: str, c: Counts, trials: list[Any]) -> str:
         target = self.opts.n_trials
         width = 20
         filled = min(width, round(width * c.done / target))
         bar = "#" * filled + "-" * (width - filled)
         values = [t.values[0] for t in trials if t.values and t.state.name == "COMPLETE"]
         best = f"{max(values):.4f}" if values else "-"
-        new = c.done - self._first[arch]
+        first_done, since = self._first.get(name, (c.done, time.monotonic()))
+        new = c.done - first_done
         eta = "-"
         if c.done >= target:
             eta = "done"
         elif new > 0:
-            rate = (time.monotonic() - self._start) / new
+            rate = (time.monotonic() - since) / new
             eta = _hms(rate * (target - c.done))
         return (
-            f"{name:<24} [{bar}] {min(c.done, target)}/{target} "
+            f"{name:<28} [{bar}] {min(c.done, target)}/{target} "
             f"({c.complete} complete, {c.pruned} pruned, {c.failed} failed, {c.running} running)"
             f"  best {best}  ETA {eta}"
         )

@@ -135,7 +135,7 @@ def run_throughput(
     subprocess.run([*cli, "create", str(path), "--storage", url], check=True, capture_output=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [*cli, "run", str(path), "--storage", url, "--no-tracking"]
+    command = [*cli, "run", str(path), "--storage", url, "--no-tracking", "--no-baseline"]
     command += ["--checkpoint-dir", str(folder / "checkpoints"), "--device", "cpu"]
     start = time.perf_counter()
     logs = [open(folder / f"{name}-{i}.log", "wb") for i in range(workers)]  # noqa: SIM115
@@ -221,7 +221,7 @@ def run_overhead(kind: str, url: str, folder: Path, *, run: int, trials: int) ->
     path = write_study_file(folder, name, n_trials=trials, epochs=1)
     cfg = load_study_file(str(path))
     storage = _storage_for(kind, url, cfg)
-    study = create_studies(cfg, storage, n_trials=trials)["mlp"]
+    study = create_studies(cfg, storage, n_trials=trials, kinds=("all",))[cfg.study_name("mlp")]
     study = optuna.load_study(
         study_name=study.study_name,
         storage=storage,
@@ -231,6 +231,7 @@ def run_overhead(kind: str, url: str, folder: Path, *, run: int, trials: int) ->
     ctx = WorkerContext(
         cfg=cfg,
         arch="mlp",
+        kind="all",
         data=None,  # type: ignore[arg-type]  # the objective below does not train
         device="cpu",
         tracker=NullTracker(),

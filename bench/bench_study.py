@@ -228,6 +228,7 @@ def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> Non
     import optuna
     import optuna.study._optimize
 
+    import autoall.plan
     import autoall.study
     import autoall.tracking
     import autoall.tracking_writer
@@ -258,8 +259,8 @@ def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> Non
         (optuna.study.Study, "ask", "trial.optuna_ask"),
         (optuna.study._optimize, "_tell_with_warning", "trial.optuna_tell"),
         (autoall.study, "suggest", "trial.suggest"),
-        (autoall.study, "build_model", "trial.build_model"),
-        (autoall.study, "train", "trial.train"),
+        (autoall.plan, "build_model", "trial.build_model"),
+        (autoall.plan, "train", "trial.train"),
         (autoall.study, "_after_trial", "_after_trial factory"),
         (optuna.Trial, "report", "epoch.optuna_report"),
         (autoall.train, "_save", "epoch.checkpoint"),
@@ -394,6 +395,7 @@ def run_study(
             (work / "mlruns").mkdir()
             shutil.copyfile(template, work / "mlruns" / "mlflow.db")
         args = [str(STUDY), "--architectures", "mlp", "--n-trials", str(n_trials)]
+        args += ["--no-baseline"]  # the ALL study alone, as measured before the baseline study
         if not tracking:
             args.append("--no-tracking")
         cmd = [sys.executable, str(Path(__file__).resolve()), CHILD, str(work / "report.json")]

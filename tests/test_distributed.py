@@ -68,7 +68,8 @@ class Fleet:
         command = prefix or [sys.executable, "-m", "autoall.cli"]
         command = [*command, "study", "run", str(study_file), "--storage", self.url]
         command += ["--checkpoint-dir", str(self.workdir / "checkpoints")]
-        command += ["--checkpoint-every", "0", *args]  # every epoch: a killed trial resumes
+        command += ["--checkpoint-every", "0", "--no-baseline", *args]  # every epoch: a killed
+        # trial resumes; the ALL studies alone (a tuned baseline runs the same machinery)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT on a timeout prints every thread's stack
         env.pop("MLFLOW_TRACKING_URI", None)

@@ -80,7 +80,9 @@ def _serve_then_interrupt(args: list[str], url: str, workdir: Path) -> tuple[str
 def test_ui_serves_the_project_store_prints_run_links_and_stops_with_children(
     study_file: Path, workdir: Path
 ) -> None:
-    result = CliRunner().invoke(main, ["study", "run", str(study_file), "--n-trials", "1"])
+    result = CliRunner().invoke(
+        main, ["study", "run", str(study_file), "--n-trials", "1", "--no-baseline"]
+    )
     assert result.exit_code == 0, result.output
     port = _free_port()
     out, alive = _serve_then_interrupt(
@@ -94,7 +96,7 @@ def test_ui_serves_the_project_store_prints_run_links_and_stops_with_children(
 @pytest.mark.slow
 def test_dashboard_serves_the_study_storage_and_stops(study_file: Path, workdir: Path) -> None:
     result = CliRunner().invoke(
-        main, ["study", "run", str(study_file), "--n-trials", "1", "--no-tracking"]
+        main, ["study", "run", str(study_file), "--n-trials", "1", "--no-tracking", "--no-baseline"]
     )
     assert result.exit_code == 0, result.output
     port = _free_port()

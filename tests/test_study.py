@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from conftest import write_study
 from optuna.trial import TrialState
 
+import autoall.plan
 import autoall.study
 import autoall.train
 from autoall.cli import main
+from autoall.config import load_study_file
 
 STORAGE = "sqlite:///autoall.db"
 
@@ -34,7 +36,8 @@ def _states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
 
 
 def _run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["study", "run", *args, "--no-tracking"])
+    """The ALL study alone (the tuned baseline has its own test), no tracking."""
+    result = CliRunner().invoke(main, ["study", "run", *args, "--no-tracking", "--no-baseline"])
     return result.exit_code, result.output
 
 
@@ -49,22 +52,50 @@ def test_study_meets_its_target_and_a_rerun_trains_nothing(
     assert _states(trials) == {"COMPLETE": 4}
     assert all(0 < t.values[0] <= 1 for t in trials)
     assert all(t.user_attrs["epochs"] == 3 for t in trials)
-    assert set(trials[0].params) == {"hidden_size", "all_lr", "aux_weight", "aux_loss"}
+    assert set(trials[0].params) == {"hidden_size", "all_lr", "aux_weight", "aux_loss", "positions"}
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained although the target was met")
 
-    monkeypatch.setattr(autoall.study, "train", no_training)
+    monkeypatch.setattr(autoall.plan, "train", no_training)
     code, out = _run(str(study_file))
     assert code == 0, out
     assert "Target met" in out
     assert len(_trials()) == 4
 
 
+def test_study_run_also_runs_the_tuned_baseline_with_the_same_budget(study_file: Path) -> None:
+    result = CliRunner().invoke(main, ["study", "run", str(study_file), "--no-tracking"])
+    assert result.exit_code == 0, result.output
+    assert "t/mlp: 4 complete, 0 pruned, 0 failed" in result.output
+    assert "t/mlp/tuned-baseline: 4 complete, 0 pruned, 0 failed" in result.output
+    ours, theirs = _trials("t/mlp"), _trials("t/mlp/tuned-baseline")
+    assert _states(ours) == _states(theirs) == {"COMPLETE": 4}
+    lr = load_study_file(study_file).train_config("mlp").lr
+    for t in theirs:  # the plain network's own knobs, nothing of the ALL
+        assert set(t.params) == {"lr", "weight_decay"}
+        assert lr / 10 <= t.params["lr"] <= lr * 10 and 1e-6 <= t.params["weight_decay"] <= 1e-2
+        assert t.user_attrs["params_all"] == 0 and t.user_attrs["epochs"] == 3
+    assert all(t.user_attrs["params_all"] > 0 and t.user_attrs["epochs"] == 3 for t in ours)
+    studies = {s.study_name: s for s in optuna.get_all_study_summaries(STORAGE)}
+    assert (
+        studies["t/mlp"].user_attrs["budget"]
+        == studies["t/mlp/tuned-baseline"].user_attrs["budget"]
+    )
+    assert studies["t/mlp/tuned-baseline"].user_attrs["kind"] == "baseline"
+    status = CliRunner().invoke(main, ["study", "status", "t"])
+    assert status.exit_code == 0, status.output
+    assert "t/mlp\n" in status.output and "t/mlp/tuned-baseline\n" in status.output
+    again = CliRunner().invoke(main, ["study", "run", str(study_file), "--no-tracking"])
+    assert again.exit_code == 0 and "Target met" in again.output
+
+
 def test_raising_n_trials_runs_only_the_remainder(study_file: Path) -> None:
+    """(--no-baseline: the ALL study alone, and no tuned-baseline study is created.)"""
     assert _run(str(study_file), "--n-trials", "2")[0] == 0
     assert _run(str(study_file), "--n-trials", "3")[0] == 0
     assert [t.number for t in _trials()] == [0, 1, 2]
+    assert optuna.get_all_study_names(STORAGE) == ["t/mlp"]
 
 
 def test_the_test_split_is_never_evaluated(
@@ -75,7 +106,7 @@ def test_the_test_split_is_never_evaluated(
     splits: list[str] = []
     test_sizes: list[int] = []
     real_split = DeviceData.split
-    real_train = autoall.study.train
+    real_train = autoall.plan.train
 
     def recording_split(self: DeviceData, which: str):  # type: ignore[no-untyped-def]
         splits.append(which)
@@ -87,7 +118,7 @@ def test_the_test_split_is_never_evaluated(
         return real_train(model, data, cfg, on_epoch=on_epoch, **kw)
 
     monkeypatch.setattr(DeviceData, "split", recording_split)
-    monkeypatch.setattr(autoall.study, "train", recording_train)
+    monkeypatch.setattr(autoall.plan, "train", recording_train)
     assert _run(str(study_file), "--n-trials", "2")[0] == 0
     assert splits and set(splits) == {"val"}
     assert test_sizes == [0, 0]  # the study's data does not even hold the test split
@@ -146,6 +177,7 @@ def _wait_for_done(n: int, timeout: float = 120, *, running_epochs: int = 0) -> 
 
 def _start(study_file: Path, *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "autoall.cli", "study", "run", str(study_file), "--no-tracking"]
+    cmd += ["--no-baseline"]
     cmd += ["--checkpoint-every", "0"]  # a checkpoint after every epoch: a kill can resume
     return subprocess.Popen(
         [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

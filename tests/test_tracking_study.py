@@ -30,6 +30,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from optuna.trial import FrozenTrial, TrialState
 
+import autoall.plan
 import autoall.study
 from autoall.cli import main
 from autoall.train import TrainConfig
@@ -85,8 +86,9 @@ def tracked(workdir: Path, _empty_store: Path) -> Path:
 
 
 def _run(*args: str) -> tuple[int, str]:
-    """`autoall study run ARGS` in this process, tracking on unless ARGS turn it off."""
-    result = CliRunner().invoke(main, ["study", "run", *args])
+    """`autoall study run ARGS --no-baseline` in this process, tracking on unless ARGS turn it
+    off (the tuned-baseline study's runs have their own test)."""
+    result = CliRunner().invoke(main, ["study", "run", *args, "--no-baseline"])
     return result.exit_code, result.output
 
 
@@ -219,7 +221,7 @@ def test_pruned_and_failed_trials_end_their_runs_killed_and_failed(
 ) -> None:
     """Trial 1 is pruned at epoch 2 by the pruner, trial 2 raises inside training (or while
     its model is built: the run exists already and ends FAILED too)."""
-    real = getattr(autoall.study, failing)
+    real = getattr(autoall.plan, failing)
     calls: list[int] = []
 
     def failing_once(*args: Any, **kwargs: Any) -> Any:
@@ -234,7 +236,7 @@ def test_pruned_and_failed_trials_end_their_runs_killed_and_failed(
         asked[self.number] = asked.get(self.number, 0) + 1
         return self.number == 1 and asked[self.number] == 2
 
-    monkeypatch.setattr(autoall.study, failing, failing_once)
+    monkeypatch.setattr(autoall.plan, failing, failing_once)
     monkeypatch.setattr(optuna.Trial, "should_prune", prune_trial_1_at_epoch_2)
     path = write_study(tracked / "s.yaml", n_trials=3)
     code, out = _run(str(path))
@@ -315,7 +317,7 @@ def test_two_workers_and_a_resume_share_one_parent_per_architecture(tracked: Pat
 def test_two_commands_started_at_once_attach_to_one_parent(tracked: Path) -> None:
     """Two `autoall study run` processes (as on two hosts) race for the parent and the trials."""
     path = write_study(tracked / "s.yaml", train={"epochs": 2}, n_trials=4)
-    cmd = [sys.executable, "-m", "autoall.cli", "study", "run", str(path)]
+    cmd = [sys.executable, "-m", "autoall.cli", "study", "run", str(path), "--no-baseline"]
     procs = [
         subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
@@ -381,3 +383,25 @@ def test_a_down_tracking_server_stops_the_study_before_any_trial(workdir: Path) 
     assert "--tracking-uri" in out
     summaries = optuna.get_all_study_summaries(storage=STORAGE)
     assert [s.n_trials for s in summaries] in ([], [0])  # the study may exist, but no trial
+
+
+def test_the_tuned_baseline_study_has_its_own_parent_and_trial_runs(tracked: Path) -> None:
+    path = write_study(tracked / "s.yaml", n_trials=2)
+    result = CliRunner().invoke(main, ["study", "run", str(path)])  # both studies
+    assert result.exit_code == 0, result.output
+    client = _client()
+    parents = _parents(client, "t")
+    assert set(parents) == {"t/mlp", "t/mlp/tuned-baseline"}
+    parent = parents["t/mlp/tuned-baseline"][0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["autoall.kind"] == "baseline"
+    assert parent.data.params["kind"] == "baseline"
+    assert parent.data.params["search.lr"].startswith("float[")
+    trials = {t.number: t for t in _trials("t/mlp/tuned-baseline")}
+    for number, run in _check_mirror(client, "t/mlp/tuned-baseline", parent).items():
+        params = run.data.params
+        assert params["train.lr"] == str(trials[number].params["lr"])
+        assert params["train.weight_decay"] == str(trials[number].params["weight_decay"])
+        assert params["all"] == "None" and params["kind"] == "baseline"
+        assert run.data.tags["autoall.kind"] == "baseline"
+        assert run.data.metrics["params_all"] == 0

@@ -1,0 +1,96 @@
+"""What one training run trains, and the one function that trains it.
+
+A study trial, a report's selection run and a report's evaluation run are each a `RunPlan`: an
+architecture, an optional ALL, the training settings (whose `seed` fixes initialisation, batch
+order and augmentation) and the share of the train split it sees. `fit()` is the one place that
+goes seed -> model -> `train()`, so one plan and one seed give one model wherever it runs:
+
+    seed_everything(seed); model = build_model(arch, all_spec=spec, head_width=w); train(...)
+
+Because the base network is built before any ALL is inserted, and `train()` draws batches from
+its own generator seeded with the same seed, two plans that differ only in their ALL (or its
+knobs) start from the same shared weights and see the same batches: their runs are paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from autoall.config import KINDS, StudyConfig
+from autoall.data import DeviceData, train_subset
+from autoall.layer import ALLSpec
+from autoall.models import build_model
+from autoall.train import EpochCallback, RunResult, TrainConfig, seed_everything, train
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    arch: str
+    train: TrainConfig  # train.seed: initialisation, batch order, augmentation (and subset)
+    spec: ALLSpec | None = None  # None: the plain network
+    head_width: int | None = None  # the parameter-matched control: the layer before the head
+    train_fraction: float = 1.0  # stratified share of the train split (generalisation claims)
+
+    def with_seed(self, seed: int) -> RunPlan:
+        return replace(self, train=replace(self.train, seed=seed))
+
+
+def trial_plan(
+    cfg: StudyConfig,
+    arch: str,
+    kind: str,
+    params: Mapping[str, Any],
+    *,
+    device: str | None = None,
+) -> RunPlan:
+    """The plan of a study trial with `params`, from the study file's training settings.
+
+    kind "all": the architecture with an ALL of the trial's hidden_size, aux_loss, aux_weight and
+    positions, trained with its own all_lr; kind "baseline": the plain architecture with the
+    trial's lr and weight_decay. Parameters a study stored before a knob existed take the knob's
+    old fixed value (positions: head).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, but got {kind!r}.")
+    base = replace(cfg.train_config(arch), device=device)
+    if kind == "baseline":
+        tuned = replace(base, lr=params["lr"], weight_decay=params["weight_decay"])
+        return RunPlan(arch, tuned)
+    spec = ALLSpec(
+        hidden_size=params["hidden_size"],
+        aux_loss=params["aux_loss"],
+        aux_weight=params["aux_weight"],
+        activation=cfg.activation,
+        positions=params.get("positions", "head"),
+    )
+    return RunPlan(arch, replace(base, all_lr=params["all_lr"]), spec)
+
+
+def fit(
+    plan: RunPlan,
+    data: DeviceData,
+    *,
+    on_epoch: EpochCallback | None = None,
+    evaluate_test: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = 0.0,
+) -> RunResult:
+    """Seed, build and train `plan` on `data`; the test split only with `evaluate_test`."""
+    seed = plan.train.seed
+    if plan.train_fraction < 1:
+        data = train_subset(data, plan.train_fraction, seed=seed)
+    seed_everything(seed)
+    model = build_model(
+        plan.arch,
+        in_shape=data.in_shape,
+        num_classes=data.num_classes,
+        all_spec=plan.spec,
+        head_width=plan.head_width,
+    )
+    cfg = replace(plan.train, evaluate_test=evaluate_test)
+    return train(
+        model, data, cfg, on_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every
+    )
