@@ -62,7 +62,17 @@ def main() -> None:
     help="reconstruction, sparsity, orthogonality or none.",
 )
 @click.option(
-    "--epochs", type=int, default=None, help="[default: the architecture's hand-tuned baseline]"
+    "--positions",
+    type=click.Choice(["head", "blocks"]),
+    default="head",
+    show_default=True,
+    help="The ALL before the head only, or after every block or stage too.",
+)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="[default: the architecture's baseline settings, autoall/baselines.py]",
 )
 @click.option(
     "--seed",
@@ -88,6 +98,7 @@ def train_cmd(
     all_lr: float | None,
     aux_weight: float,
     aux_loss: str,
+    positions: str,
     epochs: int | None,
     seed: int,
     data_root: str,
@@ -114,6 +125,7 @@ def train_cmd(
             hidden_size=1 if all_hidden is None else all_hidden,
             aux_loss=aux_loss,
             aux_weight=aux_weight,
+            positions=positions,
         )
         spec = checked if all_hidden is not None else None
         cfg = replace(
@@ -131,7 +143,9 @@ def train_cmd(
     seed_everything(seed)
     model = build_model(arch, in_shape=data.in_shape, num_classes=data.num_classes, all_spec=spec)
     label = (
-        f"{arch} + ALL(h={all_hidden}, {aux_loss}, w={aux_weight})" if spec else f"{arch} baseline"
+        f"{arch} + ALL(h={all_hidden}, {aux_loss}, w={aux_weight}, {positions})"
+        if spec
+        else f"{arch} baseline"
     )
     click.echo(f"{label} on {dataset} ({dev}); settings: {base.source}", err=True)
     with click.progressbar(length=cfg.epochs, label="epochs", file=sys.stderr) as bar:
@@ -220,6 +234,14 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
 )
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="Also run each architecture's tuned-baseline study (<name>/<arch>/tuned-baseline: the "
+    "plain network's lr and weight_decay searched with the same sampler, pruner, trials and "
+    "epochs), the report's comparator.",
+)
+@click.option(
     "--checkpoint-dir",
     default=".autoall/checkpoints",
     show_default=True,
@@ -257,6 +279,7 @@ def _study_run(
     device: str | None,
     tracking_uri: str | None,
     no_tracking: bool,
+    baseline: bool = True,
     checkpoint_dir: str = ".autoall/checkpoints",
     checkpoint_every: float = 30.0,
     trials_per_gpu: int = 1,
@@ -292,6 +315,7 @@ def _study_run(
         gpus=gpus,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
+        kinds=("all", "baseline") if baseline else ("all",),
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     click.echo(f"Optuna storage: {mask_secrets(opts.storage)}", err=True)
@@ -309,11 +333,8 @@ def _study_run(
         _fail(mask_secrets(str(exc)))
     except RuntimeError as exc:
         _fail(f"{mask_secrets(str(exc))}\nResume with:\n  {resume}", code=1)
-    for arch, c in counts.items():
-        click.echo(
-            f"{cfg.study_name(arch)}: {c.complete} complete, {c.pruned} pruned, {c.failed} failed",
-            err=True,
-        )
+    for name, c in counts.items():
+        click.echo(f"{name}: {c.complete} complete, {c.pruned} pruned, {c.failed} failed", err=True)
 
 
 @study_group.command("create")
@@ -333,7 +354,7 @@ def study_create(file: str, storage: str | None, study_name: str | None) -> None
         create_studies(cfg, make_storage(url, cfg), n_trials=cfg.n_trials)
     except StorageError as exc:
         _fail(str(exc), code=1)
-    names = ", ".join(cfg.study_name(a) for a in cfg.architectures)
+    names = ", ".join(cfg.study_name(a, k) for a, k in cfg.studies())
     click.echo(f"Studies {names} ready in {mask_secrets(url)}.")
 
 
@@ -495,10 +516,13 @@ def _group_alive(pgid: int) -> bool:
 
 @main.command("demo")
 @click.option("--n-trials", type=int, default=8, show_default=True)
-def demo(n_trials: int) -> None:
-    """The embedded default: a small digits study (mlp), its summary, then its report.
+@click.option("--seeds", type=click.IntRange(min=2), default=10, show_default=True)
+def demo(n_trials: int, seeds: int) -> None:
+    """The embedded default: a small digits study (mlp) and its tuned baseline, their summary,
+    then the report.
 
-    The report uses 3 seeds per variant (the `autoall report` default is 5) to stay short.
+    The report uses 10 evaluation seeds (the `autoall report` default is 5): the fewest with which
+    its claims can be decided (the exact sign-flip test needs n >= 9 for ten claims).
     """
     from autoall.study import DEFAULT_STORAGE
 
@@ -514,36 +538,49 @@ def demo(n_trials: int) -> None:
     )
     ctx.invoke(study_status, target=str(study_file), storage=DEFAULT_STORAGE)
     ctx.invoke(
-        report, target=str(study_file), seeds=3, architectures="mlp", storage=DEFAULT_STORAGE
-    )
+        report, targets=(str(study_file),), seeds=seeds, architectures="mlp",
+        storage=DEFAULT_STORAGE,
+    )  # fmt: skip
     click.echo(f"demo finished in {time.monotonic() - start:.0f} s; `autoall ui` shows the runs.")
 
 
 @main.command("report")
-@click.argument("target")
+@click.argument("targets", nargs=-1, required=True)
 @click.option(
     "--seeds",
     type=click.IntRange(min=2),
     default=5,
     show_default=True,
-    help="Runs per variant, seeds 0..K-1 (the statistics need at least 2).",
+    help="Evaluation seeds per variant (seed = search seed + 1000 + i). The exact sign-flip "
+    "test needs n >= 6 for one claim, 9 for ten; with fewer the verdicts say undetermined.",
 )
 @click.option(
-    "--tuned-baseline",
-    is_flag=True,
-    help="Also tune the baseline's lr and weight_decay with Optuna, as many trials as the ALL study (equal budget).",
+    "--selection-seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Seeds each top-k trial is retrained on to pick the winner (validation only).",
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Trials per study re-evaluated on the selection seeds.",
 )
 @click.option(
     "--target-acc",
     type=click.FloatRange(0, 1, min_open=True),
     default=None,
-    help="Validation accuracy whose first crossing is timed [default: the baseline's mean test accuracy minus 0.005].",
+    help="Validation accuracy whose first crossing is timed [default: 99 % of the weaker "
+    "winner's mean validation accuracy on the selection seeds].",
 )
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
     default=None,
-    help="Output folder [default: reports/<name>].",
+    help="Output folder [default: reports/<name>; with several study files, the summary's "
+    "folder, default reports/summary].",
 )
 @_storage_option
 @click.option(
@@ -555,23 +592,35 @@ def demo(n_trials: int) -> None:
 @click.option(
     "--architectures", default=None, help="Comma-separated subset of the file's architectures."
 )
+@click.option(
+    "--run-baseline/--no-run-baseline",
+    default=True,
+    show_default=True,
+    help="Run a missing or short tuned-baseline study to the ALL study's budget first "
+    "(otherwise: an error naming the command).",
+)
 def report(
-    target: str,
+    targets: tuple[str, ...],
     seeds: int,
-    tuned_baseline: bool,
-    target_acc: float | None,
-    out: str | None,
-    storage: str | None,
-    tracking_uri: str | None,
-    device: str | None,
-    architectures: str | None,
+    selection_seeds: int = 3,
+    top_k: int = 3,
+    target_acc: float | None = None,
+    out: str | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    device: str | None = None,
+    architectures: str | None = None,
+    run_baseline: bool = True,
 ) -> None:
-    """The study's best ALL against hand-tuned baselines, over seeds, with statistics and plots.
+    """The tuned ALL against an equal-budget tuned baseline, paired over seeds, with the
+    article's claims tested (Holm-corrected) and plots.
 
-    TARGET is a study file, or a study name whose file studies/<name>.yaml exists. Per
-    architecture and seed: baseline, the best ALL, the ALL with aux_weight=0 (and the tuned
-    baseline), each evaluated once on the test split and logged to MLflow. Finished runs are
-    reused, so a rerun costs nothing. Writes report.md, report.html, results.csv and the figures.
+    TARGETS are study files, or study names whose file studies/<name>.yaml exists. Per
+    architecture: each study's winner is picked on validation (top-k trials retrained on
+    selection seeds); every variant (ALL, tuned and hand-set baselines, controls, reduced-data
+    runs) trains on each evaluation seed and is evaluated once on the test split; every run is
+    logged to MLflow and reused when nothing that determines it changed. Writes report.md,
+    report.html, results.csv, claims.csv and the figures; with several files, also a summary.
     """
     from autoall.config import StudyFileError
     from autoall.report import ReportError, ReportOptions, resolve_study_file, run_report
@@ -580,9 +629,12 @@ def report(
     from autoall.train import resolve_device
 
     try:
-        cfg = resolve_study_file(target)
+        cfgs = [resolve_study_file(t) for t in targets]
         if architectures:
-            cfg = cfg.with_architectures([a.strip() for a in architectures.split(",") if a.strip()])
+            wanted = [a.strip() for a in architectures.split(",") if a.strip()]
+            cfgs = [c.with_architectures(wanted) for c in cfgs]
+        if len({c.name for c in cfgs}) != len(cfgs):
+            raise ReportError("Two study files have the same name; each report is named after it.")
         resolve_device(device)
     except ReportError as exc:
         _fail(str(exc), code=1)
@@ -591,17 +643,24 @@ def report(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    several = len(cfgs) > 1
     opts = ReportOptions(
         seeds=seeds,
-        tuned_baseline=tuned_baseline,
+        selection_seeds=selection_seeds,
+        top_k=top_k,
         target_acc=target_acc,
-        out=Path(out) if out else None,
+        out=Path(out) if out and not several else None,
         storage=storage or DEFAULT_STORAGE,
         tracking_uri=tracking_uri,
         device=device,
+        run_baseline=run_baseline,
     )
     try:
-        folder = run_report(cfg, opts, echo=lambda line: click.echo(line, err=True))
+        done = [run_report(c, opts, echo=lambda line: click.echo(line, err=True)) for c in cfgs]
+        if several:
+            from autoall.across import write_summary
+
+            summary = write_summary(done, Path(out or "reports/summary"))
     except KeyboardInterrupt:
         click.echo(
             "\nInterrupted; finished runs are kept. Rerun the same command to continue.", err=True
@@ -611,8 +670,16 @@ def report(
         _fail(mask_secrets(str(exc)), code=1)
     except ValueError as exc:  # e.g. a data set missing under its data root
         _fail(mask_secrets(str(exc)))
-    shown = folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder
-    click.echo(f"Report: {shown / 'report.html'} (also report.md, results.csv and the figures)")
+    for r in done:
+        assert r.out is not None
+        click.echo(f"Report: {_shown(r.out / 'report.html')} (also report.md, results.csv, "
+                   "claims.csv and the figures)")  # fmt: skip
+    if several:
+        click.echo(f"Summary: {_shown(summary / 'summary.html')}")
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The report's figures, as PNG files: matplotlib's Agg canvas, no pyplot state, no display.
 
 Per architecture: validation learning curves (mean +- std band per variant), test accuracy per
-variant (box plus one point per seed), the ALL study's optimisation history, its parameter
-importances (fANOVA) and best-so-far validation accuracy against the number of trials (with the
-tuned baseline's study next to it when there is one). Every title states its n.
+variant (box plus one point per seed), the paired per-seed differences of each claim, the
+optimisation history of the ALL study and of its tuned baseline, the ALL study's parameter
+importances (fANOVA) and best-so-far validation accuracy against the number of trials for both
+studies. Every title states its n.
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
+from autoall.report_types import ArchReport, RunRecord
+from autoall.selection import finished_trials
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from autoall.report import ArchReport
-
 COLORS: dict[str, str] = {
-    "baseline": "#555555",
+    "hand-set": "#555555",
     "all": "#1f77b4",
-    "ablation": "#ff7f0e",
+    "no-aux": "#ff7f0e",
     "tuned-baseline": "#2ca02c",
+    "param-matched": "#9467bd",
 }
 _DPI = 100
+_CURVES = ("tuned-baseline", "hand-set", "all", "param-matched")  # the learning-curve figure
 
 
 def draw_all(rep: ArchReport, folder: Path, *, seeds: int) -> None:
@@ -40,8 +44,8 @@ def draw_all(rep: ArchReport, folder: Path, *, seeds: int) -> None:
     and the reason is added to `rep.notes`.
     """
     arch = rep.arch
-    curves = {v.name: [r.val_acc for r in rep.runs_of(v.name)] for v in rep.variants}
     labels = {v.name: v.label for v in rep.variants}
+    curves = {v: [r.val_acc for r in rep.runs_of(v)] for v in _CURVES if v in labels}
     name = f"learning_curves_{arch}.png"
     learning_curves(curves, labels, target=rep.target_acc, path=folder / name, seeds=seeds)
     rep.figures.append((name, f"{arch}: validation accuracy per epoch, mean ± std (n={seeds})"))
@@ -51,26 +55,65 @@ def draw_all(rep: ArchReport, folder: Path, *, seeds: int) -> None:
     accuracy_per_variant(accs, labels, path=folder / name, seeds=seeds)
     rep.figures.append((name, f"{arch}: test accuracy per variant, one point per seed (n={seeds})"))
 
-    trials = finished_trials(rep.study)
-    name = f"optimisation_history_{arch}.png"
-    optimisation_history(trials, title=rep.study.study_name, path=folder / name)
-    rep.figures.append((name, f"{rep.study.study_name}: optimisation history (n={len(trials)})"))
+    diffs = {
+        c.title.split(":")[0]: _differences(rep, c.variant, c.comparator, c.metric)
+        for c in rep.claims
+        if c.metric in ("test_acc", "gap") and c.test is not None
+    }
+    name = f"paired_differences_{arch}.png"
+    paired_differences(diffs, path=folder / name, seeds=seeds)
+    rep.figures.append(
+        (name, f"{arch}: per-seed differences V - C of each claim, in points (n={seeds})")
+    )
 
+    for study in (rep.all_study, rep.baseline_study):
+        trials = finished_trials(study)
+        name = f"optimisation_history_{study.study_name.replace('/', '_')}.png"
+        optimisation_history(trials, title=study.study_name, path=folder / name)
+        rep.figures.append((name, f"{study.study_name}: optimisation history (n={len(trials)})"))
+
+    study = rep.all_study
     name = f"param_importances_{arch}.png"
-    skipped = param_importances(rep.study, path=folder / name)
+    skipped = param_importances(study, path=folder / name)
     if skipped:
-        rep.notes.append(f"Parameter importances of {rep.study.study_name} skipped: {skipped}.")
+        rep.notes.append(f"Parameter importances of {study.study_name} skipped: {skipped}.")
     else:
-        caption = f"{rep.study.study_name}: fANOVA parameter importances (n={len(trials)} trials)"
+        n = len(finished_trials(study))
+        caption = f"{study.study_name}: fANOVA parameter importances (n={n} trials)"
         rep.figures.append((name, caption))
 
-    studies = {"ALL study": trials}
-    if rep.tuned_study is not None:
-        studies["tuned-baseline study"] = finished_trials(rep.tuned_study)
+    studies = {
+        "ALL study": finished_trials(rep.all_study),
+        "tuned-baseline study": finished_trials(rep.baseline_study),
+    }
     name = f"best_so_far_{arch}.png"
     best_so_far(studies, title=arch, path=folder / name)
     counts = ", ".join(f"{k} n={len(v)}" for k, v in studies.items())
     rep.figures.append((name, f"{arch}: best validation accuracy so far vs trials ({counts})"))
+
+
+def _differences(rep: ArchReport, variant: str, comparator: str, metric: str) -> list[float]:
+    def value(r: RunRecord) -> float:
+        return r.gap if metric == "gap" else r.metrics[metric]
+
+    pairs = zip(rep.runs_of(variant), rep.runs_of(comparator), strict=True)
+    return [value(a) - value(b) for a, b in pairs]
+
+
+def paired_differences(diffs: dict[str, list[float]], *, path: Path, seeds: int) -> None:
+    """One row per claim: each seed's difference V - C as a point, the mean as a bar."""
+    fig, ax = _figure(integer_x=False, left=0.3)
+    names = list(diffs)
+    for i, claim in enumerate(names):
+        values = 100 * np.asarray(diffs[claim])
+        ax.scatter(values, np.full(values.size, i), color="#1f77b4", s=20, zorder=3)
+        if values.size:
+            ax.plot([values.mean()] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
+    ax.axvline(0, color="#999999", linewidth=1)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("difference V - C (percentage points)")
+    ax.set_title(f"Paired per-seed differences (n={seeds} seeds)")
+    _save(fig, path)
 
 
 def learning_curves(
@@ -106,14 +149,14 @@ def accuracy_per_variant(
     accs: dict[str, list[float]], labels: dict[str, str], *, path: Path, seeds: int
 ) -> None:
     """A box per variant with every seed's test accuracy as a point (jittered sideways)."""
-    fig, ax = _figure()
+    fig, ax = _figure(bottom=0.3)
     names = [v for v in accs if accs[v]]
     ax.boxplot([accs[v] for v in names], widths=0.5, showfliers=False)
     rng = np.random.default_rng(0)  # fixed jitter: the same report draws the same picture
     for i, variant in enumerate(names, start=1):
         x = i + rng.uniform(-0.12, 0.12, size=len(accs[variant]))
         ax.scatter(x, accs[variant], color=COLORS.get(variant), zorder=3, s=24)
-    ax.set_xticks(range(1, len(names) + 1), [labels[v] for v in names])
+    ax.set_xticks(range(1, len(names) + 1), [labels[v] for v in names], rotation=35, ha="right")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"Test accuracy per variant (n={seeds} seeds each)")
     _save(fig, path)
@@ -182,16 +225,12 @@ def best_so_far(studies: Mapping[str, Sequence[FrozenTrial]], *, title: str, pat
     _save(fig, path)
 
 
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE and PRUNED trials in number order: the budget the plots count."""
-    states = (TrialState.COMPLETE, TrialState.PRUNED)
-    return sorted(study.get_trials(deepcopy=False, states=states), key=lambda t: t.number)
-
-
-def _figure(*, integer_x: bool = True, left: float = 0.11) -> tuple[Figure, Axes]:
+def _figure(
+    *, integer_x: bool = True, left: float = 0.11, bottom: float = 0.13
+) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(7, 4.2))  # fixed margins: a constrained layout doubles the cost
     FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=left, right=0.97, bottom=0.13, top=0.9)
+    fig.subplots_adjust(left=left, right=0.97, bottom=bottom, top=0.9)
     ax = fig.subplots()
     ax.grid(alpha=0.3)
     if integer_x:  # epochs and trial counts

@@ -54,8 +54,11 @@ def test_train_prints_the_result_table() -> None:
 def test_train_with_all_hidden_shows_all_parameters() -> None:
     result = _invoke("--epochs", "1", "--all-hidden", "16", "--all-lr", "0.01")
     assert result.exit_code == 0, result.output
-    assert _row(result.stdout, "model") == "mlp + ALL(h=16, reconstruction, w=0.1)"
+    assert _row(result.stdout, "model") == "mlp + ALL(h=16, reconstruction, w=0.1, head)"
     assert _row(result.stdout, "parameters") == "93,722 (ALL: 8,720)"
+    blocks = _invoke("--epochs", "1", "--all-hidden", "16", "--positions", "blocks")
+    assert blocks.exit_code == 0, blocks.output
+    assert _row(blocks.stdout, "parameters") == "102,442 (ALL: 17,440)"  # a second 256-wide ALL
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
-"""`autoall report`: files, MLflow runs equal to results.csv, honest verdicts, reuse, the HTML
-page in a real browser, and the errors that must leave nothing behind.
+"""`autoall report`: the equal-budget tuned baseline, selection on validation only, paired
+seeds, Holm-corrected claims, files equal to the MLflow runs, reuse, the HTML page in a real
+browser, and the errors that must leave nothing behind.
 
-One tiny digits report (mlp, 2 epochs, 3 trials, 2 seeds, with the tuned baseline) is built once
-for the module; its first attempt is interrupted on purpose, so continuing is tested too.
+One tiny digits report (mlp, 2 epochs, 3 trials, 2 evaluation seeds, top-4 selection on one seed)
+is built once for the module from an ALL study alone, so the report runs the missing tuned
+baseline itself; its first attempt is interrupted on purpose, so continuing is tested too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +25,24 @@ import torch
 from click.testing import CliRunner
 from conftest import write_study
 from mlflow import MlflowClient
-from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-import autoall.report
+import autoall.report_store
+from autoall import stats
 from autoall.cli import main
-from autoall.plots import param_importances
-from autoall.report import FINAL_METRICS
+from autoall.report_store import config_hash, run_settings
+from autoall.report_types import FINAL_METRICS
+from autoall.version import code_version
 
 SEEDS = 2
-VARIANTS = ["baseline", "all", "ablation", "tuned-baseline"]
+TOP_K = 4  # more than the study's 3 trials: the report says so and uses what exists
 FIGURES = [
-    "learning_curves",
-    "test_acc",
-    "optimisation_history",
-    "param_importances",
-    "best_so_far",
+    "learning_curves_mlp",
+    "test_acc_mlp",
+    "paired_differences_mlp",
+    "optimisation_history_t_mlp",
+    "optimisation_history_t_mlp_tuned-baseline",
+    "param_importances_mlp",
+    "best_so_far_mlp",
 ]
 
 
@@ -47,15 +52,24 @@ class Built:
     out: Path
     first_exit: int  # the interrupted attempt
     first_trained: int
-    trained: int  # training runs of the attempt that finished
+    trained: int  # report runs trained by the attempt that finished
+    selection_runs: int
+    first_output: str
+    output: str
     rows: list[dict[str, str]]
+    claims: list[dict[str, str]]
+    calls: list[tuple[bool, int]] = field(default_factory=list)  # (evaluate_test, test images)
 
     def client(self) -> MlflowClient:
         return MlflowClient(f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}")  # absolute path
 
+    def storage(self) -> str:
+        return f"sqlite:///{self.root / 'autoall.db'}"
 
-def _report(*args: str) -> Any:
-    return CliRunner().invoke(main, ["report", "study.yaml", "--seeds", str(SEEDS), *args])
+
+def _report(*args: str, target: str = "study.yaml") -> Any:
+    options = ["--seeds", str(SEEDS), "--top-k", str(TOP_K), "--selection-seeds", "1"]
+    return CliRunner().invoke(main, ["report", target, *options, *args])
 
 
 @pytest.fixture(scope="module")
@@ -69,80 +83,119 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 
 
 def _build(root: Path) -> Built:
-    """Study, a report interrupted by Ctrl-C after 5 trainings, then the report that finishes."""
+    """The ALL study alone, a report interrupted by Ctrl-C at its 6th training run, then the
+    report that finishes."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         write_study(root / "study.yaml", train={"epochs": 2}, n_trials=3)
-        ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-tracking"])
+        ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-baseline"])
         assert ran.exit_code == 0, ran.output
 
-        real_train, calls = autoall.report.train, []
+        real_fit, calls, seen = autoall.report_store.fit, [], []
 
-        def interrupting(*args: Any, **kwargs: Any) -> Any:
+        def interrupting(plan: Any, data: Any, **kwargs: Any) -> Any:
             calls.append(1)
-            if len(calls) == 6:  # 3 tuning trials and 2 runs finished, then Ctrl-C
+            if len(calls) == 6:  # 5 runs finished, then Ctrl-C
                 raise KeyboardInterrupt
-            return real_train(*args, **kwargs)
+            return real_fit(plan, data, **kwargs)
 
-        mp.setattr(autoall.report, "train", interrupting)
-        first = _report("--tuned-baseline")
+        mp.setattr(autoall.report_store, "fit", interrupting)
+        first = _report()
         assert not (root / "reports").exists()  # nothing written half-way
 
-        counted: list[int] = []
-        mp.setattr(
-            autoall.report, "train", lambda *a, **k: counted.append(1) or real_train(*a, **k)
-        )
-        result = _report("--tuned-baseline")
+        def counting(plan: Any, data: Any, **kwargs: Any) -> Any:
+            seen.append((bool(kwargs.get("evaluate_test")), int(data.test_y.numel())))
+            return real_fit(plan, data, **kwargs)
+
+        mp.setattr(autoall.report_store, "fit", counting)
+        result = _report()
         assert result.exit_code == 0, result.output
         out = root / "reports" / "t"
         with (out / "results.csv").open() as f:
             rows = list(csv.DictReader(f))
-    return Built(root, out, first.exit_code, len(calls) - 1, len(counted), rows)
+        with (out / "claims.csv").open() as f:
+            claims = list(csv.DictReader(f))
+    client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("t")
+    selection = client.search_runs(
+        [experiment.experiment_id], "tags.\"autoall.role\" = 'selection-run'"
+    )
+    return Built(
+        root=root,
+        out=out,
+        first_exit=first.exit_code,
+        first_trained=len(calls) - 1,
+        trained=len(seen),
+        selection_runs=sum(1 for r in selection if r.info.status == "FINISHED"),
+        first_output=first.output,
+        output=result.output,
+        rows=rows,
+        claims=claims,
+        calls=seen,
+    )
 
 
 def test_an_interrupted_report_writes_nothing_and_the_rerun_continues(built: Built) -> None:
     assert built.first_exit == 130
-    # 3 tuning trials, then 4 variants x 2 seeds; the 2 runs finished before Ctrl-C are reused
     assert built.first_trained == 5
-    assert built.trained == 4 * SEEDS - 2
+    # every run exactly once over both attempts: the 5 finished before Ctrl-C were reused
+    assert built.trained == len(built.rows) + built.selection_runs - 5
+
+
+def test_the_report_ran_the_missing_tuned_baseline_with_the_same_budget(built: Built) -> None:
+    assert "t/mlp/tuned-baseline: 0 of 3 trials; running the rest (equal budget)" in (
+        built.first_output
+    )
+    ours = optuna.load_study(study_name="t/mlp", storage=built.storage())
+    theirs = optuna.load_study(study_name="t/mlp/tuned-baseline", storage=built.storage())
+    states = {"COMPLETE", "PRUNED"}
+    assert len([t for t in theirs.trials if t.state.name in states]) == 3
+    assert len([t for t in ours.trials if t.state.name in states]) == 3
+    assert ours.user_attrs["budget"] == theirs.user_attrs["budget"]  # epochs, sampler, pruner
+    assert ours.user_attrs["budget"]["epochs"] == 2
+    assert {t.user_attrs["epochs"] for t in theirs.trials} == {2}
+    assert set(theirs.trials[0].params) == {"lr", "weight_decay"}
+    assert theirs.user_attrs["kind"] == "baseline" and ours.user_attrs["kind"] == "all"
 
 
 def test_every_file_is_written(built: Built) -> None:
-    storage = f"sqlite:///{built.root}/autoall.db"
-    values = {t.value for t in optuna.load_study(study_name="t/mlp", storage=storage).trials}
-    figures = [f for f in FIGURES if f != "param_importances" or len(values) > 1]
-    expected = {"report.md", "report.html", "results.csv"} | {f"{f}_mlp.png" for f in figures}
+    values = {
+        t.value for t in optuna.load_study(study_name="t/mlp", storage=built.storage()).trials
+    }
+    figures = [f for f in FIGURES if f != "param_importances_mlp" or len(values) > 1]
+    expected = {"report.md", "report.html", "results.csv", "claims.csv"}
+    expected |= {f"{f}.png" for f in figures}
     assert {p.name for p in built.out.iterdir()} == expected
     assert all((built.out / name).stat().st_size > 0 for name in expected)
-    skipped = "Note: Parameter importances of t/mlp skipped: every COMPLETE trial has the same"
-    assert (skipped in (built.out / "report.md").read_text()) == (len(values) == 1)
     assert [p.name for p in built.out.parent.iterdir()] == ["t"]  # no temporary folder left
+    variants = list(dict.fromkeys(r["variant"] for r in built.rows))
+    assert variants[:3] == ["tuned-baseline", "hand-set", "all"]
+    assert {"param-matched", "all-shared-lr", "no-aux", "other-positions"} <= set(variants)
+    assert {"all@10%", "tuned-baseline@10%", "all@30%", "tuned-baseline@30%"} <= set(variants)
     assert [(r["variant"], r["seed"]) for r in built.rows] == [
-        (v, str(s)) for v in VARIANTS for s in range(SEEDS)
+        (v, str(s)) for v in variants for s in (1000, 1001)
     ]
-    tuned = optuna.load_study(study_name="t/mlp/tuned-baseline", storage=storage).trials
-    assert [t.state.name for t in tuned] == ["COMPLETE"] * 3  # the ALL study's budget, once
 
 
-def test_param_importances_are_drawn_or_skipped_with_the_reason(tmp_path: Path) -> None:
-    dists = {"x": FloatDistribution(1e-3, 1.0, log=True), "k": CategoricalDistribution(["a", "b"])}
-
-    def study(values: list[float]) -> optuna.Study:
-        s = optuna.create_study(study_name="s/mlp")
-        for i, v in enumerate(values):
-            params = {"x": 10 ** -(1 + i % 3), "k": "ab"[i % 2]}
-            s.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=v))
-        return s
-
-    path = tmp_path / "importance.png"
-    assert param_importances(study([0.9, 0.8, 0.85, 0.7]), path=path) is None
-    assert path.stat().st_size > 0
-    path.unlink()
-    reason = param_importances(study([0.9, 0.9, 0.9]), path=path)
-    assert reason is not None and "same value" in reason and not path.exists()
-    reason = param_importances(study([0.9]), path=path)
-    assert reason is not None and "at least 2 COMPLETE trials" in reason and not path.exists()
+def test_selection_reads_validation_only_and_seeds_are_disjoint(built: Built) -> None:
+    selection = [n for evaluate_test, n in built.calls if not evaluate_test]
+    evaluation = [n for evaluate_test, n in built.calls if evaluate_test]
+    assert selection and all(n == 0 for n in selection)  # the test split was not in memory
+    assert evaluation and all(n == 360 for n in evaluation)
+    client = built.client()
+    experiment = client.get_experiment_by_name("t")
+    runs = client.search_runs([experiment.experiment_id], "tags.\"autoall.report\" = 't'")
+    seeds: dict[str, set[int]] = {}
+    for run in runs:
+        if run.data.tags["autoall.role"] == "report":
+            continue
+        seeds.setdefault(run.data.tags["autoall.role"], set()).add(int(run.data.tags["seed"]))
+    assert seeds["selection-run"] == {2000}
+    assert seeds["report-run"] == {1000, 1001}
+    assert 0 not in seeds["selection-run"] | seeds["report-run"]  # the search seed
+    md = (built.out / "report.md").read_text()
+    assert "only 3 COMPLETE trial(s) in the budget of 3, fewer than top-k 4" in md
 
 
 def test_results_csv_equals_the_mlflow_runs(built: Built) -> None:
@@ -153,60 +206,86 @@ def test_results_csv_equals_the_mlflow_runs(built: Built) -> None:
     parent = parents[0].info.run_id
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert artifacts == {p.name for p in built.out.iterdir()}
-    baseline = [float(r["test_acc"]) for r in built.rows if r["variant"] == "baseline"]
-    target = sum(baseline) / len(baseline) - 0.005  # the default target
-    assert f"Target validation accuracy: {target:.4f}" in (built.out / "report.md").read_text()
+    md = (built.out / "report.md").read_text()
+    target = float(re.search(r"Target validation accuracy (\d\.\d+)", md).group(1))  # type: ignore[union-attr]
     for row in built.rows:
         run = client.get_run(row["mlflow_run_id"])
         assert run.info.status == "FINISHED"
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent
-        assert (tags["arch"], tags["variant"], tags["seed"]) == (
-            row["arch"],
-            row["variant"],
-            row["seed"],
-        )
+        assert (tags["arch"], tags["seed"]) == (row["arch"], row["seed"])
         assert len(tags["config_hash"]) == 16
-        for key in FINAL_METRICS:
+        for key in ("test_acc", "final_val_acc", "train_eval_acc", "wall_seconds"):
             assert float(row[key]) == run.data.metrics[key], key
-        gap = run.data.metrics["train_eval_acc"] - run.data.metrics["test_acc"]
-        assert float(row["gap"]) == pytest.approx(gap, abs=1e-12)
-        seconds, val_acc = (
-            _history(client, run.info.run_id, k) for k in ("epoch_seconds", "val_acc")
+        params = run.data.params
+        assert params["code.autoall"] == code_version()["autoall"]
+        assert params["code.torch"] == torch.__version__
+        assert params["code.source"] == code_version()["source"]
+        assert params["seed"] == row["seed"] and params["train.seed"] == row["seed"]
+        assert set(FINAL_METRICS) <= set(run.data.metrics)
+        val_acc = _history(client, run.info.run_id, "val_acc")
+        assert len(val_acc) == 2  # one point per epoch
+        reached = [e for e, acc in enumerate(val_acc, start=1) if acc >= round(target, 4) - 1e-4]
+        if row["target_epoch"]:
+            assert int(row["target_epoch"]) in reached[:1] or reached[0] <= int(row["target_epoch"])
+        predictions = client.download_artifacts(
+            run.info.run_id, "test_predictions.npy", str(built.root / "dl")
         )
-        assert len(seconds) == len(val_acc) == 2  # one point per epoch
-        reached = [e for e, acc in enumerate(val_acc, start=1) if acc >= target]
-        assert row["target_epoch"] == (str(reached[0]) if reached else "")
-        if reached:
-            assert float(row["target_seconds"]) == pytest.approx(sum(seconds[: reached[0]]))
-    hashes = {client.get_run(r["mlflow_run_id"]).data.tags["config_hash"] for r in built.rows}
-    assert len(hashes) == len(built.rows)  # every run's settings differ
+        assert Path(predictions).stat().st_size > 360  # one class per test image
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_the_verdict_agrees_with_the_p_values_in_the_table(built: Built) -> None:
+def test_claims_are_tested_paired_and_holm_adjusted_together(built: Built) -> None:
+    tested = [c for c in built.claims if c["decision_p"]]
+    assert {c["claim"] for c in tested} >= {
+        "accuracy", "parameters", "custom-loss", "own-lr", "more-layers", "gap",
+        "data-10%", "data-30%",
+    }  # fmt: skip
+    holm = stats.holm([float(c["decision_p"]) for c in tested])
+    assert [float(c["adjusted_p"]) for c in tested] == pytest.approx(holm)
+    by_variant: dict[str, list[float]] = {}
+    for row in built.rows:
+        by_variant.setdefault(row["variant"], []).append(float(row["test_acc"]))
+    accuracy = next(c for c in tested if c["claim"] == "accuracy")
+    d = [a - b for a, b in zip(by_variant["all"], by_variant["tuned-baseline"], strict=True)]
+    assert float(accuracy["effect"]) == pytest.approx(sum(d) / len(d))
+    assert float(accuracy["p_sign_flip"]) == stats.sign_flip_p(d)
+    needed = stats.seeds_needed(0.05 / len(tested))
+    for c in tested:  # 2 seeds: nothing can be decided, and every row says what it needs
+        assert c["verdict"] == "undetermined", c
+        assert f"needs n >= {needed}" in c["reason"] or "zero variance" in c["reason"]
     md = (built.out / "report.md").read_text()
-    verdict = md.split("\n\n")[1]  # the paragraph right under the title
-    assert verdict.startswith("**mlp**") and f"n={SEEDS}" in verdict
-    table = {
-        cells[0]: cells
-        for line in md.splitlines()
-        if line.startswith("| ")
-        and len(cells := [c.strip() for c in line.strip("|").split("|")]) == 5
-    }
-    for label in ("ALL", "ablation (aux_weight=0)", "tuned baseline"):
-        p_text = table[label][3]
-        p = 0.0 if p_text.startswith("<") else float(p_text)
-        sentence = re.search(
-            rf"{re.escape(label[0].upper() + label[1:])} vs baseline: (.*?); P\(", verdict
-        )
-        assert sentence is not None, label
-        assert f"Welch p = {p_text}," in sentence.group(1)
-        assert ("not significant" in sentence.group(1)) == (p >= 0.05), sentence.group(1)
-        assert "significant" in sentence.group(1)
+    assert f"**With {SEEDS} seeds no claim can be supported**" in md
+    assert f"`--seeds {needed}`" in md
+    assert "Tuning cost" in md and "one search per study" in md
+
+
+def test_the_parameter_matched_control_is_within_two_percent(built: Built) -> None:
+    params = {r["variant"]: int(r["params_total"]) for r in built.rows}
+    assert params["param-matched"] != params["tuned-baseline"]
+    assert abs(params["param-matched"] - params["all"]) <= 0.02 * params["all"]
+    assert int(next(r for r in built.rows if r["variant"] == "param-matched")["params_all"]) == 0
+
+
+def test_cache_keys_hold_the_code_version() -> None:
+    from autoall.data import load_data
+    from autoall.plan import RunPlan
+    from autoall.train import TrainConfig
+
+    data = load_data("digits")
+    plan = RunPlan("mlp", TrainConfig(seed=1000))
+    split = {"name": "digits", "val_fraction": 0.1, "split_seed": 0}
+    settings = run_settings(plan, data, split=split, evaluate_test=True)
+    assert settings["code"] == code_version()
+    assert set(settings["code"]) == {"autoall", "git_commit", "source", "torch"}
+    changed = {**settings, "code": {**settings["code"], "source": "0" * 16}}
+    assert config_hash(changed) != config_hash(settings)
+    assert config_hash(
+        run_settings(plan.with_seed(1001), data, split=split, evaluate_test=True)
+    ) != (config_hash(settings))
 
 
 def test_a_rerun_reuses_every_run_and_gives_the_same_results(
@@ -217,14 +296,14 @@ def test_a_rerun_reuses_every_run_and_gives_the_same_results(
 
     monkeypatch.chdir(built.root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(autoall.report, "train", no_training)
+    monkeypatch.setattr(autoall.report_store, "fit", no_training)
     before = (built.out / "results.csv").read_text()
-    result = _report("--tuned-baseline")
+    result = _report()
     assert result.exit_code == 0, result.output
-    assert result.output.count("(reused)") == 4 * SEEDS
+    assert result.output.count("(reused)") == len(built.rows)
     assert (built.out / "results.csv").read_text() == before
 
-    result = _report("--tuned-baseline", "--target-acc", "0.01", "--out", "elsewhere")
+    result = _report("--target-acc", "0.01", "--out", "elsewhere")
     assert result.exit_code == 0, result.output
     with (built.root / "elsewhere" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -312,3 +391,54 @@ def test_a_study_without_complete_trials_is_a_clear_error_and_writes_nothing(
     assert "Study 't/mlp' in sqlite:///autoall.db has no COMPLETE trial" in result.output
     assert "1 failed" in result.output and "autoall study run studies/t.yaml" in result.output
     _nothing_written(workdir)
+
+
+def test_without_run_baseline_a_short_tuned_baseline_is_one_line_with_the_command(
+    workdir: Path,
+) -> None:
+    write_study(workdir / "study.yaml", train={"epochs": 1}, n_trials=2)
+    ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-baseline", "--no-tracking"])
+    assert ran.exit_code == 0, ran.output
+    result = _report("--no-run-baseline")
+    assert result.exit_code == 1
+    assert (
+        "The tuned-baseline study 't/mlp/tuned-baseline' holds 0 finished trials, the ALL study 2"
+        in result.output
+    )
+    assert "`autoall study run study.yaml --architectures mlp --n-trials 2`" in result.output
+    _nothing_written(workdir)
+    names = optuna.get_all_study_names(storage="sqlite:///autoall.db")
+    assert names == ["t/mlp"]  # the baseline study was not created either
+
+
+@pytest.mark.slow
+def test_several_study_files_get_one_summary_across_tasks(
+    built: Built, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(built.root)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_study(built.root / "u.yaml", name="u", train={"epochs": 1}, n_trials=2)
+    ran = CliRunner().invoke(main, ["study", "run", "u.yaml", "--no-tracking"])
+    assert ran.exit_code == 0, ran.output
+    result = CliRunner().invoke(
+        main,
+        ["report", "study.yaml", "u.yaml", "--seeds", str(SEEDS), "--top-k", str(TOP_K),
+         "--selection-seeds", "1", "--out", "summary"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Summary: summary/summary.html" in result.output
+    assert (built.root / "reports" / "u" / "report.html").is_file()
+    md = (built.root / "summary" / "summary.md").read_text()
+    assert "| claim | t: digits/mlp | u: digits/mlp |" in md
+    rows: dict[str, dict[str, list[float]]] = {}
+    for name in ("t", "u"):
+        with (built.root / "reports" / name / "results.csv").open() as f:
+            for row in csv.DictReader(f):
+                rows.setdefault(name, {}).setdefault(row["variant"], []).append(
+                    float(row["test_acc"])
+                )
+    poi = stats.probability_of_improvement(
+        {n: rows[n]["all"] for n in rows}, {n: rows[n]["tuned-baseline"] for n in rows}
+    )
+    line = next(x for x in md.splitlines() if x.startswith("| Accuracy (FAQ 3)") and "[" in x)
+    assert f"| 2 | {poi:.2f} [" in line

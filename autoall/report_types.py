@@ -1,0 +1,169 @@
+"""The report's data as plain types: what ran, what was selected, what each claim found.
+
+A leaf module: report.py fills these, claims.py tests them, plots.py and render.py draw and
+write them; none of those imports another for its types.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from autoall.plan import RunPlan
+from autoall.stats import ClaimTest
+
+# The report's outputs, per run (results.csv columns after arch, variant, seed).
+FINAL_METRICS: tuple[str, ...] = (
+    "test_acc", "final_val_acc", "final_val_loss", "train_eval_acc", "wall_seconds",
+    "median_epoch_seconds", "epochs_run", "params_total", "params_all",
+)  # fmt: skip
+SELECTION_METRICS: tuple[str, ...] = ("final_val_acc", "final_val_loss", "params_total")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model and training recipe the report trains on every evaluation seed."""
+
+    name: str  # a key: "all", "tuned-baseline", "param-matched", "all@10%", ...
+    label: str  # for people: "ALL", "tuned baseline", ...
+    plan: RunPlan  # its seed is replaced per run
+    note: str  # where the settings come from
+
+
+@dataclass
+class RunRecord:
+    """One trained (or reused) run: a variant on one seed, or a selection run on validation."""
+
+    arch: str
+    variant: str
+    seed: int
+    run_id: str
+    metrics: dict[str, float]  # FINAL_METRICS (selection runs: SELECTION_METRICS)
+    val_acc: list[float]  # per epoch
+    epoch_seconds: list[float]  # per epoch
+    test_predictions: np.ndarray | None  # predicted class per test example; None on selection
+    reused: bool
+    target_epoch: int | None = None  # first epoch at or above the efficiency target
+    target_seconds: float | None = None  # seconds of training until the end of that epoch
+
+    @property
+    def gap(self) -> float:
+        """Train minus test accuracy of the final model (both in eval mode)."""
+        return self.metrics["train_eval_acc"] - self.metrics["test_acc"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A top-k trial re-evaluated on the selection seeds (validation split only)."""
+
+    trial: int  # trial number in its study
+    params: dict[str, Any]
+    value: float  # the trial's own validation accuracy (search seed)
+    val_acc: tuple[float, ...]  # final validation accuracy per selection seed
+    val_loss: tuple[float, ...]
+    params_total: int
+
+    @property
+    def mean_val_acc(self) -> float:
+        return statistics.fmean(self.val_acc)
+
+    @property
+    def mean_val_loss(self) -> float:
+        return statistics.fmean(self.val_loss)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How one study's winner was picked."""
+
+    study: str  # Optuna study name
+    budget: int  # finished trials considered (the first `budget` by number)
+    ranked: tuple[Candidate, ...]  # best first: mean val acc, then mean val loss, then params
+    notes: tuple[str, ...] = ()  # e.g. fewer COMPLETE trials than top-k
+
+    @property
+    def winner(self) -> Candidate:
+        return self.ranked[0]
+
+
+@dataclass
+class Claim:
+    """One hypothesis of the article, tested on one architecture (or described, if untestable)."""
+
+    key: str  # "accuracy", "parameters", "custom-loss", ...
+    arch: str
+    title: str  # the hypothesis in words, with the article's section
+    variant: str  # variant name whose metric should be better ...
+    comparator: str  # ... than this variant's
+    metric: str  # "test_acc", "gap", "target_epoch", "target_seconds"
+    direction: int  # +1: higher is better for the claim, -1: lower is better
+    test: ClaimTest | None = None  # None: not testable here (see `reason`)
+    adjusted_p: float | None = None  # Holm, over every tested claim of the report
+    verdict: str = "undetermined"  # supported | not supported | undetermined
+    reason: str = ""  # why, in a few words
+    note: str = ""  # what was compared, e.g. which trial stood in for the custom loss
+
+
+@dataclass(frozen=True)
+class TuningCost:
+    """Search cost until the ALL study first beats the tuned baseline's best (validation)."""
+
+    baseline_best: float  # the tuned-baseline study's best validation accuracy in the budget
+    all_best: float
+    trials: int | None  # finished ALL trials until one beat it (None: none did)
+    seconds: float | None  # their summed durations
+    baseline_trials: int  # finished baseline trials until its own best
+    baseline_seconds: float
+
+
+@dataclass
+class ArchReport:
+    """Everything the report says about one architecture."""
+
+    arch: str
+    all_study: optuna.Study
+    baseline_study: optuna.Study
+    selections: dict[str, Selection]  # "all", "baseline", and "custom" when it differs
+    variants: list[Variant]
+    runs: list[RunRecord] = field(default_factory=list)  # evaluation runs
+    selection_runs: list[RunRecord] = field(default_factory=list)
+    claims: list[Claim] = field(default_factory=list)
+    target_acc: float = 0.0
+    target_source: str = ""
+    tuning: TuningCost | None = None
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
+    notes: list[str] = field(default_factory=list)
+
+    def runs_of(self, variant: str) -> list[RunRecord]:
+        return sorted((r for r in self.runs if r.variant == variant), key=lambda r: r.seed)
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+@dataclass
+class Report:
+    """One study file's report."""
+
+    name: str
+    path: str  # the study file
+    data: str  # data set name
+    test_size: int
+    archs: list[ArchReport]
+    seeds: tuple[int, ...]  # evaluation seeds
+    selection_seeds: tuple[int, ...]
+    top_k: int
+    alpha: float
+    tracking_uri: str
+    parent_run_id: str
+    out: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def claims(self) -> list[Claim]:
+        return [c for rep in self.archs for c in rep.claims]
