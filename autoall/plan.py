@@ -14,10 +14,12 @@ knobs) start from the same shared weights and see the same batches: their runs a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from autoall.config import KINDS, StudyConfig
 from autoall.data import DeviceData, train_subset
@@ -77,8 +79,13 @@ def fit(
     evaluate_test: bool = False,
     checkpoint: str | Path | None = None,
     checkpoint_every: float = 0.0,
+    on_trained: Callable[[nn.Module], object] | None = None,
 ) -> RunResult:
-    """Seed, build and train `plan` on `data`; the test split only with `evaluate_test`."""
+    """Seed, build and train `plan` on `data`; the test split only with `evaluate_test`.
+
+    `on_trained(model)` gets the trained model (on the training device, in eval mode) once
+    training and evaluation are done, e.g. to log it.
+    """
     seed = plan.train.seed
     if plan.train_fraction < 1:
         data = train_subset(data, plan.train_fraction, seed=seed)
@@ -91,6 +98,9 @@ def fit(
         head_width=plan.head_width,
     )
     cfg = replace(plan.train, evaluate_test=evaluate_test)
-    return train(
+    result = train(
         model, data, cfg, on_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every
     )
+    if on_trained is not None:
+        on_trained(model.eval())
+    return result

@@ -39,7 +39,8 @@ from autoall.config import BASELINE_SUFFIX, StudyConfig, StudyFileError, load_st
 from autoall.data import DeviceData, load_data
 from autoall.models import build_model, count_parameters, parameter_matched_width
 from autoall.plan import RunPlan, trial_plan
-from autoall.report_store import RunStore
+from autoall.report_models import PUBLISHED, Publisher, report_tags
+from autoall.report_store import RunStore, headline
 from autoall.report_types import ArchReport, Report, RunRecord, Selection, Variant
 from autoall.selection import finished_trials, select
 from autoall.stats import time_to_target
@@ -181,9 +182,12 @@ def run_report(
     base_studies = baseline_studies(cfg, opts, studies, say)
     store = RunStore(cfg.name, opts.tracking_uri)
     say(f"MLflow: experiment {cfg.name!r}, report run {store.parent_id} ({store.uri})")
+    publisher = Publisher(store=store, cfg=cfg, data=data)
     try:
         archs = [
-            _report_arch(cfg, opts, arch, studies[arch], base_studies[arch], data, store, say)
+            _report_arch(
+                cfg, opts, arch, studies[arch], base_studies[arch], data, store, say, publisher
+            )
             for arch in cfg.architectures
         ]
         first = cfg.train_config(cfg.architectures[0]).seed
@@ -203,7 +207,9 @@ def run_report(
         claims.decide(report.claims, alpha=opts.alpha)
         write_report(report, out)
         report.out = out
-        store.finish(out, tags={"autoall.seeds": str(opts.seeds), "autoall.out": str(out)})
+        tags = {"autoall.seeds": str(opts.seeds), "autoall.out": str(out)}
+        tags |= report_tags(publisher.published)
+        store.finish(out, tags=tags, metrics=headline(report))
     except BaseException as exc:
         store.end_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -227,6 +233,7 @@ def _report_arch(
     data: DeviceData,
     store: RunStore,
     say: Callable[[str], None],
+    publisher: Publisher,
 ) -> ArchReport:
     device = str(resolve_device(opts.device))
     split = {k: getattr(cfg.data, k) for k in ("name", "val_fraction", "split_seed")}
@@ -308,14 +315,26 @@ def _report_arch(
     seeds = eval_seeds(search_seed, opts.seeds)
     for variant in variants:
         for seed in seeds:
+            # the first seed's run of each winner carries its model into the Model Registry
+            chosen = picked[PUBLISHED[variant.name]] if variant.name in PUBLISHED else None
+            chosen = chosen if seed == seeds[0] else None
             run = store.get_or_train(
-                variant.name, variant.plan.with_seed(seed), data, split=split, evaluate_test=True
+                variant.name,
+                variant.plan.with_seed(seed),
+                data,
+                split=split,
+                evaluate_test=True,
+                on_trained=publisher.hook(arch, variant.name, chosen) if chosen else None,
             )
             reused = " (reused)" if run.reused else ""
             say(
                 f"{arch} {variant.name} seed {seed}: test_acc {run.metrics['test_acc']:.4f}{reused}"
             )
             rep.runs.append(run)
+            if chosen is not None:
+                published = publisher.settle(arch, variant.name, chosen, run)
+                say(f"{arch}: {published.line()}")
+                rep.notes.append(published.line())
     _set_target(rep, opts.target_acc)
     rep.tuning = claims.tuning_cost(study, base_study, budget)
     rep.claims = claims.arch_claims(rep, test_y=data.test_y.cpu().numpy())

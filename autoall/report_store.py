@@ -15,20 +15,26 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from mlflow.exceptions import MlflowException
 
 from autoall.data import DeviceData
 from autoall.plan import RunPlan, fit
-from autoall.report_types import FINAL_METRICS, SELECTION_METRICS, RunRecord
+from autoall.report_types import FINAL_METRICS, SELECTION_METRICS, Report, RunRecord
 from autoall.tracking import Tracker, client_uri, final_metrics, flatten, mask_secrets
 from autoall.train import RunResult
 from autoall.version import code_version
 
+if TYPE_CHECKING:
+    from torch import nn
+
+# called with (run id, trained model, result) while the run is still RUNNING
+OnTrained = Callable[[str, "nn.Module", RunResult], None]
 _BATCH = 1000  # mlflow.utils.validation.MAX_ENTITIES_PER_BATCH (metrics)
 _PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch
 _PREDICTIONS = "test_predictions.npy"
@@ -100,11 +106,13 @@ class RunStore:
         *,
         split: dict[str, Any],
         evaluate_test: bool,
+        on_trained: OnTrained | None = None,
     ) -> RunRecord:
         """The finished run of `plan` (its seed included), or a new one trained now.
 
         `evaluate_test=False` is a selection run: `data` must then hold no test split, and the
-        run reads validation only.
+        run reads validation only. `on_trained(run_id, model, result)` is called for a run trained
+        now, after its metrics are logged and before it ends (e.g. to log its model into it).
         """
         if not evaluate_test and data.test_y.numel():
             raise AssertionError("a selection run must not be given the test split")
@@ -129,10 +137,14 @@ class RunStore:
         run_id = self.client.create_run(
             self.experiment_id, tags=tags, run_name=f"{plan.arch}/{variant}/seed{seed}"
         ).info.run_id
+        trained: list[nn.Module] = []
         try:
             self._log_params(run_id, flatten(settings))
-            result = fit(plan, data, evaluate_test=evaluate_test)
+            keep = trained.append if on_trained is not None else None
+            result = fit(plan, data, evaluate_test=evaluate_test, on_trained=keep)
             self._log_result(run_id, result)
+            if on_trained is not None and trained:
+                on_trained(run_id, trained.pop(), result)
             self.client.set_terminated(run_id, "FINISHED")
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
@@ -203,12 +215,47 @@ class RunStore:
             reused=True,
         )
 
-    def finish(self, out: Path, *, tags: dict[str, str]) -> None:
-        """Every output file becomes an artifact of the parent run, which ends FINISHED."""
-        for key, value in tags.items():
-            self.client.set_tag(self.parent_id, key, value)
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, mask_secrets(str(v))[:8000]) for k, v in tags.items()]
+        self.client.log_batch(run_id, tags=items, synchronous=True)
+
+    def finish(
+        self, out: Path, *, tags: dict[str, str], metrics: Mapping[str, float] | None = None
+    ) -> None:
+        """The report's headline `metrics` and `tags` on the parent run, every output file as its
+        artifact (report.html among them); then it ends FINISHED."""
+        from mlflow.entities import Metric
+
+        self.set_tags(self.parent_id, tags)
+        if metrics:
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            for i in range(0, len(batch), _BATCH):
+                self.client.log_batch(
+                    self.parent_id, metrics=batch[i : i + _BATCH], synchronous=True
+                )
         self.client.log_artifacts(self.parent_id, str(out))
         self.end_parent("FINISHED")
 
     def end_parent(self, status: str) -> None:
         self.client.set_terminated(self.parent_id, status)
+
+
+def headline(report: Report) -> dict[str, float]:
+    """The report run's metrics, per architecture: mean test accuracy of the ALL winner and of
+    the tuned baseline over the evaluation seeds, and the accuracy claim's effect (mean paired
+    difference) and Holm-adjusted p."""
+    figures: dict[str, float] = {}
+    for rep in report.archs:
+        for variant in ("all", "tuned-baseline"):
+            accs = [r.metrics["test_acc"] for r in rep.runs_of(variant)]
+            if accs:
+                figures[f"{rep.arch}.{variant}.test_acc_mean"] = sum(accs) / len(accs)
+        claim = next((c for c in rep.claims if c.key == "accuracy"), None)
+        if claim is not None and claim.test is not None:
+            figures[f"{rep.arch}.accuracy.effect"] = claim.test.mean
+            if claim.adjusted_p is not None:
+                figures[f"{rep.arch}.accuracy.holm_p"] = claim.adjusted_p
+    return figures

@@ -1,0 +1,366 @@
+"""The report's winners in the MLflow Model Registry, loaded back in one call, and the study seen
+in the MLflow UI in a real browser.
+
+One tiny digits study (mlp, 2 epochs, 3 trials per study) and three reports over it, built once:
+
+1. a report whose Model Registry cannot be opened (MLFLOW_REGISTRY_URI names a SQLite file under
+   a path that is a file, not a folder): it must complete, say why nothing was registered, and
+   record it;
+2. the same report with the registry back: every run is reused, and the models that the first
+   report logged into its runs are registered now, one version per run;
+3. once more: nothing new is registered.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import free_port, write_study
+from mlflow import MlflowClient
+
+import autoall
+from autoall.cli import main
+from autoall.registry import registered_name
+
+NAMES = ("t-mlp-all", "t-mlp-baseline")
+VARIANT = {"t-mlp-all": "all", "t-mlp-baseline": "tuned-baseline"}
+
+
+@dataclass
+class Store:
+    root: Path
+    refused: Any  # the report with no registry
+    registered: Any  # the rerun that registers
+    again: Any  # the rerun after that
+    refused_tags: dict[str, str]  # the report run's tags after the report with no registry
+    report_md_refused: str
+    rows: list[dict[str, str]]  # results.csv
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+    def report_run(self) -> Any:
+        client = self.client()
+        experiment = client.get_experiment_by_name("t")
+        (run,) = client.search_runs([experiment.experiment_id], "tags.\"autoall.role\" = 'report'")
+        return run
+
+    def run_of(self, variant: str, seed: int = 1000) -> str:
+        (row,) = [r for r in self.rows if r["variant"] == variant and r["seed"] == str(seed)]
+        return row["mlflow_run_id"]
+
+    def test_acc(self, variant: str, seed: int = 1000) -> float:
+        (row,) = [r for r in self.rows if r["variant"] == variant and r["seed"] == str(seed)]
+        return float(row["test_acc"])
+
+
+def _report() -> Any:
+    options = ["--seeds", "2", "--top-k", "1", "--selection-seeds", "1"]
+    return CliRunner().invoke(main, ["report", "study.yaml", *options])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest on a busy machine
+    root = tmp_path_factory.mktemp("registry")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(root)
+            mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+            mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+            write_study(root / "study.yaml", train={"epochs": 2}, n_trials=3)
+            ran = CliRunner().invoke(main, ["study", "run", "study.yaml"])
+            assert ran.exit_code == 0, ran.output
+            mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{root / 'study.yaml' / 'registry.db'}")
+            refused = _report()
+            assert refused.exit_code == 0, refused.output
+            client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+            experiment = client.get_experiment_by_name("t")
+            (parent,) = client.search_runs(
+                [experiment.experiment_id], "tags.\"autoall.role\" = 'report'"
+            )
+            report_md = (root / "reports" / "t" / "report.md").read_text()
+            mp.delenv("MLFLOW_REGISTRY_URI")
+            registered = _report()
+            again = _report()
+        with (root / "reports" / "t" / "results.csv").open() as f:
+            rows = list(csv.DictReader(f))
+    finally:
+        torch.set_num_threads(threads)
+    return Store(
+        root=root,
+        refused=refused,
+        registered=registered,
+        again=again,
+        refused_tags=dict(parent.data.tags),
+        report_md_refused=report_md,
+        rows=rows,
+    )
+
+
+def test_a_registry_that_cannot_be_opened_leaves_the_report_complete_and_says_why(
+    store: Store,
+) -> None:
+    out = store.refused.output
+    for name in NAMES:
+        line = next(x for x in out.splitlines() if f"was not registered as {name}:" in x)
+        assert "registering it failed: FileExistsError" in line and "study.yaml" in line, line
+        said = line.split(": ", 1)[1]  # after the "mlp: " of the terminal
+        assert f"was not registered as {name}: registering it failed: FileExistsError" in (
+            store.report_md_refused
+        )  # the report says it too
+        assert said in store.refused_tags["autoall.lost_logging"]  # and the report run
+    assert "Report: reports/t/report.html" in out
+    assert "registered.t-mlp-all" not in store.refused_tags
+
+
+def test_the_registry_holds_one_version_per_report_run_across_reruns(store: Store) -> None:
+    assert store.registered.exit_code == 0 and store.again.exit_code == 0
+    assert "registering it failed" not in store.registered.output + store.again.output
+    assert store.registered.output.count("(reused)") == len(store.rows)  # nothing retrained
+    client = store.client()
+    for name in NAMES:
+        versions = client.search_model_versions(f"name = '{name}'")
+        assert [(str(v.version), v.run_id) for v in versions] == [
+            ("1", store.run_of(VARIANT[name]))
+        ], name
+        for result in (store.registered, store.again):
+            assert f"Registered model {name} version 1: " in result.output
+    tags = store.report_run().data.tags
+    assert (tags["registered.t-mlp-all"], tags["registered.t-mlp-baseline"]) == ("1", "1")
+    assert tags["autoall.lost_logging"] == "none"  # the rerun lost nothing
+
+
+def test_each_version_is_tagged_with_its_trial_params_figures_and_report_run(
+    store: Store,
+) -> None:
+    client = store.client()
+    storage = f"sqlite:///{store.root / 'autoall.db'}"
+    report_run = store.report_run().info.run_id
+    for name, study_name in (("t-mlp-all", "t/mlp"), ("t-mlp-baseline", "t/mlp/tuned-baseline")):
+        (version,) = client.search_model_versions(f"name = '{name}'")
+        tags = version.tags
+        winner = re.search(rf"{name} version 1: trial #(\d+)", store.registered.output)
+        assert winner is not None
+        trial = optuna.load_study(study_name=study_name, storage=storage).trials[
+            int(winner.group(1))
+        ]
+        assert tags["autoall.trial"] == str(trial.number)
+        assert tags["autoall.study"] == study_name
+        assert {k[6:]: v for k, v in tags.items() if k.startswith("param.")} == {
+            k: str(v) for k, v in trial.params.items()
+        }
+        assert float(tags["search_val_acc"]) == pytest.approx(trial.values[0])
+        run = client.get_run(version.run_id)
+        for key in ("test_acc", "test_loss", "final_val_acc", "best_val_acc"):
+            assert float(tags[key]) == run.data.metrics[key], key
+        assert float(tags["test_acc"]) == store.test_acc(VARIANT[name])
+        assert tags["autoall.report_run"] == report_run
+        assert tags["data.name"] == "digits" and tags["data.split_seed"] == "0"
+        assert run.data.tags["autoall.registered_version"] == "1"
+        (output,) = run.outputs.model_outputs  # MLflow 3's logged model, an output of the run
+        assert version.source == f"models:/{output.model_id}"
+        assert run.data.tags["autoall.model_id"] == output.model_id
+
+
+def test_the_report_run_holds_the_headline_figures_and_report_html(store: Store) -> None:
+    run = store.report_run()
+    metrics = run.data.metrics
+    for variant in ("all", "tuned-baseline"):
+        accs = [float(r["test_acc"]) for r in store.rows if r["variant"] == variant]
+        assert metrics[f"mlp.{variant}.test_acc_mean"] == pytest.approx(sum(accs) / len(accs))
+    with (store.root / "reports" / "t" / "claims.csv").open() as f:
+        (accuracy,) = [c for c in csv.DictReader(f) if c["claim"] == "accuracy"]
+    assert metrics["mlp.accuracy.effect"] == pytest.approx(float(accuracy["effect"]))
+    if accuracy["adjusted_p"]:  # Holm's p, for a claim the data could test
+        assert metrics["mlp.accuracy.holm_p"] == pytest.approx(float(accuracy["adjusted_p"]))
+    else:
+        assert "mlp.accuracy.holm_p" not in metrics
+    artifacts = {a.path for a in store.client().list_artifacts(run.info.run_id)}
+    assert {"report.html", "report.md", "results.csv"} <= artifacts
+
+
+_FRESH = """
+import json, sys
+import mlflow.pytorch
+import autoall
+from autoall.data import load_data
+
+name = sys.argv[1]
+model = mlflow.pytorch.load_model(f"models:/{name}/latest")
+data = load_data("digits", val_fraction=0.1, split_seed=0)
+plain = (model(data.test_x).argmax(1) == data.test_y).float().mean().item()
+best = autoall.load_best(name)
+print(json.dumps({"plain": plain, "best": best.accuracy(), "version": best.version,
+                  "test_acc": best.tags["test_acc"], "numbers": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_fresh_process_loads_the_registered_model_and_reproduces_its_test_accuracy(
+    store: Store, name: str
+) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri}
+    env.pop("MLFLOW_REGISTRY_URI", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH, name],
+        cwd=store.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    reported = store.test_acc(VARIANT[name])
+    assert abs(found["plain"] - reported) <= 1e-6, (found, reported)
+    assert abs(found["best"] - reported) <= 1e-6, (found, reported)
+    assert found["version"] == "1" and float(found["test_acc"]) == reported
+
+
+def test_load_best_of_an_unknown_name_names_what_is_registered(store: Store) -> None:
+    with pytest.raises(
+        ValueError, match=r"No registered model 't-mlp' .*t-mlp-all, t-mlp-baseline"
+    ):
+        autoall.load_best("t-mlp", tracking_uri=store.uri)
+    with pytest.raises(ValueError, match=r"'t-mlp-all' has no version '7'; it has 1"):
+        autoall.load_best("t-mlp-all", tracking_uri=store.uri, version="7")
+
+
+def test_registered_names_follow_the_study_file_name() -> None:
+    assert registered_name("digits", "mlp", "all") == "digits-mlp-all"
+    assert (
+        registered_name("digits", "pkg.mod:factory", "baseline")
+        == "digits-pkg.mod-factory-baseline"
+    )
+    with pytest.raises(ValueError, match="kind must be one of all, baseline, but got 'x'"):
+        registered_name("digits", "mlp", "x")
+
+
+def test_importing_autoall_loads_neither_torch_nor_mlflow() -> None:
+    code = "import sys, autoall; autoall.load_best; print('torch' in sys.modules, 'mlflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["False", "False"], done.stderr
+
+
+# -- the MLflow UI in a real browser ---------------------------------------------------------
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+    )
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing; `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    return found
+
+
+def _browse(url: str, profile: Path, *, screenshot: Path) -> str:
+    """The DOM of `url` after MLflow's single-page app has rendered (20 s of virtual time),
+    and a screenshot of it."""
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [_chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=300
+    ).stdout
+    subprocess.run(
+        [_chromium(), *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=300
+    )
+    return dom
+
+
+def _artifacts_folder() -> Path:
+    """Where CI keeps screenshots: $AUTOALL_TEST_ARTIFACTS, else ./test-artifacts."""
+    folder = Path(os.environ.get("AUTOALL_TEST_ARTIFACTS") or Path.cwd() / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_mlflow_ui_shows_the_parent_runs_and_the_registered_model_in_chromium(
+    store: Store, tmp_path: Path
+) -> None:
+    keep = _artifacts_folder()
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoall.cli", "ui", "--port", str(port)],
+        cwd=store.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "autoall ui exited early"
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "autoall ui did not answer in 120 s"
+            time.sleep(0.5)
+        experiment = store.client().get_experiment_by_name("t").experiment_id
+        runs = _browse(
+            f"{base}/#/experiments/{experiment}/runs",
+            tmp_path / "profile",
+            screenshot=tmp_path / "mlflow-runs.png",
+        )
+        model = _browse(
+            f"{base}/#/models/t-mlp-all",
+            tmp_path / "profile",
+            screenshot=tmp_path / "mlflow-model.png",
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: autoall ui stops the server and its children
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+    for png in ("mlflow-runs.png", "mlflow-model.png"):
+        assert (tmp_path / png).stat().st_size > 10_000, png  # a rendered page, not a blank one
+        shutil.copy(tmp_path / png, keep / png)
+    # the experiment's parent runs: one per study, and the report's
+    for name in ("t/mlp", "t/mlp/tuned-baseline", "t report"):
+        assert f">{name}<" in runs, f"{name} not in the runs table"
+    assert "Training runs" in runs
+    # the registered model's page, with its one version
+    assert "t-mlp-all" in model and "Version 1" in model, model[:2000]
+    assert "t-mlp-all/versions/1" in model
+    assert "Creating initial MLflow database tables" not in out
