@@ -32,6 +32,9 @@ def _fail(message: str, code: int = 2) -> None:
 @click.version_option(package_name="autoall")
 def main() -> None:
     """autoall: find out, with evidence, whether an Auto-Learning Layer improves a network."""
+    from autoall.tracking import quiet_mlflow  # no torch, no MLflow imported here
+
+    quiet_mlflow()  # MLflow's INFO lines would land among the progress lines
 
 
 @main.command("train")
@@ -261,6 +264,18 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
     show_default=True,
     help="Worker processes per GPU (with several GPUs or this option, --n-jobs defaults to GPUs x this).",
 )
+@click.option(
+    "--system-metrics/--no-system-metrics",
+    default=None,
+    help="MLflow's system metrics (CPU, memory, GPU utilisation and memory) in every trial's "
+    "run [default: on when training on CUDA, off otherwise].",
+)
+@click.option(
+    "--log-models",
+    is_flag=True,
+    help="Log a trial's model (mlflow.pytorch, uint8 images in, logits out) into its run "
+    "whenever it becomes its study's best so far. Off by default: it costs seconds per model.",
+)
 def study_run(**options: Any) -> None:
     """Run the study in FILE until each architecture holds its target of finished trials."""
     from autoall.tracking_writer import prestarted
@@ -283,6 +298,8 @@ def _study_run(
     checkpoint_dir: str = ".autoall/checkpoints",
     checkpoint_every: float = 30.0,
     trials_per_gpu: int = 1,
+    system_metrics: bool | None = None,
+    log_models: bool = False,
 ) -> None:
     import optuna
 
@@ -297,7 +314,7 @@ def _study_run(
             _fail(f"--study-name must not contain '/', but got {study_name!r}.")
         cfg = replace(cfg, name=study_name)
     try:
-        resolve_device(device)
+        resolved = resolve_device(device)
     except ValueError as exc:
         _fail(str(exc))
     import torch
@@ -316,6 +333,8 @@ def _study_run(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         kinds=("all", "baseline") if baseline else ("all",),
+        system_metrics=resolved.type == "cuda" if system_metrics is None else system_metrics,
+        log_models=log_models,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     click.echo(f"Optuna storage: {mask_secrets(opts.storage)}", err=True)

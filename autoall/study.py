@@ -297,6 +297,8 @@ class WorkerContext:
     # (trial number, checkpoint) of the trial just ended here: dropped once Optuna stored its state
     ended_checkpoint: tuple[int, Path] | None = None
     on_trial_end: Callable[[FrozenTrial], None] | None = None
+    system_metrics: bool = False  # MLflow's system metrics in every trial's run
+    log_models: bool = False  # a trial's model into its run when it becomes the study's best
 
     @property
     def study_name(self) -> str:
@@ -536,6 +538,7 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         tags=_trial_tags(ctx, trial.number, retry_of),
         config_yaml=yaml.safe_dump(resolved_config(ctx, params, tcfg), sort_keys=False),
         run_name=f"{ctx.study_name}#{trial.number}",
+        system_metrics=ctx.system_metrics,
     )
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
@@ -575,6 +578,7 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         _finish(ctx, run, trial, state, checkpoint, **kw)
         _link_run(trial, run, linked=linked)
 
+    trained: list[torch.nn.Module] = []
     try:
         result = fit(  # every trial starts from the same initialisation (tcfg.seed)
             plan,
@@ -582,6 +586,7 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
             on_epoch=on_epoch,
             checkpoint=checkpoint,
             checkpoint_every=ctx.checkpoint_every,
+            on_trained=trained.append if ctx.log_models else None,
         )
         if result.extra.get("resumed_from_epoch"):
             trial.set_user_attr("resumed_from_epoch", result.extra["resumed_from_epoch"])
@@ -617,6 +622,8 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         raise
     _record_result(trial, result)
     finish("COMPLETE", result=result)
+    if trained and run.run_id and _beats_the_best(trial.study, result.final_val_acc):
+        _log_model(ctx, run.run_id, trial.number, trained[0])
     if not multi:
         return result.final_val_acc
     second = (
@@ -625,6 +632,27 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         else result.median_epoch_seconds
     )
     return result.final_val_acc, second
+
+
+def _beats_the_best(study: optuna.Study, value: float) -> bool:
+    """Whether `value` beats every COMPLETE trial of `study` so far (first objective)."""
+    best = _best_value(study)
+    return best is None or value > best
+
+
+def _log_model(ctx: WorkerContext, run_id: str, number: int, model: torch.nn.Module) -> None:
+    """Hand the trial's model (a float32 CPU copy, with the data's normalisation inside) to the
+    tracker, which logs it into the trial's run (autoall/registry.py)."""
+    from autoall.registry import serving_copy
+
+    data = ctx.data
+    ctx.tracker.log_model(
+        run_id,
+        serving_copy(model, data),
+        example=data.train_x[:2].cpu().numpy(),
+        num_classes=data.num_classes,
+        tags={"autoall.study": ctx.study_name, "optuna.trial_number": str(number)},
+    )
 
 
 def _is_surplus(trial: optuna.Trial, target: int) -> bool:
@@ -706,21 +734,31 @@ def _drop_ended_checkpoint(
 def _after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], None]:
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         _drop_ended_checkpoint(ctx, study, trial)
-        counts = count_trials(study.get_trials(deepcopy=False))
-        best = _best_value(study)
+        trials = study.get_trials(deepcopy=False)  # one snapshot: counts and best agree
+        counts = count_trials(trials)
+        best = best_trial(trials)
         if ctx.parent_run_id:
+            new_best = best is not None and best.number == trial.number
             ctx.tracker.update_parent(
                 ctx.parent_run_id,
-                best_value=best,
+                best_value=best.values[0] if best is not None else None,
                 n_complete=counts.complete,
                 n_pruned=counts.pruned,
                 n_failed=counts.failed,
                 step=counts.complete + counts.pruned + counts.failed,  # grows across workers
+                best_trial=best.number if new_best and best is not None else None,
+                best_params=dict(best.params) if new_best and best is not None else None,
             )
         if ctx.on_trial_end is not None:
             ctx.on_trial_end(trial)
 
     return callback
+
+
+def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The COMPLETE trial with the highest validation accuracy (first objective); ties: earliest."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    return max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
 
 
 def _best_value(study: optuna.Study) -> float | None:

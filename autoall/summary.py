@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from autoall.config import BASELINE_SUFFIX, load_study_file
-from autoall.study import DEFAULT_STORAGE, Counts, count_trials
+from autoall.study import DEFAULT_STORAGE, Counts, best_trial, count_trials
 
 
 def resolve_study_names(target: str, *, storage: str | None = None) -> tuple[str, list[str]]:
@@ -94,12 +93,6 @@ def summarize(study: optuna.Study) -> StudySummary:
         trial_seconds=seconds,
         wall_seconds=wall,
     )
-
-
-def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    """The COMPLETE trial with the highest validation accuracy (first objective); ties: earliest."""
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-    return max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
 
 
 def trials_table(target: str, *, storage: str | None = None) -> Any:

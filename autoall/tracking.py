@@ -69,6 +69,21 @@ def mask_secrets(text: str) -> str:
     return _SECRET.sub(r"\g<head>:***@", text)
 
 
+def quiet_mlflow() -> None:
+    """MLflow and alembic log at WARNING and above: their INFO lines ("Creating initial MLflow
+    database tables...", "Context impl SQLiteImpl.") would land among the progress lines.
+
+    Sets `MLFLOW_LOGGING_LEVEL` (unless the user did), which MLflow reads when it is imported
+    and child processes (the tracking writer, `mlflow ui`) inherit, and the loggers themselves
+    in case MLflow is imported already.
+    """
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    level = logging.getLevelName(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    level = level if isinstance(level, int) else logging.WARNING
+    logging.getLogger("mlflow").setLevel(level)
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))  # as MLflow sets it
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """`uri`, else $MLFLOW_TRACKING_URI, else `DEFAULT_TRACKING_URI`.
 
@@ -289,8 +304,10 @@ class Tracker(_Logger):
         tags: dict[str, str],
         config_yaml: str,
         run_name: str | None = None,
+        system_metrics: bool = False,
     ) -> TrialRun:
-        """Start the RUNNING child run of one trial, with its params and `config.yaml`.
+        """Start the RUNNING child run of one trial, with its params and `config.yaml`; with
+        `system_metrics`, MLflow's system metrics of this host for it until it ends.
 
         If the run cannot be created, the returned run has `run_id == ""`, does nothing, and
         says why in `lost`.
@@ -319,7 +336,39 @@ class Tracker(_Logger):
             mask_secrets(config_yaml),
             "config.yaml",
         )
+        if system_metrics:
+            run.start_system_metrics(client_uri(self.uri))
         return run
+
+    def log_model(
+        self,
+        run_id: str,
+        model: Any,
+        *,
+        example: Any,
+        num_classes: int,
+        tags: dict[str, str],
+    ) -> str | None:
+        """Log `model` (an `autoall.registry.ServingModel`) as the logged model of run `run_id`
+        and tag the run with its id (`autoall.model_id`); the id, or None (said in `lost`)."""
+        from autoall.registry import log_model
+
+        logged = self._call(
+            f"log the model of run {run_id}",
+            log_model,
+            client_uri(self.uri),
+            run_id,
+            model,
+            example=example,
+            num_classes=num_classes,
+            tags=tags,
+        )
+        if logged is None:
+            return None
+        self._call(
+            "tag the model's run", self._client.set_tag, run_id, "autoall.model_id", logged.model_id
+        )
+        return logged.model_id
 
     def update_parent(
         self,
@@ -330,14 +379,43 @@ class Tracker(_Logger):
         n_pruned: int,
         n_failed: int,
         step: int,
+        best_trial: int | None = None,
+        best_params: Mapping[str, Any] | None = None,
     ) -> None:
-        """Log the study's live summary on the parent, in one call."""
+        """Log the study's live summary on the parent, in one call.
+
+        Metrics at `step`: n_complete, n_pruned, n_failed and best_value; and `best_val_acc`
+        (the best value so far) at step n_complete + n_pruned, the finished trials, so its chart
+        is the best-so-far curve and never falls. With `best_params`, the tags `best.<param>`
+        and `best.trial` (the best trial's number) are set too.
+        """
+        from mlflow.entities import RunTag
+
         values: dict[str, float] = {"n_complete": n_complete, "n_pruned": n_pruned}
         values["n_failed"] = n_failed
         if best_value is not None:
             values["best_value"] = best_value
         metrics = _metrics(values, step=step)
-        self._call("update parent run", self._client.log_batch, parent_id, metrics=metrics)
+        if best_value is not None:
+            metrics += _metrics({"best_val_acc": best_value}, step=n_complete + n_pruned)
+        tags = {f"best.{k}": v for k, v in (best_params or {}).items()}
+        if best_params is not None and best_trial is not None:
+            tags["best.trial"] = best_trial
+        run_tags = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
+        self._call(
+            "update parent run", self._client.log_batch, parent_id, metrics=metrics, tags=run_tags
+        )
+
+    def log_parent_text(self, parent_id: str, text: str, artifact_file: str) -> None:
+        """`text` (secrets masked) as the artifact `artifact_file` of the parent run, replacing
+        an earlier one (e.g. trials.csv, rewritten at the end of every `study run`)."""
+        self._call(
+            f"log {artifact_file}",
+            self._client.log_text,
+            parent_id,
+            mask_secrets(text),
+            artifact_file,
+        )
 
     def check(self) -> None:
         """Nothing to check: `connect` raised already if the store was not there."""
@@ -380,6 +458,41 @@ class TrialRun(_Logger):
         self.lost: list[str] = []  # messages of logging calls that failed after the retries
         self._history: list[Epoch] = []
         self._finished = False
+        self._monitor: Any = None  # MLflow's SystemMetricsMonitor, while the run goes on
+
+    def start_system_metrics(self, uri: str) -> None:
+        """MLflow's own system metrics for this run until it ends (`system/cpu_utilization_
+        percentage`, `system/gpu_0_utilization_percentage`, `system/gpu_0_memory_usage_megabytes`,
+        ...; GPUs through nvidia-ml-py): a sample every `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`
+        seconds (10), the samples since the last one logged at the end."""
+        if not self.run_id or self._monitor is not None:
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run_id, tracking_uri=uri)
+            monitor.start()
+        except Exception as exc:  # psutil missing, ...: the trial goes on without them
+            self.lost.append(f"MLflow: system metrics could not start: {_reason(exc)}")
+            log.warning(self.lost[-1])
+            return
+        self._monitor = monitor
+
+    def _stop_system_metrics(self) -> None:
+        """Stop the monitor and log what it sampled since its last write (a trial shorter than
+        the sampling interval gets one point, step 0)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        try:
+            monitor.finish()
+            pending = monitor.aggregate_metrics()
+            if pending:
+                monitor.publish_metrics(pending)
+                monitor.mlflow_logger.flush()
+        except Exception as exc:
+            self.lost.append(f"MLflow: system metrics not logged: {_reason(exc)}")
+            log.warning(self.lost[-1])
 
     @property
     def history(self) -> list[Epoch]:
@@ -436,6 +549,7 @@ class TrialRun(_Logger):
         yet, each at its step), then the run's status."""
         if state not in _RUN_STATUS:
             raise ValueError(f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}.")
+        self._stop_system_metrics()
         if self._finished or not self.run_id:
             return
         self._finished = True
@@ -452,12 +566,13 @@ class TrialRun(_Logger):
             tags["fail_reason"] = reason or "unknown"
         run_tags = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
         epoch_metrics = [m for e in epochs for m in _metrics(e.metrics(), step=e.epoch)]
-        n_final = len(final or {})
+        n_final = len(final or {}) + 1
         if epochs and len(epoch_metrics) + n_final > _MAX_METRICS_PER_BATCH:
             self.log_epochs(epochs)  # a long backlog goes in batches of its own
             epoch_metrics = []
         else:
             self._history.extend(epochs)
+        final = _with_best(final, self._history)
         metrics = epoch_metrics + (_metrics(final, step=len(self._history)) if final else [])
         what = "log final metrics"
         if epoch_metrics:
@@ -487,6 +602,16 @@ class TrialRun(_Logger):
                 self._call(
                     "log learning_curve.png", self._client.log_artifact, self.run_id, str(path)
                 )
+
+
+def _with_best(final: Mapping[str, float] | None, history: Sequence[Epoch]) -> dict[str, float]:
+    """`final`, with `best_val_acc` (the best epoch's validation accuracy) where it lacks one:
+    a pruned or failed trial shows its best, not its last, figure in the runs table too."""
+    out = dict(final or {})
+    accs = [e.metrics()["val_acc"] for e in history if "val_acc" in e.metrics()]
+    if "best_val_acc" not in out and accs:
+        out["best_val_acc"] = max(accs)
+    return out
 
 
 class NullRun:
@@ -522,6 +647,12 @@ class NullTracker:
 
     def update_parent(self, parent_id: str, **_: Any) -> None:
         pass
+
+    def log_parent_text(self, parent_id: str, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_model(self, run_id: str, model: Any, **_: Any) -> str | None:
+        return None
 
     def find_trial_run(self, parent_id: str, trial_number: int) -> str | None:
         return None

@@ -46,6 +46,7 @@ from autoall.tracking import (
     check_server,
     client_uri,
     final_metrics,
+    quiet_mlflow,
     resolve_tracking_uri,
 )
 
@@ -162,13 +163,28 @@ class TrackingWriter:
         tags: dict[str, str],
         config_yaml: str,
         run_name: str | None = None,
+        system_metrics: bool = False,
     ) -> WriterRun:
+        """The trial's run; with `system_metrics`, the child samples this host's CPU, memory and
+        GPUs into it (MLflow's system metrics) until it ends."""
         self.check()
-        call = self._call("start", parent_id, trial_number, params, tags, config_yaml, run_name)
+        call = self._call(
+            "start", parent_id, trial_number, params, tags, config_yaml, run_name, system_metrics
+        )
         return WriterRun(self, call)
 
     def update_parent(self, parent_id: str, **summary: Any) -> None:
         self._send("update_parent", parent_id, summary)
+
+    def log_parent_text(self, parent_id: str, text: str, artifact_file: str) -> None:
+        self._send("parent_text", parent_id, text, artifact_file)
+
+    def log_model(
+        self, run_id: str, model: Any, *, example: Any, num_classes: int, tags: dict[str, str]
+    ) -> None:
+        """The child logs `model` (a CPU `ServingModel`, pickled through the pipe) into run
+        `run_id`; the worker goes on at once (the export takes seconds, in the child)."""
+        self._send("log_model", run_id, model, example, num_classes, tags)
 
     def finish_parent(self, parent_id: str) -> None:
         self._send("finish_parent", parent_id)
@@ -444,7 +460,7 @@ class _Child:
             except TrackingError as exc:
                 self.answer(None, "fatal", str(exc))
         elif op == "start":
-            parent_key, number, params, tags, config_yaml, run_name = args
+            parent_key, number, params, tags, config_yaml, run_name, system_metrics = args
             run = tracker.start_trial(
                 parent_id=self.parents.get(parent_key, ""),
                 trial_number=number,
@@ -452,6 +468,7 @@ class _Child:
                 tags=tags,
                 config_yaml=config_yaml,
                 run_name=run_name,
+                system_metrics=system_metrics,
             )
             self.runs[call_id] = run  # type: ignore[index]
             self.answer(call_id, "ok", (run.run_id,))
@@ -469,6 +486,13 @@ class _Child:
             key, summary = args
             if key in self.parents:
                 tracker.update_parent(self.parents[key], **summary)
+        elif op == "parent_text":
+            key, text, artifact_file = args
+            if key in self.parents:
+                tracker.log_parent_text(self.parents[key], text, artifact_file)
+        elif op == "log_model":
+            run_id, model, example, num_classes, tags = args
+            tracker.log_model(run_id, model, example=example, num_classes=num_classes, tags=tags)
         elif op == "finish_parent":
             (key,) = args
             if key in self.parents:
@@ -533,6 +557,7 @@ def main() -> None:
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
     logging.basicConfig(format="autoall tracking: %(message)s", level=logging.WARNING)
+    quiet_mlflow()  # no INFO lines ("Creating initial MLflow database tables...") on stderr
     import mlflow  # noqa: F401  (now, while the worker starts; the calls come later)
 
     _Child(answers).serve(_FrameReader(sys.stdin.fileno()))

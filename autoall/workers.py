@@ -24,6 +24,7 @@ from autoall.config import KINDS, StudyConfig
 from autoall.study import (
     Counts,
     WorkerContext,
+    best_trial,
     count_trials,
     create_studies,
     load_study_data,
@@ -49,6 +50,8 @@ class RunOptions:
     checkpoint_dir: str = ".autoall/checkpoints"  # mid-trial checkpoints; shared across hosts
     checkpoint_every: float = 30.0  # seconds between a trial's checkpoints (0: every epoch)
     kinds: tuple[str, ...] = KINDS  # the ALL studies, their equal-budget tuned baselines, or both
+    system_metrics: bool = False  # MLflow's system metrics in every trial's run
+    log_models: bool = False  # a trial's model into its run when it becomes its study's best
 
 
 def default_n_jobs(trials_per_gpu: int = 1) -> int:
@@ -87,6 +90,7 @@ def run_study(
                 _spawn_workers(cfg, opts)
         finally:
             monitor.stop()
+            _summarise_parents(tracker, studies, parents)
         counts = {name: count_trials(s.get_trials(deepcopy=False)) for name, s in studies.items()}
         for name, c in counts.items():
             if c.done >= opts.n_trials and parents[name]:
@@ -97,6 +101,34 @@ def run_study(
         print(f"warning: {message}", file=out)
     tracker.check()
     return counts
+
+
+def _summarise_parents(
+    tracker: TrackingWriter | NullTracker, studies: dict[str, optuna.Study], parents: dict[str, str]
+) -> None:
+    """On each parent run: the trials table as `trials.csv` (Optuna's trials_dataframe) and the
+    best trial's parameters as `best.<param>` tags, as the study stands at this run's end."""
+    for name, study in studies.items():
+        if not parents.get(name):
+            continue
+        try:  # the database may be what stopped the workers: then the tables stay as they were
+            trials = study.get_trials(deepcopy=False)
+            table = study.trials_dataframe().to_csv(index=False)
+        except Exception:
+            continue
+        c = count_trials(trials)
+        best = best_trial(trials)
+        tracker.update_parent(
+            parents[name],
+            best_value=best.values[0] if best is not None else None,
+            n_complete=c.complete,
+            n_pruned=c.pruned,
+            n_failed=c.failed,
+            step=c.complete + c.pruned + c.failed,
+            best_trial=best.number if best is not None else None,
+            best_params=dict(best.params) if best is not None else None,
+        )
+        tracker.log_parent_text(parents[name], table, "trials.csv")
 
 
 def _connect(cfg: StudyConfig, opts: RunOptions) -> TrackingWriter | NullTracker:
@@ -182,6 +214,8 @@ def _work(
             n_trials=opts.n_trials,
             checkpoint_dir=Path(opts.checkpoint_dir),
             checkpoint_every=opts.checkpoint_every,
+            system_metrics=opts.system_metrics,
+            log_models=opts.log_models,
         )
         run_worker(ctx, study)
 
