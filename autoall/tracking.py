@@ -566,7 +566,7 @@ class TrialRun(_Logger):
             tags["fail_reason"] = reason or "unknown"
         run_tags = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
         epoch_metrics = [m for e in epochs for m in _metrics(e.metrics(), step=e.epoch)]
-        n_final = len(final or {}) + 1
+        n_final = len(final or {}) + 1  # + best_val_acc, added below where it is missing
         if epochs and len(epoch_metrics) + n_final > _MAX_METRICS_PER_BATCH:
             self.log_epochs(epochs)  # a long backlog goes in batches of its own
             epoch_metrics = []

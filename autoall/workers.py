@@ -114,21 +114,21 @@ def _summarise_parents(
         try:  # the database may be what stopped the workers: then the tables stay as they were
             trials = study.get_trials(deepcopy=False)
             table = study.trials_dataframe().to_csv(index=False)
-        except Exception:
+            c = count_trials(trials)
+            best = best_trial(trials)
+            tracker.update_parent(
+                parents[name],
+                best_value=best.values[0] if best is not None else None,
+                n_complete=c.complete,
+                n_pruned=c.pruned,
+                n_failed=c.failed,
+                step=c.complete + c.pruned + c.failed,
+                best_trial=best.number if best is not None else None,
+                best_params=dict(best.params) if best is not None else None,
+            )
+            tracker.log_parent_text(parents[name], table, "trials.csv")
+        except Exception:  # never hides why the workers stopped (this runs in a `finally`)
             continue
-        c = count_trials(trials)
-        best = best_trial(trials)
-        tracker.update_parent(
-            parents[name],
-            best_value=best.values[0] if best is not None else None,
-            n_complete=c.complete,
-            n_pruned=c.pruned,
-            n_failed=c.failed,
-            step=c.complete + c.pruned + c.failed,
-            best_trial=best.number if best is not None else None,
-            best_params=dict(best.params) if best is not None else None,
-        )
-        tracker.log_parent_text(parents[name], table, "trials.csv")
 
 
 def _connect(cfg: StudyConfig, opts: RunOptions) -> TrackingWriter | NullTracker:
