@@ -15,6 +15,9 @@ Per architecture (DESIGN section 6):
    (autoall/claims.py, autoall/stats.py), and written as report.md, report.html, results.csv
    and figures.
 
+The first evaluation seed's runs of the two winners also log their models and register them
+as `<name>-<arch>-all` and `<name>-<arch>-baseline` (autoall/report_models.py).
+
 Seeds: the search used the study file's `train.seed` (s0); evaluation seeds are s0 + 1000 + i
 and selection seeds s0 + 2000 + j, so none of them is the search seed. Every run is an MLflow
 child of one report run and is reused when nothing that determines it changed
