@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
+
+from autoall.urls import mask_secrets, storage_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -45,7 +46,6 @@ _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
-_SECRET = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):[^\s/?#]*@")
 
 log = logging.getLogger("autoall.tracking")
 T = TypeVar("T")
@@ -64,21 +64,22 @@ class TrackingError(RuntimeError):
     """The tracking store could not be reached or set up when the study started."""
 
 
-def mask_secrets(text: str) -> str:
-    """Replace the password of every `scheme://user:password@` in `text` with `***`."""
-    return _SECRET.sub(r"\g<head>:***@", text)
+def resolve_tracking_uri(uri: str | None = None, *, create: bool = True) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else `DEFAULT_TRACKING_URI`; a plain `postgresql://`
+    backend gets the installed driver (`autoall.urls.storage_url`).
 
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else `DEFAULT_TRACKING_URI`.
-
-    Creates the folder of a SQLite file (./mlruns/ for the default).
+    With `create`, makes the folder of a SQLite file (./mlruns/ for the default).
     """
-    resolved = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    resolved = storage_url(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     db_path = _sqlite_path(resolved)
-    if db_path is not None:
+    if db_path is not None and create:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     return resolved
+
+
+def tracking_sqlite_file(uri: str | None = None) -> Path | None:
+    """The SQLite file of the tracking store `uri` resolves to (None: not SQLite)."""
+    return _sqlite_path(resolve_tracking_uri(uri, create=False))
 
 
 def check_server(uri: str) -> None:
