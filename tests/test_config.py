@@ -52,12 +52,12 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ),
     (
         {"search": {"hidden_size": {"type": "int", "low": 0, "high": 8}}},
-        "search.hidden_size",
+        "search.hidden_size.low",
         "hidden_size must be a positive integer",
     ),
     (
         {"search": {"aux_weight": {"type": "float", "low": -1.0, "high": 1.0}}},
-        "search.aux_weight",
+        "search.aux_weight.low",
         "non-negative",
     ),
     ({"search": {"depth": {"type": "int", "low": 1, "high": 3}}}, "search.depth", "unknown key"),
