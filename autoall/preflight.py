@@ -106,6 +106,57 @@ def largest_models(cfg: StudyConfig) -> list[ModelSize]:
     return sizes
 
 
+SMALL_STEP_FLOPS = 2e9  # a training step below this runs fastest on one thread (host.py)
+
+
+def step_flops(cfg: StudyConfig, arch: str) -> float:
+    """FLOPs of one training step of the largest model of `arch`'s ALL study (its tuned
+    baseline's models are smaller): forward multiply-adds of every Linear and Conv2d, counted
+    on the meta device, x 2 (FLOPs) x 3 (forward and backward) x the batch size.
+
+    digits: mlp ~0.4 GFLOP, cnn ~2; mnist cnn ~30; cifar10 vgg16 ~300, resnet18 ~700.
+    """
+    from torch import nn
+
+    from autoall.models import build_model
+
+    (size,) = largest_models(cfg.with_architectures([arch]))
+    spec = None
+    if size.hidden_size is not None:
+        spec = ALLSpec(
+            hidden_size=int(size.hidden_size),
+            aux_loss="reconstruction",
+            positions=size.positions or "head",
+        )
+    shape = INPUT_SHAPES[cfg.data.name]
+    with torch.device("meta"):
+        model = build_model(arch, in_shape=shape, num_classes=NUM_CLASSES, all_spec=spec)
+        x = torch.empty(1, *shape)
+    macs = 0
+
+    def count(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups
+            per_output *= module.kernel_size[0] * module.kernel_size[1]
+        else:
+            assert isinstance(module, nn.Linear)
+            per_output = module.in_features
+        macs += output.numel() * per_output
+
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return 2.0 * 3.0 * macs * cfg.train_config(arch).batch_size
+
+
 def device_memory(device: torch.device) -> tuple[int, str]:
     """Bytes of memory a model on `device` can use, and what they are (for the message)."""
     if device.type == "cuda":

@@ -344,6 +344,7 @@ class WorkerContext:
     ended_checkpoint: tuple[int, Path] | None = None
     on_trial_end: Callable[[FrozenTrial], None] | None = None
     registry: WorkerRegistry | None = None  # this host's workers: torch threads = share of cores
+    small_model: bool = False  # every model of the study trains fastest on one thread
 
     @property
     def study_name(self) -> str:
@@ -577,7 +578,7 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         trial.set_user_attr("fail_reason", "surplus: the target was met by other workers")
         raise _SurplusTrial(f"trial {trial.number} is beyond the target of {ctx.n_trials}")
     if ctx.registry is not None and ctx.data.device.type == "cpu":
-        trial.set_user_attr("torch_threads", share_cores(ctx.registry))
+        trial.set_user_attr("torch_threads", share_cores(ctx.registry, small=ctx.small_model))
     params = suggest(trial, cfg.space(arch, ctx.kind))
     plan = trial_plan(cfg, arch, ctx.kind, params, device=ctx.device)
     tcfg = plan.train

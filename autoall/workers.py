@@ -23,6 +23,7 @@ import torch
 
 from autoall.config import KINDS, StudyConfig
 from autoall.host import WorkerRegistry
+from autoall.preflight import SMALL_STEP_FLOPS, step_flops
 from autoall.study import (
     Counts,
     WorkerContext,
@@ -201,6 +202,7 @@ def _run_studies(
             checkpoint_dir=Path(opts.checkpoint_dir),
             checkpoint_every=opts.checkpoint_every,
             registry=registry,
+            small_model=step_flops(cfg, arch) < SMALL_STEP_FLOPS,
         )
         run_worker(ctx, study)
 
