@@ -86,12 +86,18 @@ def check_server(uri: str) -> None:
     """For an http(s) tracking server: cap MLflow's HTTP retries, then GET /health (5 s) or raise.
 
     MLflow's defaults (7 retries, backoff 2) make one call to a server that went down take
-    minutes; MLFLOW_HTTP_REQUEST_* variables already set are kept. Other stores: nothing to do.
+    minutes; MLFLOW_HTTP_REQUEST_* variables already set are kept. MLflow's own "View run ...
+    at: <url>" lines (one per ended run, the URL unmasked) are turned off: always when the URL
+    holds a secret, else unless the user asked for them. Other stores: nothing to do.
     """
     if urlsplit(uri).scheme not in ("http", "https"):
         return
     for name, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if mask_secrets(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    else:
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         _check_health(uri)
     except Exception as exc:

@@ -98,22 +98,26 @@ def test_a_storage_password_appears_nowhere(
 
 @pytest.mark.slow
 def test_a_token_in_the_tracking_server_url_appears_nowhere(
-    study_file: Path, workdir: Path, mlflow_server: MlflowServer
+    workdir: Path, mlflow_server: MlflowServer
 ) -> None:
     token = "Tok3n-Secr3t-Value"
     url = mlflow_server.url.replace("http://", f"http://bob:{token}@")
-    out = _invoke(
-        "study", "run", str(study_file), "--tracking-uri", url, "--n-trials", "1", "--no-baseline",
-        "--study-name", "tokentest",
+    path = write_study(workdir / "s.yaml", name="tokentest", n_trials=2, train={"epochs": 1})
+    out = _invoke("study", "run", str(path), "--tracking-uri", url)
+    out += _invoke(
+        "report", str(path), "--tracking-uri", url, "--seeds", "2", "--selection-seeds", "1",
+        "--top-k", "1",
     )  # fmt: skip
     assert token not in out
+    assert "bob:***@127.0.0.1" in out  # the report says where its runs are, masked
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("tokentest")
     assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 2  # the parent and the trial's run
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    assert len(runs) > 2 * 2 + 2  # the studies' parents and trials, the report's runs
     assert _runs_holding(client, token) == []
-    child = next(r for r in runs if r.data.tags.get("autoall.role") != "study")
+    child = next(r for r in runs if r.data.tags.get("optuna.trial_number") is not None)
     config = Path(client.download_artifacts(child.info.run_id, "config.yaml", str(workdir)))
     assert token not in config.read_text()
+    assert (workdir / "reports" / "tokentest" / "report.md").is_file()
     assert _files_holding(workdir, token) == []
