@@ -111,6 +111,7 @@ def train_cmd(
     from autoall.data import load_data
     from autoall.layer import ALLSpec
     from autoall.models import build_model
+    from autoall.preflight import check_model_fits
     from autoall.train import (
         NonFiniteLossError,
         TrainingOOMError,
@@ -138,6 +139,7 @@ def train_cmd(
             evaluate_test=True,
         )
         dev = resolve_device(device)
+        check_model_fits(arch, data=dataset, spec=spec, device=dev, option="--all-hidden")
         data = load_data(dataset, root=data_root, device=dev, download=download)
     except ValueError as exc:
         _fail(str(exc))

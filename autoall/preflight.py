@@ -190,6 +190,29 @@ def check_model_size(cfg: StudyConfig, device: torch.device) -> list[ModelSize]:
     return sizes
 
 
+def check_model_fits(
+    arch: str, *, data: str, spec: ALLSpec | None, device: torch.device, option: str
+) -> int:
+    """`autoall train`'s check: the model (`arch` with `spec` on data set `data`) can be trained
+    in `device`'s memory; returns its parameters, else a PreflightError naming `option`."""
+    from autoall.models import build_model, count_parameters
+
+    with torch.device("meta"):
+        model = build_model(
+            arch, in_shape=INPUT_SHAPES[data], num_classes=NUM_CLASSES, all_spec=spec
+        )
+    parameters = count_parameters(model).total
+    memory, where = device_memory(device)
+    needed = parameters * TRAIN_BYTES_PER_PARAMETER
+    if memory and needed > memory:
+        raise PreflightError(
+            f"{option}: the model, {arch} with {'an ALL of hidden_size ' + format(spec.hidden_size, ',') if spec else 'no ALL'}, "
+            f"has {parameters:,} parameters: ~{_bytes(needed)} to train (float32 weights, "
+            f"gradients and AdamW's two moments), more than {where}, {_bytes(memory)}."
+        )
+    return parameters
+
+
 def cap_workers(
     requested: int,
     *,

@@ -183,7 +183,9 @@ def run_report(
     )
     base_studies = baseline_studies(cfg, opts, studies, say)
     store = RunStore(cfg.name, opts.tracking_uri)
-    say(f"MLflow: experiment {cfg.name!r}, report run {store.parent_id} ({mask_secrets(store.uri)})")
+    say(
+        f"MLflow: experiment {cfg.name!r}, report run {store.parent_id} ({mask_secrets(store.uri)})"
+    )
     try:
         archs = [
             _report_arch(cfg, opts, arch, studies[arch], base_studies[arch], data, store, say)

@@ -128,6 +128,17 @@ def test_a_model_too_large_for_memory_is_refused_with_its_size(
     assert sorted(p.name for p in workdir.iterdir()) == ["big.yaml"]
 
 
+def test_train_refuses_a_model_too_large_for_memory(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_training(monkeypatch)
+    result = CliRunner().invoke(main, ["train", "--all-hidden", str(10**9)])
+    assert result.exit_code == 2, result.output
+    error = _one_error(result.output)
+    assert error.startswith("Error: --all-hidden: the model, mlp with an ALL of hidden_size ")
+    assert "parameters: ~" in error and "more than this machine's memory (cpu)" in error
+
+
 def test_the_largest_model_is_counted_as_it_would_be_built() -> None:
     cfg = load_study_file(Path(__file__).parent.parent / "studies" / "digits.yaml")
     sizes = {s.arch: s for s in largest_models(cfg)}
