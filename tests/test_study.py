@@ -288,3 +288,40 @@ def test_two_worker_processes_share_one_sqlite_study_exactly(study_file: Path) -
     assert _states(trials) == {"COMPLETE": 6}
     workers = {t.user_attrs.get("worker_pid") for t in trials}
     assert len(workers) == 2 and os.getpid() not in workers
+
+
+def _outage(seconds: float) -> BaseException:
+    import sqlalchemy.exc
+
+    refused = ConnectionRefusedError("connection to server failed: Connection refused")
+    return sqlalchemy.exc.OperationalError(f"(down {seconds} s)", {}, refused)
+
+
+def test_a_database_outage_shorter_than_the_grace_period_fails_no_trial(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every `trial.report` fails for 1 s from the second epoch of trial 0 on (shorter than
+    grace - interval, 2 s here): the trial waits and completes, nothing is failed or rerun, and
+    Optuna's "exceeding max length" is never shown."""
+    down = 1.0
+    path = write_study(workdir / "s.yaml", train={"epochs": 4}, n_trials=2)
+    real = optuna.storages.RDBStorage._set_trial_intermediate_value_without_commit
+    since: list[float] = []
+
+    def flaky(self: object, session: object, trial_id: int, step: int, value: float) -> None:
+        if step == 2 and not since:
+            since.append(time.monotonic())
+        if since and time.monotonic() - since[0] < down:
+            raise _outage(down)
+        real(self, session, trial_id, step, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(
+        optuna.storages.RDBStorage, "_set_trial_intermediate_value_without_commit", flaky
+    )
+    code, out = _run(str(path), "--checkpoint-every", "0")
+    assert code == 0, out
+    assert "Optuna storage unreachable during set_trial_intermediate_value" in caplog.text
+    assert "exceeding max length" not in caplog.text + out
+    trials = _trials()
+    assert _states(trials) == {"COMPLETE": 2}
+    assert not any("failed_trial" in t.system_attrs for t in trials)
