@@ -7,13 +7,11 @@ nothing is written to any store before the input has been validated.
 from __future__ import annotations
 
 import shlex
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -23,7 +21,7 @@ if TYPE_CHECKING:  # autoall.config imports torch: only the commands that need i
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
 
@@ -35,6 +33,9 @@ def main() -> None:
     from autoall.tracking import quiet_mlflow  # no torch, no MLflow imported here
 
     quiet_mlflow()  # MLflow's INFO lines would land among the progress lines
+    from autoall.urls import install_log_masking
+
+    install_log_masking()  # no password in any log line or traceback, whoever logs it
 
 
 @main.command("train")
@@ -113,6 +114,7 @@ def train_cmd(
     from autoall.data import load_data
     from autoall.layer import ALLSpec
     from autoall.models import build_model
+    from autoall.preflight import check_model_fits
     from autoall.train import (
         NonFiniteLossError,
         TrainingOOMError,
@@ -140,6 +142,7 @@ def train_cmd(
             evaluate_test=True,
         )
         dev = resolve_device(device)
+        check_model_fits(arch, data=dataset, spec=spec, device=dev, option="--all-hidden")
         data = load_data(dataset, root=data_root, device=dev, download=download)
     except ValueError as exc:
         _fail(str(exc))
@@ -201,11 +204,27 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
 
     try:
         cfg = load_study_file(file)
-        if architectures:
-            cfg = cfg.with_architectures([a.strip() for a in architectures.split(",") if a.strip()])
+        if architectures is not None:
+            cfg = cfg.with_architectures(_names(architectures))
     except StudyFileError as exc:
         _fail(str(exc))
     return cfg
+
+
+def _names(option: str) -> list[str]:
+    """`--architectures a, b` -> ["a", "b"] (empty items dropped; none at all is refused)."""
+    return [a.strip() for a in option.split(",") if a.strip()]
+
+
+def _study_name(cfg: StudyConfig, study_name: str | None) -> StudyConfig:
+    from autoall.config import check_name
+
+    if study_name is None:
+        return cfg
+    try:
+        return replace(cfg, name=check_name(study_name, what="--study-name"))
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @study_group.command("run")
@@ -303,29 +322,41 @@ def _study_run(
 ) -> None:
     import optuna
 
+    from autoall.preflight import WORKER_BASE_BYTES, cap_workers
     from autoall.study import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets
-    from autoall.train import resolve_device
     from autoall.workers import RunOptions, default_n_jobs, run_study
 
-    cfg = _load(file, architectures)
-    if study_name:
-        if "/" in study_name:
-            _fail(f"--study-name must not contain '/', but got {study_name!r}.")
-        cfg = replace(cfg, name=study_name)
-    try:
-        resolved = resolve_device(device)
-    except ValueError as exc:
-        _fail(str(exc))
+    cfg = _study_name(_load(file, architectures), study_name)
+    url = storage or DEFAULT_STORAGE
+    sizes = _preflight(
+        cfg,
+        device=device,
+        storage=url,
+        tracking_uri=tracking_uri,
+        tracking=not no_tracking,
+        folders=[(Path(checkpoint_dir), "--checkpoint-dir")],
+    )
     import torch
 
+    from autoall.train import resolve_device
+
+    on_cuda = resolve_device(device).type == "cuda"  # checked by _preflight
     gpus = (
         torch.cuda.device_count() if torch.cuda.is_available() and device in (None, "cuda") else 0
     )
+    workers, capped = cap_workers(
+        n_jobs or default_n_jobs(trials_per_gpu),
+        gpus=gpus,
+        trials_per_gpu=trials_per_gpu,
+        per_worker_bytes=WORKER_BASE_BYTES + max(s.train_bytes for s in sizes),
+    )
+    if capped:
+        click.echo(capped, err=True)
     opts = RunOptions(
-        storage=storage or DEFAULT_STORAGE,
+        storage=url,
         n_trials=n_trials or cfg.n_trials,
-        n_jobs=n_jobs or default_n_jobs(trials_per_gpu),
+        n_jobs=workers,
         device=device,
         tracking_uri=tracking_uri,
         tracking=not no_tracking,
@@ -333,7 +364,7 @@ def _study_run(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         kinds=("all", "baseline") if baseline else ("all",),
-        system_metrics=resolved.type == "cuda" if system_metrics is None else system_metrics,
+        system_metrics=on_cuda if system_metrics is None else system_metrics,
         log_models=log_models,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -346,14 +377,48 @@ def _study_run(
             f"\nInterrupted; the running trials are marked FAIL. Resume with:\n  {resume}", err=True
         )
         sys.exit(130)
-    except (TrackingError, StorageError) as exc:
-        _fail(str(exc), code=1)
+    except (TrackingError, StorageError) as exc:  # a wrong URL or password, a server down
+        _fail(mask_secrets(str(exc)))
     except ValueError as exc:  # e.g. a data set missing under --data-root
         _fail(mask_secrets(str(exc)))
     except RuntimeError as exc:
         _fail(f"{mask_secrets(str(exc))}\nResume with:\n  {resume}", code=1)
     for name, c in counts.items():
         click.echo(f"{name}: {c.complete} complete, {c.pruned} pruned, {c.failed} failed", err=True)
+
+
+def _preflight(
+    cfg: StudyConfig,
+    *,
+    device: str | None,
+    storage: str,
+    tracking_uri: str | None,
+    folders: list[tuple[Path, str]],
+    tracking: bool = True,
+) -> list[Any]:
+    """Everything a user can get wrong, checked before anything is stored, created or trained
+    (exit code 2): the device, the largest model of the search space against its memory, and
+    every output location (`folders`, the SQLite files' folders). Returns the model sizes."""
+    from autoall.preflight import PreflightError, check_model_size, check_writable
+    from autoall.storage import sqlite_file
+    from autoall.tracking import tracking_sqlite_file
+    from autoall.train import resolve_device
+
+    try:
+        dev = resolve_device(device)
+        sizes = check_model_size(cfg, dev)
+        places = list(folders)
+        db = sqlite_file(storage)
+        if db is not None and db.parent.is_dir():  # else make_storage says the folder is missing
+            places.append((db.parent, "the Optuna storage's folder"))
+        mlflow_db = tracking_sqlite_file(tracking_uri) if tracking else None
+        if mlflow_db is not None:
+            places.append((mlflow_db.parent, "the MLflow store's folder"))
+        for folder, what in places:
+            check_writable(folder, what=what)
+    except (PreflightError, ValueError) as exc:
+        _fail(str(exc))
+    return sizes
 
 
 @study_group.command("create")
@@ -365,14 +430,12 @@ def study_create(file: str, storage: str | None, study_name: str | None) -> None
     from autoall.study import DEFAULT_STORAGE, StorageError, create_studies, make_storage
     from autoall.tracking import mask_secrets
 
-    cfg = _load(file)
-    if study_name:
-        cfg = replace(cfg, name=study_name)
+    cfg = _study_name(_load(file), study_name)
     url = storage or DEFAULT_STORAGE
     try:
         create_studies(cfg, make_storage(url, cfg), n_trials=cfg.n_trials)
-    except StorageError as exc:
-        _fail(str(exc), code=1)
+    except (StorageError, ValueError) as exc:  # a wrong URL or password; other directions
+        _fail(mask_secrets(str(exc)))
     names = ", ".join(cfg.study_name(a, k) for a, k in cfg.studies())
     click.echo(f"Studies {names} ready in {mask_secrets(url)}.")
 
@@ -386,12 +449,14 @@ def study_status(target: str, storage: str | None) -> None:
     TARGET is a study file or a study name (`digits` for all its architectures, or `digits/mlp`).
     """
     from autoall.config import StudyFileError
+    from autoall.study import StorageError
     from autoall.summary import study_summaries
+    from autoall.urls import mask_secrets
 
     try:
         summaries = study_summaries(target, storage=storage)
-    except (StudyFileError, ValueError, KeyError) as exc:
-        _fail(str(exc))
+    except (StudyFileError, StorageError, ValueError, KeyError) as exc:
+        _fail(mask_secrets(str(exc)))
     for s in summaries:
         click.echo(s.render())
 
@@ -402,12 +467,16 @@ def study_list(storage: str | None) -> None:
     """List the studies in a storage."""
     import optuna
 
-    from autoall.study import DEFAULT_STORAGE
+    from autoall.study import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.urls import mask_secrets
 
     url = storage or DEFAULT_STORAGE
-    summaries = optuna.get_all_study_summaries(storage=url)
+    try:  # only reads: a SQLite file that is not there is an error, not a new database
+        summaries = optuna.get_all_study_summaries(storage=make_storage(url, create=False))
+    except StorageError as exc:
+        _fail(str(exc))
     if not summaries:
-        click.echo(f"No studies in {url}.")
+        click.echo(f"No studies in {mask_secrets(url)}.")
         return
     for s in sorted(summaries, key=lambda s: s.study_name):
         best = f"{s.best_trial.values[0]:.4f}" if s.best_trial and s.best_trial.values else "-"
@@ -429,12 +498,17 @@ def study_list(storage: str | None) -> None:
 @_storage_option
 def study_export(name: str, fmt: str, output: str | None, storage: str | None) -> None:
     """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture)."""
+    from autoall.preflight import PreflightError, check_writable
+    from autoall.study import StorageError
     from autoall.summary import trials_table
+    from autoall.urls import mask_secrets
 
     try:
+        if output:
+            check_writable(Path(output).absolute().parent, what="--output's folder")
         frame = trials_table(name, storage=storage)
-    except (KeyError, ValueError) as exc:
-        _fail(str(exc))
+    except (KeyError, ValueError, StorageError, PreflightError) as exc:
+        _fail(mask_secrets(str(exc)))
     text = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=2)
     if output:
         Path(output).write_text(text)
@@ -443,27 +517,39 @@ def study_export(name: str, fmt: str, output: str | None, storage: str | None) -
         click.echo(text, nl=False)
 
 
+_PORT = click.IntRange(1, 65535)
+
+
 @main.command("ui")
-@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--port", type=_PORT, default=5000, show_default=True)
 @click.option(
     "--tracking-uri",
     default=None,
     help="[default: $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db]",
 )
 def ui(port: int, tracking_uri: str | None) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the project's tracking store."""
-    from autoall.tracking import resolve_tracking_uri
+    """Start the MLflow UI on 127.0.0.1 for the project's tracking store.
 
+    Ctrl-C, SIGTERM and SIGHUP stop it and every process it started.
+    """
+    from autoall.servers import HOST, PortInUse, check_port
+    from autoall.tracking import resolve_tracking_uri
+    from autoall.urls import mask_secrets
+
+    try:
+        check_port(port)
+    except PortInUse as exc:
+        _fail(str(exc))
     uri = resolve_tracking_uri(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     if uri.startswith("sqlite"):
         cmd += ["--default-artifact-root", Path("mlruns/artifacts").resolve().as_uri()]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--host", HOST, "--port", str(port), "--workers", "1"]
     experiments = _experiment_links(uri, port)
-    click.echo(f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it)")
+    click.echo(f"MLflow UI: http://{HOST}:{port}  ({mask_secrets(uri)}; Ctrl-C stops it)")
     for line in experiments:
         click.echo(line)
-    _run_until_interrupted(cmd)
+    _serve(cmd)
 
 
 def _experiment_links(uri: str, port: int) -> list[str]:
@@ -485,52 +571,35 @@ def _experiment_links(uri: str, port: int) -> list[str]:
 
 @main.command("dashboard")
 @_storage_option
-@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--port", type=_PORT, default=8080, show_default=True)
 def dashboard(storage: str | None, port: int) -> None:
-    """Start optuna-dashboard on the study storage."""
+    """Start optuna-dashboard on the study storage (Ctrl-C, SIGTERM and SIGHUP stop it)."""
     import shutil
 
-    from autoall.study import DEFAULT_STORAGE
+    from autoall.servers import HOST, PortInUse, check_port
+    from autoall.study import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.urls import mask_secrets, storage_url
 
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
     if not Path(exe).exists():
         _fail("optuna-dashboard is not installed; pip install 'autoall[dashboard]'.")
-    click.echo(f"optuna-dashboard: http://127.0.0.1:{port}  (Ctrl-C stops it)")
-    _run_until_interrupted(
-        [exe, storage or DEFAULT_STORAGE, "--host", "127.0.0.1", "--port", str(port)]
-    )
-
-
-def _run_until_interrupted(cmd: list[str]) -> None:
-    """Run a server in its own process group; Ctrl-C stops it and all its children."""
-    import os
-
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    url = storage or DEFAULT_STORAGE
     try:
-        sys.exit(proc.wait())
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _group_alive(proc.pid) and time.monotonic() < deadline:
-            proc.poll()  # reap the server itself; its helpers exit on their own
-            time.sleep(0.1)
-        if _group_alive(proc.pid):  # a helper ignored SIGTERM
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        click.echo("stopped.", err=True)
+        check_port(port)
+        make_storage(url, create=False)  # reachable, and the password right: one line if not
+    except (PortInUse, StorageError) as exc:
+        _fail(mask_secrets(str(exc)))
+    click.echo(f"optuna-dashboard: http://{HOST}:{port}  ({mask_secrets(url)}; Ctrl-C stops it)")
+    _serve([exe, storage_url(url), "--host", HOST, "--port", str(port)])
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still exists (zombies of other parents included)."""
-    import os
+def _serve(cmd: list[str]) -> None:
+    """Run a server in its own process group until it exits or we are told to stop."""
+    from autoall.servers import serve
 
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    code, stopped = serve(cmd)
+    click.echo("stopped." if stopped else f"the server exited with code {code}.", err=True)
+    sys.exit(code)
 
 
 @main.command("demo")
@@ -642,34 +711,50 @@ def report(
     report.html, results.csv, claims.csv and the figures; with several files, also a summary.
     """
     from autoall.config import StudyFileError
-    from autoall.report import ReportError, ReportOptions, resolve_study_file, run_report
+    from autoall.report import (
+        ReportError,
+        ReportOptions,
+        check_out,
+        check_studies,
+        resolve_study_file,
+        run_report,
+    )
     from autoall.study import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets
-    from autoall.train import resolve_device
 
+    url = storage or DEFAULT_STORAGE
+    several = len(targets) > 1
     try:
         cfgs = [resolve_study_file(t) for t in targets]
-        if architectures:
-            wanted = [a.strip() for a in architectures.split(",") if a.strip()]
-            cfgs = [c.with_architectures(wanted) for c in cfgs]
+        if architectures is not None:
+            cfgs = [c.with_architectures(_names(architectures)) for c in cfgs]
         if len({c.name for c in cfgs}) != len(cfgs):
             raise ReportError("Two study files have the same name; each report is named after it.")
-        resolve_device(device)
-    except ReportError as exc:
-        _fail(str(exc), code=1)
+        folders = [
+            (Path(out) if out and not several else Path("reports") / c.name, "the report folder")
+            for c in cfgs
+        ]
+        if several:
+            folders.append((Path(out or "reports/summary"), "the summary folder"))
+        for cfg in cfgs:
+            _preflight(cfg, device=device, storage=url, tracking_uri=tracking_uri, folders=folders)
+            check_studies(cfg, url)  # every study there, before the first report trains
+        for folder, _ in folders:
+            check_out(folder)
+    except (ReportError, StorageError) as exc:
+        _fail(mask_secrets(str(exc)))
     except (StudyFileError, ValueError) as exc:
         _fail(str(exc))
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    several = len(cfgs) > 1
     opts = ReportOptions(
         seeds=seeds,
         selection_seeds=selection_seeds,
         top_k=top_k,
         target_acc=target_acc,
         out=Path(out) if out and not several else None,
-        storage=storage or DEFAULT_STORAGE,
+        storage=url,
         tracking_uri=tracking_uri,
         device=device,
         run_baseline=run_baseline,
@@ -685,8 +770,8 @@ def report(
             "\nInterrupted; finished runs are kept. Rerun the same command to continue.", err=True
         )
         sys.exit(130)
-    except (ReportError, StorageError, TrackingError) as exc:
-        _fail(mask_secrets(str(exc)), code=1)
+    except (ReportError, StorageError, TrackingError) as exc:  # user errors: exit code 2
+        _fail(mask_secrets(str(exc)))
     except ValueError as exc:  # e.g. a data set missing under its data root
         _fail(mask_secrets(str(exc)))
     for r in done:

@@ -8,16 +8,18 @@ storage is touched or any training starts. A complete annotated example: `studie
 from __future__ import annotations
 
 import math
+import re
+import reprlib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
-
-import yaml
 
 from autoall.baselines import baseline
 from autoall.data import DATASETS
 from autoall.layer import ACTIVATIONS, AUX_LOSSES, POSITIONS
 from autoall.models import ARCHITECTURES
+from autoall.safe_yaml import YamlProblem, load_yaml, read_text
+from autoall.search_space import ParamSpec, parse_space
 from autoall.train import TrainConfig
 
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "grid", "nsgaii")
@@ -47,19 +49,6 @@ class DataConfig:
     val_fraction: float = 0.1  # of the training set, stratified
     split_seed: int = 0
     download: bool = False  # torchvision download when files are missing (needs the internet)
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One searched knob: `int`/`float` with low, high, log (and step), or `categorical`."""
-
-    name: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +126,19 @@ class StudyConfig:
         return replace(cfg, **{**self.train, **self.train_per_arch.get(arch, {})})
 
     def with_architectures(self, archs: list[str]) -> StudyConfig:
+        """The file restricted to `archs` (--architectures): each in the file, at least one,
+        none twice."""
+        if not archs:
+            raise StudyFileError(
+                self.path,
+                "architectures",
+                "--architectures names no architecture; give a comma-separated subset of "
+                f"{', '.join(self.architectures)}, or leave the option out for all of them.",
+            )
+        if len(set(archs)) != len(archs):
+            raise StudyFileError(
+                self.path, "architectures", f"--architectures names one twice: {','.join(archs)}."
+            )
         unknown = [a for a in archs if a not in self.architectures]
         if unknown:
             raise StudyFileError(
@@ -149,15 +151,39 @@ class StudyConfig:
 
 
 def load_study_file(path: str | Path) -> StudyConfig:
-    """Read and validate a study file; every problem is a `StudyFileError`."""
+    """Read and validate a study file; every problem is a `StudyFileError`.
+
+    The YAML is read by `autoall.safe_yaml`: UTF-8, at most 1 MiB, no key given twice, at most
+    10,000 values once aliases are expanded.
+    """
     p = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise StudyFileError(p, "", "no such study file.") from None
-    except yaml.YAMLError as exc:
-        raise StudyFileError(p, "", f"is not valid YAML: {exc}") from None
+        raw = load_yaml(read_text(Path(path)))
+    except YamlProblem as exc:
+        raise StudyFileError(p, exc.key, str(exc)) from None
     return parse_study(raw, file=p)
+
+
+NAME_MAX_LENGTH = 100  # MLflow keeps 250 characters of a run name: <name>/<arch>/tuned-baseline#n
+_NAME = re.compile(r"[^\W_][\w.\-]*")
+
+
+def check_name(name: object, *, what: str = "name") -> str:
+    """`name` if it can name the Optuna studies `<name>/<arch>[/tuned-baseline]`, the MLflow
+    experiment and its runs, the report folder `reports/<name>` and checkpoint folders; else a
+    ValueError saying what is allowed."""
+    allowed = (
+        f"letters, digits, '.', '_' and '-', starting with a letter or digit, at most "
+        f"{NAME_MAX_LENGTH} characters (it names the Optuna studies, the MLflow experiment and "
+        "the report folder)"
+    )
+    if not isinstance(name, str):
+        raise ValueError(f"{what} must be a string of {allowed}, but got {_short(name)}.")
+    if len(name) > NAME_MAX_LENGTH:
+        raise ValueError(f"{what} must have {allowed}, but got {len(name)} characters.")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{what} must have {allowed}, but got {_short(name)}.")
+    return name
 
 
 def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
@@ -182,41 +208,51 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
             "baseline_search",
         },
     )
-    name = v.string(top["name"], "name")
-    if not name or "/" in name:
-        v.fail("name", f"must be a non-empty name without '/', but got {name!r}.")
+    try:
+        name = check_name(top["name"], what="the study name")
+    except ValueError as exc:
+        v.fail("name", str(exc))
 
     data = v.dataclass(DataConfig, top.get("data", {}), "data")
     if data.name not in DATASETS:
-        v.fail("data.name", f"unknown data set {data.name!r}; expected one of {_one_of(DATASETS)}.")
+        v.fail(
+            "data.name",
+            f"unknown data set {_short(data.name)}; expected one of {_one_of(DATASETS)}.",
+        )
     if not 0 < data.val_fraction < 1:
-        v.fail("data.val_fraction", f"must be in (0, 1), but got {data.val_fraction!r}.")
+        v.fail("data.val_fraction", f"must be in (0, 1), but got {_short(data.val_fraction)}.")
+    _check_range(v, "data.split_seed", data.split_seed, low=0, high=_MAX_SEED)
 
     archs = top.get("architectures", ["mlp"])
     if isinstance(archs, str):
         archs = [archs]
     if not isinstance(archs, list) or not archs:
-        v.fail("architectures", f"must be a non-empty list, but got {archs!r}.")
+        v.fail("architectures", f"must be a non-empty list, but got {_short(archs)}.")
     for i, arch in enumerate(archs):
         if arch not in ARCHITECTURES:
             v.fail(
                 f"architectures[{i}]",
-                f"unknown architecture {arch!r}; expected one of {_one_of(ARCHITECTURES)}.",
+                f"unknown architecture {_short(arch)}; expected one of {_one_of(ARCHITECTURES)}.",
             )
     if len(set(archs)) != len(archs):
-        v.fail("architectures", f"lists an architecture twice: {archs!r}.")
+        v.fail("architectures", f"lists an architecture twice: {_short(archs)}.")
 
     train, per_arch = _parse_train(v, top.get("train", {}), archs)
     activation = top.get("activation", "relu")
     if activation not in ACTIVATIONS:
-        v.fail("activation", f"must be one of {_one_of(ACTIVATIONS)}, but got {activation!r}.")
+        v.fail(
+            "activation", f"must be one of {_one_of(ACTIVATIONS)}, but got {_short(activation)}."
+        )
 
     sampler = v.dataclass(SamplerConfig, top.get("sampler", {}), "sampler")
     if sampler.name not in SAMPLERS:
         v.fail(
             "sampler.name",
-            f"unknown sampler {sampler.name!r}; expected one of {_one_of(SAMPLERS)}.",
+            f"unknown sampler {_short(sampler.name)}; expected one of {_one_of(SAMPLERS)}.",
         )
+    if sampler.seed is not None:
+        _check_range(v, "sampler.seed", sampler.seed, low=0, high=_MAX_SEED)
+    _check_range(v, "sampler.n_startup_trials", sampler.n_startup_trials, low=0)
     grid = sampler.name == "grid"
     search = _parse_search(v, top.get("search", {}), knobs=KNOBS, defaults=_DEFAULT_SEARCH)
     baseline_search = _parse_search(
@@ -245,21 +281,29 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
     if objective.get("metric", "val_acc") != "val_acc":
         v.fail(
             "objective.metric",
-            f"only 'val_acc' (maximised) is supported, but got {objective['metric']!r}.",
+            f"only 'val_acc' (maximised) is supported, but got {_short(objective['metric'])}.",
         )
     second = objective.get("second")
     if second is not None and second not in SECOND_OBJECTIVES:
         v.fail(
             "objective.second",
-            f"must be one of {_one_of(SECOND_OBJECTIVES)} or null, but got {second!r}.",
+            f"must be one of {_one_of(SECOND_OBJECTIVES)} or null, but got {_short(second)}.",
         )
 
     pruner_raw = top.get("pruner", {"name": "none"} if second else {})
     pruner = v.dataclass(PrunerConfig, pruner_raw, "pruner")
     if pruner.name not in PRUNERS:
         v.fail(
-            "pruner.name", f"unknown pruner {pruner.name!r}; expected one of {_one_of(PRUNERS)}."
+            "pruner.name",
+            f"unknown pruner {_short(pruner.name)}; expected one of {_one_of(PRUNERS)}.",
         )
+    for field_name, low in (
+        ("n_startup_trials", 0),
+        ("n_warmup_steps", 0),
+        ("min_resource", 1),
+        ("reduction_factor", 2),
+    ):
+        _check_range(v, f"pruner.{field_name}", getattr(pruner, field_name), low=low)
     if second and pruner.name != "none":
         v.fail(
             "pruner.name",
@@ -268,12 +312,12 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
 
     n_trials = top.get("n_trials", 20)
     if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials <= 0:
-        v.fail("n_trials", f"must be a positive integer, but got {n_trials!r}.")
+        v.fail("n_trials", f"must be a positive integer, but got {_short(n_trials)}.")
     heartbeat = v.dataclass(HeartbeatConfig, top.get("heartbeat", {}), "heartbeat")
     if heartbeat.interval <= 0 or heartbeat.grace_period <= heartbeat.interval:
         v.fail("heartbeat", "needs interval > 0 and grace_period > interval (seconds).")
     if heartbeat.max_retry < 0:
-        v.fail("heartbeat.max_retry", f"must be >= 0, but got {heartbeat.max_retry!r}.")
+        v.fail("heartbeat.max_retry", f"must be >= 0, but got {_short(heartbeat.max_retry)}.")
 
     return StudyConfig(
         name=name,
@@ -310,81 +354,16 @@ def _parse_search(
     defaults: dict[str, dict[str, Any]],
     key: str = "search",
 ) -> dict[str, ParamSpec]:
-    """The given knobs, validated; a knob neither given nor in `defaults` is left out."""
-    section = key
-    given = v.mapping(raw, section)
-    v.keys(given, section, allowed=set(knobs))
-    specs = {}
-    for knob in knobs:
-        key = f"{section}.{knob}"
-        if knob not in given and knob not in defaults:
-            continue
-        entry = given.get(knob, defaults.get(knob))
-        if not isinstance(entry, dict):  # a fixed value: a one-choice categorical
-            entry = {"type": "categorical", "choices": [entry]}
-        v.keys(
-            entry, key, required={"type"}, allowed={"type", "low", "high", "log", "step", "choices"}
-        )
-        kind = entry["type"]
-        if kind == "categorical":
-            choices = entry.get("choices")
-            if not isinstance(choices, list) or not choices:
-                v.fail(f"{key}.choices", f"must be a non-empty list, but got {choices!r}.")
-            extra = set(entry) - {"type", "choices"}
-            if extra:
-                v.fail(key, f"a categorical takes only 'choices', but also got {sorted(extra)}.")
-            for i, c in enumerate(choices):
-                _check_knob_value(v, knob, c, f"{key}.choices[{i}]")
-            specs[knob] = ParamSpec(knob, "categorical", choices=tuple(choices))
-            continue
-        if kind not in ("int", "float"):
-            v.fail(f"{key}.type", f"must be one of int, float, categorical, but got {kind!r}.")
-        if knob in ("aux_loss", "positions"):
-            v.fail(f"{key}.type", f"{knob} is categorical: give 'choices'.")
-        if knob == "hidden_size" and kind != "int":
-            v.fail(f"{key}.type", "hidden_size is an integer: use type 'int'.")
-        if "choices" in entry:
-            v.fail(key, f"'choices' belongs to type categorical, not {kind!r}.")
-        for bound in ("low", "high"):
-            if bound not in entry:
-                v.fail(f"{key}.{bound}", f"is required for type {kind!r}.")
-            if isinstance(entry[bound], bool) or not isinstance(entry[bound], (int, float)):
-                v.fail(f"{key}.{bound}", f"must be a number, but got {entry[bound]!r}.")
-            if kind == "int" and not isinstance(entry[bound], int):
-                v.fail(
-                    f"{key}.{bound}",
-                    f"must be an integer for type 'int', but got {entry[bound]!r}.",
-                )
-        low, high, log = entry["low"], entry["high"], entry.get("log", False)
-        if not isinstance(log, bool):
-            v.fail(f"{key}.log", f"must be true or false, but got {log!r}.")
-        if low > high:
-            v.fail(key, f"low ({low}) must not exceed high ({high}).")
-        if log and low <= 0:
-            v.fail(f"{key}.low", f"must be > 0 on a log scale, but got {low!r}.")
-        if log and entry.get("step") is not None:
-            v.fail(f"{key}.step", "cannot be combined with log: true (Optuna's rule).")
-        for bound in (low, high):
-            _check_knob_value(v, knob, bound, key)
-        specs[knob] = ParamSpec(knob, kind, low=low, high=high, log=log, step=entry.get("step"))
-    return specs
-
-
-def _check_knob_value(v: _Validator, knob: str, value: Any, key: str) -> None:
-    if knob == "aux_loss":
-        if value not in AUX_LOSSES:
-            v.fail(key, f"must be one of {_one_of(AUX_LOSSES)}, but got {value!r}.")
-    elif knob == "positions":
-        if value not in POSITIONS:
-            v.fail(key, f"must be one of {_one_of(POSITIONS)}, but got {value!r}.")
-    elif knob == "hidden_size":
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            v.fail(key, f"hidden_size must be a positive integer, but got {value!r}.")
-    elif knob in ("all_lr", "lr"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            v.fail(key, f"{knob} must be a positive number, but got {value!r}.")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        v.fail(key, f"{knob} must be a non-negative number, but got {value!r}.")
+    """The given knobs, validated (autoall/search_space.py); a knob neither given nor in
+    `defaults` is left out."""
+    given = v.mapping(raw, key)
+    v.keys(given, key, allowed=set(knobs))
+    for knob, entry in given.items():
+        if isinstance(entry, dict):
+            v.mapping(entry, f"{key}.{knob}")
+    return parse_space(
+        given, knobs=knobs, defaults=defaults, section=key, fail=v.fail, short=_short
+    )
 
 
 def _parse_train(
@@ -425,7 +404,8 @@ class _Validator:
             return {}
         if not isinstance(raw, dict):
             self.fail(
-                key or "(top level)", f"must be a mapping, but got {type(raw).__name__} {raw!r}."
+                key or "(top level)",
+                f"must be a mapping, but got {type(raw).__name__} {_short(raw)}.",
             )
         return raw
 
@@ -448,7 +428,7 @@ class _Validator:
 
     def string(self, raw: Any, key: str) -> str:
         if not isinstance(raw, str):
-            self.fail(key, f"must be a string, but got {raw!r}.")
+            self.fail(key, f"must be a string, but got {_short(raw)}.")
         return raw
 
     def dataclass(self, cls: type, raw: Any, key: str) -> Any:
@@ -459,6 +439,15 @@ class _Validator:
         for k, val in given.items():
             _check_type(self, f"{key}.{k}", val, getattr(defaults, k), optional=k == "seed")
         return cls(**given)
+
+
+_MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's seeds are 32-bit
+
+
+def _check_range(v: _Validator, key: str, value: int, *, low: int, high: int | None = None) -> None:
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        v.fail(key, f"must be an integer {bounds}, but got {_short(value)}.")
 
 
 def _check_type(
@@ -478,9 +467,18 @@ def _check_type(
         expected = (type(default),)
     if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
         names = " or ".join("number" if t is float else t.__name__ for t in expected)
-        v.fail(key, f"must be {names}, but got {value!r}.")
+        v.fail(key, f"must be {names}, but got {_short(value)}.")
     if isinstance(value, float) and not math.isfinite(value):
-        v.fail(key, f"must be finite, but got {value!r}.")
+        v.fail(key, f"must be finite, but got {_short(value)}.")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlevel = 60, 60, 8, 8, 3
+
+
+def _short(value: Any) -> str:
+    """`repr(value)`, bounded: a message stays one readable line whatever a file holds."""
+    return _REPR.repr(value)
 
 
 def _one_of(items: Any) -> str:

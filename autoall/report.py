@@ -47,8 +47,10 @@ from autoall.report_store import RunStore, headline
 from autoall.report_types import ArchReport, Report, RunRecord, Selection, Variant
 from autoall.selection import finished_trials, select
 from autoall.stats import time_to_target
+from autoall.storage import sqlite_file
 from autoall.study import DEFAULT_STORAGE, count_trials, make_storage
 from autoall.train import resolve_device
+from autoall.urls import mask_secrets
 
 EVAL_SEED_OFFSET = 1000  # evaluation seed i is search seed + 1000 + i
 SELECTION_SEED_OFFSET = 2000  # selection seed j is search seed + 2000 + j
@@ -98,22 +100,23 @@ def check_studies(cfg: StudyConfig, storage: str) -> dict[str, optuna.Study]:
     ReportError. Only reads: a SQLite storage file that does not exist is reported, not created.
     """
     fix = f"run `autoall study run {cfg.path}` first, or pass the --storage it used"
-    db = storage.removeprefix("sqlite:///")
-    if storage.startswith("sqlite:///") and db != ":memory:" and not Path(db).is_file():
-        raise ReportError(f"No Optuna storage at {storage} (no file {db}); {fix}.")
-    rdb = make_storage(storage)
+    db = sqlite_file(storage)
+    shown = mask_secrets(storage)
+    if db is not None and not db.is_file():
+        raise ReportError(f"No Optuna storage at {shown} (no file {db}); {fix}.")
+    rdb = make_storage(storage, create=False)
     names = set(optuna.get_all_study_names(storage=rdb))
     studies = {}
     for arch in cfg.architectures:
         name = cfg.study_name(arch)
         if name not in names:
             there = ", ".join(sorted(names)) or "none"
-            raise ReportError(f"No study {name!r} in {storage} (studies there: {there}); {fix}.")
+            raise ReportError(f"No study {name!r} in {shown} (studies there: {there}); {fix}.")
         study = optuna.load_study(study_name=name, storage=rdb)
         c = count_trials(study.get_trials(deepcopy=False))
         if c.complete == 0:
             raise ReportError(
-                f"Study {name!r} in {storage} has no COMPLETE trial ({c.pruned} pruned, "
+                f"Study {name!r} in {shown} has no COMPLETE trial ({c.pruned} pruned, "
                 f"{c.failed} failed, {c.running} running); {fix}."
             )
         studies[arch] = study
@@ -184,7 +187,9 @@ def run_report(
     )
     base_studies = baseline_studies(cfg, opts, studies, say)
     store = RunStore(cfg.name, opts.tracking_uri)
-    say(f"MLflow: experiment {cfg.name!r}, report run {store.parent_id} ({store.uri})")
+    say(
+        f"MLflow: experiment {cfg.name!r}, report run {store.parent_id} ({mask_secrets(store.uri)})"
+    )
     publisher = Publisher(store=store, cfg=cfg, data=data)
     try:
         archs = [

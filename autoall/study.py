@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,20 @@ from sqlalchemy.exc import SQLAlchemyError
 import autoall
 from autoall.config import KINDS, ParamSpec, StudyConfig
 from autoall.data import DeviceData, load_data
+from autoall.host import WorkerRegistry, share_cores
 from autoall.plan import fit, trial_plan
+from autoall.samplers import per_trial
+from autoall.storage import (
+    RETRIED,
+    retrying,
+    set_state_through_outage,
+    sqlite_file,
+    storage_reason,
+)
 from autoall.tracking import NullTracker, Tracker, flatten, mask_secrets
 from autoall.tracking_writer import TrackingWriter
 from autoall.train import NonFiniteLossError, RunResult, TrainingOOMError
+from autoall.urls import storage_url
 from autoall.version import git_commit
 
 log = logging.getLogger("autoall.study")
@@ -73,9 +83,25 @@ def count_trials(trials: list[FrozenTrial]) -> Counts:
     )
 
 
-def make_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
-    """Optuna RDB storage with heartbeat and retry of stale trials, and a bounded connection pool."""
+def make_storage(url: str, cfg: StudyConfig | None = None, *, create: bool = True) -> RDBStorage:
+    """Optuna RDB storage with heartbeat and retry of stale trials, and a bounded connection pool.
+
+    `url` goes through `autoall.urls.storage_url` (a plain `postgresql://` gets the installed
+    driver). With a study file's `cfg`, a trial's storage calls ride out a database outage
+    shorter than the heartbeat's grace period less one interval (autoall/storage.py). With
+    `create=False` (the inspecting commands) a SQLite file that does not exist is a
+    StorageError instead of a new, empty database.
+    """
     hb = cfg.heartbeat if cfg is not None else None
+    shown = mask_secrets(url)
+    url = storage_url(url)
+    db = sqlite_file(url)
+    if db is not None and not create and not db.is_file():
+        raise StorageError(f"No Optuna storage at {shown} (no file {db}).")
+    if db is not None and not db.parent.is_dir():
+        raise StorageError(
+            f"Cannot open the Optuna storage {shown}: the folder {db.parent} does not exist."
+        )
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # workers wait for the file lock, not fail
@@ -87,17 +113,24 @@ def make_storage(url: str, cfg: StudyConfig | None = None) -> RDBStorage:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for attempt in range(_SCHEMA_RACE_ATTEMPTS):
             try:
-                return _rdb_storage(url, engine_kwargs, hb)
-            except (SQLAlchemyError, ImportError, ValueError) as exc:
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                storage = _rdb_storage(url, engine_kwargs, hb)
+            except ImportError:
+                raise StorageError(
+                    f"Cannot open the Optuna storage {shown}: its database driver is not "
+                    "installed; for PostgreSQL, pip install 'autoall[postgres]' (psycopg2) and use "
+                    "a postgresql:// or postgresql+psycopg2:// URL."
+                ) from None
+            except (SQLAlchemyError, ValueError) as exc:
+                reason = storage_reason(exc)
                 # several workers creating the schema of an empty database at once: retry
                 racing = any(w in reason.lower() for w in _RACE_WORDS)
                 if racing and attempt < _SCHEMA_RACE_ATTEMPTS - 1:
                     time.sleep(0.5 * (attempt + 1))
                     continue
-                raise StorageError(
-                    f"Cannot open the Optuna storage {mask_secrets(url)}: {mask_secrets(reason)}"
-                ) from None
+                raise StorageError(f"Cannot open the Optuna storage {shown}: {reason}") from None
+            if hb is not None:
+                storage.outage_seconds = max(0.0, float(hb.grace_period - hb.interval))
+            return storage
     raise AssertionError("unreachable")
 
 
@@ -110,25 +143,34 @@ class StorageError(RuntimeError):
 
 
 class _Storage(RDBStorage):
-    """RDBStorage whose heartbeat outlives a database blip.
+    """RDBStorage whose heartbeat outlives a database blip, and whose calls ride out an outage
+    shorter than `outage_seconds` (autoall/storage.py; 0: no retry).
 
     Optuna's heartbeat thread ends at the first exception of `record_heartbeat`; the trial then
     trains on with no heartbeat and is failed as stale (and rerun elsewhere) although alive.
     """
 
+    outage_seconds: float = 0.0
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
         except Exception as exc:  # the next beat, one interval later, tries again
-            lines = str(exc).strip().splitlines()
-            log.warning(
-                "heartbeat of trial id %d not recorded: %s",
-                trial_id,
-                mask_secrets(lines[0] if lines else ""),
-            )
+            log.warning("heartbeat of trial id %d not recorded: %s", trial_id, storage_reason(exc))
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        return set_state_through_outage(
+            self, RDBStorage.set_trial_state_values, trial_id, state, values
+        )
 
 
-def _rdb_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage:
+for _name in RETRIED:  # the calls that are safe to repeat, each ridden through an outage
+    setattr(_Storage, _name, retrying(getattr(RDBStorage, _name)))
+
+
+def _rdb_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> _Storage:
     storage = _new_storage(url, engine_kwargs, hb)
     if url.startswith("sqlite:///") and ":memory:" not in url:
         # write-ahead log: a commit is one append (trial.report ~1 ms instead of ~3-10), readers
@@ -138,7 +180,7 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage
     return storage
 
 
-def _new_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage:
+def _new_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> _Storage:
     return _Storage(
         url,
         engine_kwargs=engine_kwargs,
@@ -156,28 +198,32 @@ def _new_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> RDBStorage
 
 
 def make_sampler(
-    cfg: StudyConfig, *, seed_offset: int = 0, space: dict[str, ParamSpec] | None = None
+    cfg: StudyConfig, *, space: dict[str, ParamSpec] | None = None
 ) -> optuna.samplers.BaseSampler:
-    """The study file's sampler; `seed_offset` keeps workers and restarts from repeating draws.
+    """The study file's sampler, drawing for each trial from its own stream `seed + number`
+    (autoall/samplers.py), so workers started together never repeat each other's draws.
 
     `space` is the searched knobs (the grid sampler's grid); default: the ALL study's.
     """
     s = cfg.sampler
-    seed = None if s.seed is None else s.seed + seed_offset
+    seed = s.seed
+    sampler: optuna.samplers.BaseSampler
     if s.name == "tpe":
-        return optuna.samplers.TPESampler(
+        sampler = optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True
         )
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
-    if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
-    if s.name == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    grid = {name: list(spec.choices) for name, spec in (space or cfg.search).items()}
-    return optuna.samplers.GridSampler(grid, seed=seed)
+    elif s.name == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    elif s.name == "cmaes":
+        sampler = optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    elif s.name == "gp":
+        sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
+    elif s.name == "nsgaii":
+        sampler = optuna.samplers.NSGAIISampler(seed=seed)
+    else:  # the grid's order is shuffled once with `seed`: the same in every worker
+        grid = {name: list(spec.choices) for name, spec in (space or cfg.search).items()}
+        sampler = optuna.samplers.GridSampler(grid, seed=seed)
+    return per_trial(sampler, seed)
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
@@ -299,6 +345,8 @@ class WorkerContext:
     on_trial_end: Callable[[FrozenTrial], None] | None = None
     system_metrics: bool = False  # MLflow's system metrics in every trial's run
     log_models: bool = False  # a trial's model into its run when it becomes the study's best
+    registry: WorkerRegistry | None = None  # this host's workers: torch threads = share of cores
+    small_model: bool = False  # every model of the study trains fastest on one thread
 
     @property
     def study_name(self) -> str:
@@ -364,9 +412,9 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             if time.monotonic() - outage_since > _MAX_OUTAGE_SECONDS:
                 raise RuntimeError(
                     f"{ctx.study_name}: the Optuna storage has failed for "
-                    f"{_MAX_OUTAGE_SECONDS} s: {_first_line(error)}"
+                    f"{_MAX_OUTAGE_SECONDS} s: {storage_reason(error)}"
                 ) from None
-            log.warning("Optuna storage error (%s); retrying", _first_line(error))
+            log.warning("Optuna storage error (%s); retrying", storage_reason(error))
             time.sleep(poll_seconds)
             continue
         outage_since = None
@@ -391,11 +439,6 @@ def _storage_error(exc: BaseException) -> BaseException | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).splitlines()
-    return mask_secrets(f"{type(exc).__name__}: {lines[0] if lines else ''}")
 
 
 def _step(
@@ -510,8 +553,16 @@ def objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, f
         _note_failure(trial, "interrupted (Ctrl-C)")
         raise
     except Exception as exc:
-        _note_failure(trial, mask_secrets(repr(exc))[:500])
+        _note_failure(trial, _failure_reason(exc))
         raise
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """What a failed trial's `fail_reason` says: the database's own reason for a storage error
+    (not Optuna's "e.g. exceeding max length"), else the exception; secrets masked."""
+    if _storage_error(exc) is not None:
+        return f"Optuna storage: {storage_reason(exc)}"
+    return mask_secrets(repr(exc))[:500]
 
 
 def _note_failure(trial: optuna.Trial, reason: str) -> None:
@@ -528,6 +579,8 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
     if retry_of is None and _is_surplus(trial, ctx.n_trials):
         trial.set_user_attr("fail_reason", "surplus: the target was met by other workers")
         raise _SurplusTrial(f"trial {trial.number} is beyond the target of {ctx.n_trials}")
+    if ctx.registry is not None and ctx.data.device.type == "cpu":
+        trial.set_user_attr("torch_threads", share_cores(ctx.registry, small=ctx.small_model))
     params = suggest(trial, cfg.space(arch, ctx.kind))
     plan = trial_plan(cfg, arch, ctx.kind, params, device=ctx.device)
     tcfg = plan.train
@@ -617,6 +670,8 @@ def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, 
         reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc)
         if isinstance(exc, _SurplusTrial):
             reason = str(exc)
+        elif isinstance(exc, Exception):
+            reason = _failure_reason(exc)
         trial.set_user_attr("fail_reason", mask_secrets(reason)[:500])
         finish("FAIL", reason=reason)
         raise

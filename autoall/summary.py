@@ -9,16 +9,20 @@ from typing import Any
 import optuna
 
 from autoall.config import BASELINE_SUFFIX, load_study_file
-from autoall.study import DEFAULT_STORAGE, Counts, best_trial, count_trials
+from autoall.study import DEFAULT_STORAGE, Counts, best_trial, count_trials, make_storage
+from autoall.urls import mask_secrets
 
 
-def resolve_study_names(target: str, *, storage: str | None = None) -> tuple[str, list[str]]:
-    """A study file, `name` (all its architectures) or `name/arch` -> (storage URL, study names).
+def resolve_study_names(target: str, *, storage: str | None = None) -> tuple[Any, list[str]]:
+    """A study file, `name` (all its architectures) or `name/arch` -> (storage, study names).
 
+    Only reads: a SQLite file that does not exist is a StorageError, not a new database; a
+    storage that cannot be opened (wrong URL or password, server down) is a StorageError.
     Raises ValueError naming what exists when nothing matches.
     """
     url = storage or DEFAULT_STORAGE
-    existing = sorted(s.study_name for s in optuna.get_all_study_summaries(storage=url))
+    rdb = make_storage(url, create=False)
+    existing = sorted(optuna.get_all_study_names(storage=rdb))
     if Path(target).is_file():
         cfg = load_study_file(target)
         wanted = [cfg.study_name(a, k) for a, k in cfg.studies()]
@@ -34,8 +38,10 @@ def resolve_study_names(target: str, *, storage: str | None = None) -> tuple[str
         ]
     if not names:
         there = ", ".join(existing) if existing else "none"
-        raise ValueError(f"No study matching {target!r} in {url}; studies there: {there}.")
-    return url, names
+        raise ValueError(
+            f"No study matching {target!r} in {mask_secrets(url)}; studies there: {there}."
+        )
+    return rdb, names
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,8 @@ class StudySummary:
 
 
 def study_summaries(target: str, *, storage: str | None = None) -> list[StudySummary]:
-    url, names = resolve_study_names(target, storage=storage)
-    return [summarize(optuna.load_study(study_name=n, storage=url)) for n in names]
+    rdb, names = resolve_study_names(target, storage=storage)
+    return [summarize(optuna.load_study(study_name=n, storage=rdb)) for n in names]
 
 
 def summarize(study: optuna.Study) -> StudySummary:
@@ -99,10 +105,10 @@ def trials_table(target: str, *, storage: str | None = None) -> Any:
     """Optuna's trials dataframe for each matching study, with a `study` column (pandas)."""
     import pandas as pd
 
-    url, names = resolve_study_names(target, storage=storage)
+    rdb, names = resolve_study_names(target, storage=storage)
     frames = []
     for name in names:
-        frame = optuna.load_study(study_name=name, storage=url).trials_dataframe()
+        frame = optuna.load_study(study_name=name, storage=rdb).trials_dataframe()
         frame.insert(0, "study", name)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)

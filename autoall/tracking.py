@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
+
+from autoall.urls import mask_secrets, storage_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -45,7 +46,6 @@ _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
-_SECRET = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):[^\s/?#]*@")
 
 log = logging.getLogger("autoall.tracking")
 T = TypeVar("T")
@@ -64,11 +64,6 @@ class TrackingError(RuntimeError):
     """The tracking store could not be reached or set up when the study started."""
 
 
-def mask_secrets(text: str) -> str:
-    """Replace the password of every `scheme://user:password@` in `text` with `***`."""
-    return _SECRET.sub(r"\g<head>:***@", text)
-
-
 def quiet_mlflow() -> None:
     """MLflow and alembic log at WARNING and above: their INFO lines ("Creating initial MLflow
     database tables...", "Context impl SQLiteImpl.") would land among the progress lines.
@@ -84,28 +79,40 @@ def quiet_mlflow() -> None:
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))  # as MLflow sets it
 
 
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else `DEFAULT_TRACKING_URI`.
+def resolve_tracking_uri(uri: str | None = None, *, create: bool = True) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else `DEFAULT_TRACKING_URI`; a plain `postgresql://`
+    backend gets the installed driver (`autoall.urls.storage_url`).
 
-    Creates the folder of a SQLite file (./mlruns/ for the default).
+    With `create`, makes the folder of a SQLite file (./mlruns/ for the default).
     """
-    resolved = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    resolved = storage_url(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     db_path = _sqlite_path(resolved)
-    if db_path is not None:
+    if db_path is not None and create:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     return resolved
+
+
+def tracking_sqlite_file(uri: str | None = None) -> Path | None:
+    """The SQLite file of the tracking store `uri` resolves to (None: not SQLite)."""
+    return _sqlite_path(resolve_tracking_uri(uri, create=False))
 
 
 def check_server(uri: str) -> None:
     """For an http(s) tracking server: cap MLflow's HTTP retries, then GET /health (5 s) or raise.
 
     MLflow's defaults (7 retries, backoff 2) make one call to a server that went down take
-    minutes; MLFLOW_HTTP_REQUEST_* variables already set are kept. Other stores: nothing to do.
+    minutes; MLFLOW_HTTP_REQUEST_* variables already set are kept. MLflow's own "View run ...
+    at: <url>" lines (one per ended run, the URL unmasked) are turned off: always when the URL
+    holds a secret, else unless the user asked for them. Other stores: nothing to do.
     """
     if urlsplit(uri).scheme not in ("http", "https"):
         return
     for name, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if mask_secrets(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    else:
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         _check_health(uri)
     except Exception as exc:

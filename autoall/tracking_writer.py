@@ -7,8 +7,8 @@ with a spare core that work costs the trials nothing. A worker waits for the chi
 it needs an answer:
 
 - a trial's run id, read without waiting once the child has created the run (`run_id`);
-- the end of a trial (`finish`), so that logging lost on the way is a user attribute of the
-  trial before Optuna finishes it; the learning-curve PNG is drawn after that answer;
+- the end of a trial (`finish`), so that logging lost on the way (the learning-curve PNG
+  included) is a user attribute of the trial before Optuna finishes it;
 - `find_trial_run` and `close`, which drains the child.
 
 The store is opened while the worker sets up its storage and data. An http(s) server's /health
@@ -49,6 +49,7 @@ from autoall.tracking import (
     quiet_mlflow,
     resolve_tracking_uri,
 )
+from autoall.urls import install_log_masking
 
 if TYPE_CHECKING:
     from autoall.train import EpochStats, RunResult
@@ -334,7 +335,7 @@ class WriterRun:
         reason: str | None = None,
         epoch: int | None = None,
     ) -> None:
-        """End the run (waits until the child has logged it; the PNG comes after)."""
+        """End the run: waits until the child has logged its end and its learning-curve PNG."""
         if state not in TRIAL_STATES:
             raise ValueError(f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}.")
         if self._finished:
@@ -480,8 +481,10 @@ class _Child:
                 return False
             held = self.held.pop(start_id, [])
             ending.end(state, final=final, reason=reason, epoch=epoch, epochs=held)
-            self.answer(call_id, "ok", list(ending.lost))  # the worker goes on; the PNG follows
+            # the PNG before the answer: a PNG that cannot be stored is in the trial's
+            # tracking_lost like any other logging (~50 ms a trial waits for it)
             ending.log_curve(history or ending.history)
+            self.answer(call_id, "ok", list(ending.lost))
         elif op == "update_parent":
             key, summary = args
             if key in self.parents:
@@ -558,6 +561,7 @@ def main() -> None:
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
     logging.basicConfig(format="autoall tracking: %(message)s", level=logging.WARNING)
     quiet_mlflow()  # no INFO lines ("Creating initial MLflow database tables...") on stderr
+    install_log_masking()  # MLflow's own warnings may quote a tracking URI
     import mlflow  # noqa: F401  (now, while the worker starts; the calls come later)
 
     _Child(answers).serve(_FrameReader(sys.stdin.fileno()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -165,20 +166,36 @@ class TrainingOOMError(RuntimeError):
 EpochCallback = Callable[[EpochStats], bool | None]
 
 
+DEVICES = "cpu, cuda, cuda:N or mps"
+_DEVICE = re.compile(r"(cpu|mps|cuda)(?::(\d+))?")
+
+
 def resolve_device(name: str | None = None) -> torch.device:
-    """`None` or "auto": cuda, then mps, then cpu. An unavailable device is a ValueError."""
+    """`None` or "auto": cuda, then mps, then cpu. Otherwise one of cpu, cuda, cuda:N, mps that
+    this machine has; anything else (tpu, meta, cuda:7 on a 1-GPU host) is a ValueError that
+    says what is allowed. Every command checks its --device here, before anything is stored."""
     if name in (None, "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for, but CUDA is not available here.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
+    match = _DEVICE.fullmatch(name) if isinstance(name, str) else None
+    if match is None or (match[2] is not None and match[1] != "cuda"):
+        raise ValueError(f"device must be {DEVICES} (or auto), but got {name!r}.")
+    kind, index = match[1], match[2]
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for, but CUDA is not available here.")
+        count = torch.cuda.device_count()
+        if index is not None and int(index) >= count:
+            raise ValueError(
+                f"device {name!r} was asked for, but this machine has {count} CUDA device"
+                f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})."
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} was asked for, but MPS is not available here.")
-    return device
+    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +22,8 @@ import optuna
 import torch
 
 from autoall.config import KINDS, StudyConfig
+from autoall.host import WorkerRegistry
+from autoall.preflight import SMALL_STEP_FLOPS, step_flops
 from autoall.study import (
     Counts,
     WorkerContext,
@@ -34,8 +37,9 @@ from autoall.study import (
     run_worker,
     search_space_summary,
 )
-from autoall.tracking import NullTracker, mask_secrets
+from autoall.tracking import NullTracker, check_server, mask_secrets, resolve_tracking_uri
 from autoall.tracking_writer import TrackingWriter
+from autoall.urls import install_log_masking
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,13 @@ def run_study(
     """Run every study of the file (per architecture: the ALL study, then its tuned baseline,
     as `opts.kinds` says) to its target; return the final counts per study name."""
     out = out or sys.stderr
-    # first: a server that is down fails here, before anything else; the writer process
-    # imports MLflow and opens the store while this one sets up storage and data
-    tracker = _connect(cfg, opts)
+    # first what fails without creating anything: a tracking server that is down, then the
+    # Optuna storage (a wrong URL or password); only then the MLflow store and the studies
+    if opts.tracking:
+        check_server(resolve_tracking_uri(opts.tracking_uri, create=False))
+    storage = make_storage(opts.storage, cfg)
+    tracker = _connect(cfg, opts)  # the writer process opens the store meanwhile
     try:
-        storage = make_storage(opts.storage, cfg)
         studies = create_studies(cfg, storage, n_trials=opts.n_trials, kinds=opts.kinds)
         counts = {name: count_trials(s.get_trials(deepcopy=False)) for name, s in studies.items()}
         if all(c.done >= opts.n_trials for c in counts.values()):
@@ -192,14 +198,27 @@ def _work(
             tracker.close()
     if parents is None:  # keys; the writer finds or creates the runs
         parents = _parents(tracker, cfg, opts)
+    registry = WorkerRegistry()
+    registry.register()  # this host's workers share its cores (autoall/host.py)
+    try:
+        _run_studies(cfg, opts, tracker=tracker, parents=parents, registry=registry)
+    finally:
+        registry.unregister()
+
+
+def _run_studies(
+    cfg: StudyConfig,
+    opts: RunOptions,
+    *,
+    tracker: TrackingWriter | NullTracker,
+    parents: dict[str, str],
+    registry: WorkerRegistry,
+) -> None:
     storage = make_storage(opts.storage, cfg)
     data = load_study_data(cfg, opts.device)
     for arch, kind in cfg.studies(opts.kinds):
         name = cfg.study_name(arch, kind)
-        existing = len(optuna.load_study(study_name=name, storage=storage).trials)
-        sampler = make_sampler(
-            cfg, seed_offset=existing + 10_007 * index, space=cfg.space(arch, kind)
-        )
+        sampler = make_sampler(cfg, space=cfg.space(arch, kind))  # a stream per trial number
         study = optuna.load_study(
             study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg)
         )
@@ -216,6 +235,8 @@ def _work(
             checkpoint_every=opts.checkpoint_every,
             system_metrics=opts.system_metrics,
             log_models=opts.log_models,
+            registry=registry,
+            small_model=step_flops(cfg, arch) < SMALL_STEP_FLOPS,
         )
         run_worker(ctx, study)
 
@@ -226,13 +247,15 @@ def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int) -> None:
         visible = [d.strip() for d in inherited.split(",") if d.strip()]
         visible = visible or [str(i) for i in range(opts.gpus)]
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[index % len(visible)]
-    if opts.device in (None, "cpu") and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // opts.n_jobs))
+    install_log_masking()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        _work(cfg, opts, index)
+        _work(cfg, opts, index)  # torch's threads: this worker's share of the host's cores
     except KeyboardInterrupt:  # the trial is already marked FAIL by Optuna
         sys.exit(130)
+    except Exception:  # multiprocessing would print the traceback unmasked
+        sys.stderr.write(mask_secrets(traceback.format_exc()))
+        sys.exit(1)
 
 
 def _spawn_workers(cfg: StudyConfig, opts: RunOptions) -> None:

@@ -17,6 +17,7 @@ BENCHMARKS = [
     "bench_distributed.py",
     "bench_report.py",
     "bench_models.py",
+    "bench_workers.py",
 ]
 
 

@@ -311,7 +311,7 @@ def test_a_rerun_reuses_every_run_and_gives_the_same_results(
     assert {r["target_epoch"] for r in rows} == {"1"}  # any model beats 1 % after one epoch
 
     result = _report("--out", ".")  # a folder that holds more than a report is never replaced
-    assert result.exit_code == 1 and "is not a report folder" in result.output
+    assert result.exit_code == 2 and "is not a report folder" in result.output
     assert (built.root / "study.yaml").exists()
 
 
@@ -363,7 +363,7 @@ def _nothing_written(root: Path) -> None:
 def test_a_missing_study_is_a_clear_error_and_writes_nothing(workdir: Path) -> None:
     write_study(workdir / "study.yaml")
     result = _report()
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the user's to fix
     assert "No Optuna storage at sqlite:///autoall.db" in result.output
     assert "autoall study run study.yaml" in result.output
     assert not (workdir / "autoall.db").exists()
@@ -371,12 +371,12 @@ def test_a_missing_study_is_a_clear_error_and_writes_nothing(workdir: Path) -> N
 
     optuna.create_study(study_name="other/mlp", storage="sqlite:///autoall.db")
     result = _report()
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "No study 't/mlp' in sqlite:///autoall.db (studies there: other/mlp)" in result.output
     _nothing_written(workdir)
 
     result = CliRunner().invoke(main, ["report", "nosuch"])
-    assert result.exit_code == 1 and "studies/nosuch.yaml" in result.output
+    assert result.exit_code == 2 and "studies/nosuch.yaml" in result.output
 
 
 def test_a_study_without_complete_trials_is_a_clear_error_and_writes_nothing(
@@ -387,7 +387,7 @@ def test_a_study_without_complete_trials_is_a_clear_error_and_writes_nothing(
     study = optuna.create_study(study_name="t/mlp", storage="sqlite:///autoall.db")
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
     result = CliRunner().invoke(main, ["report", "t"])  # a name, with studies/t.yaml here
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Study 't/mlp' in sqlite:///autoall.db has no COMPLETE trial" in result.output
     assert "1 failed" in result.output and "autoall study run studies/t.yaml" in result.output
     _nothing_written(workdir)
@@ -400,7 +400,7 @@ def test_without_run_baseline_a_short_tuned_baseline_is_one_line_with_the_comman
     ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-baseline", "--no-tracking"])
     assert ran.exit_code == 0, ran.output
     result = _report("--no-run-baseline")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert (
         "The tuned-baseline study 't/mlp/tuned-baseline' holds 0 finished trials, the ALL study 2"
         in result.output

@@ -53,7 +53,12 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _serve_then_interrupt(args: list[str], url: str, workdir: Path) -> tuple[str, set[int]]:
+def _serve_then_interrupt(
+    args: list[str], url: str, workdir: Path, *, stop: signal.Signals = signal.SIGINT
+) -> tuple[str, set[int], int]:
+    """Start `autoall ARGS`, wait until `url` answers, send `stop` (SIGINT: to the terminal's
+    process group, like Ctrl-C; others: to autoall alone, like `kill` or a closed ssh session);
+    returns its output, the processes it had started that are still alive, and its exit code."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "autoall.cli", *args],
         cwd=workdir,
@@ -66,14 +71,33 @@ def _serve_then_interrupt(args: list[str], url: str, workdir: Path) -> tuple[str
         assert _wait_http(url, proc) == 200
         children = _descendants(proc.pid)
         assert children, "the server runs in child processes"
-        os.killpg(proc.pid, signal.SIGINT)
+        if stop == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(stop)
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(1)
-    alive = {pid for pid in children if Path(f"/proc/{pid}").exists()}
-    return out, alive
+        for pid in _descendants(proc.pid) if proc.poll() is None else set():
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    alive = {pid for pid in children if _alive(pid)}
+    while alive and time.monotonic() < deadline:  # reaped by init: gone within moments
+        time.sleep(0.2)
+        alive = {pid for pid in children if _alive(pid)}
+    for pid in alive:  # do not leave a server behind, whatever the test says
+        os.kill(pid, signal.SIGKILL)
+    return out, alive, proc.returncode
+
+
+def _alive(pid: int) -> bool:
+    """A live, non-zombie process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
 
 
 @pytest.mark.slow
@@ -85,9 +109,10 @@ def test_ui_serves_the_project_store_prints_run_links_and_stops_with_children(
     )
     assert result.exit_code == 0, result.output
     port = _free_port()
-    out, alive = _serve_then_interrupt(
+    out, alive, code = _serve_then_interrupt(
         ["ui", "--port", str(port)], f"http://127.0.0.1:{port}/health", workdir
     )
+    assert code == 0 and "stopped." in out
     assert f"MLflow UI: http://127.0.0.1:{port}" in out
     assert f"  t: http://127.0.0.1:{port}/#/experiments/" in out and "/runs" in out
     assert not alive, f"processes left running: {alive}"
@@ -100,8 +125,50 @@ def test_dashboard_serves_the_study_storage_and_stops(study_file: Path, workdir:
     )
     assert result.exit_code == 0, result.output
     port = _free_port()
-    out, alive = _serve_then_interrupt(
+    out, alive, _ = _serve_then_interrupt(
         ["dashboard", "--port", str(port)], f"http://127.0.0.1:{port}/api/studies", workdir
     )
     assert f"optuna-dashboard: http://127.0.0.1:{port}" in out
     assert not alive, f"processes left running: {alive}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_to_ui_stop_the_whole_server(
+    workdir: Path, stop: signal.Signals
+) -> None:
+    port = _free_port()
+    out, alive, code = _serve_then_interrupt(
+        ["ui", "--port", str(port)], f"http://127.0.0.1:{port}/health", workdir, stop=stop
+    )
+    assert not alive, f"processes left running after {stop.name}: {alive}\n{out}"
+    assert code == 128 + stop, out
+    assert "stopped." in out
+    with socket.socket() as sock:  # nothing listens on the port any more
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("command", ["ui", "dashboard"])
+def test_a_busy_port_is_one_line_and_exit_2_at_once(workdir: Path, command: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(main, [command, "--port", str(port)])
+    if "optuna-dashboard is not installed" in result.output:
+        pytest.skip("optuna-dashboard is not installed")
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: port {port} on 127.0.0.1 is in use (another server, or an `autoall ui` still "
+        "running); stop it or pass another --port.\n"
+    )
+    assert list(workdir.iterdir()) == []  # no mlruns/ either
+
+
+@pytest.mark.parametrize("port", ["0", "99999", "-1", "http"])
+@pytest.mark.parametrize("command", ["ui", "dashboard"])
+def test_an_impossible_port_is_a_usage_error(command: str, port: str) -> None:
+    result = CliRunner().invoke(main, [command, "--port", port])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--port'" in result.output
+    assert "Traceback" not in result.output

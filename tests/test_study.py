@@ -155,10 +155,18 @@ def test_median_pruner_prunes_and_pruned_trials_count_toward_the_target(workdir:
     assert "RUNNING" not in states
 
 
-def _wait_for_done(n: int, timeout: float = 120, *, running_epochs: int = 0) -> None:
-    """Until n trials are finished and one runs, with at least `running_epochs` reported."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_for_done(
+    n: int, proc: subprocess.Popen[str], *, running_epochs: int = 0, stall: float = 300
+) -> None:
+    """Until n trials are finished and one runs, with at least `running_epochs` reported.
+
+    Waits on states, not on the clock: as long as the worker lives and the study moves (a trial
+    or an epoch more), however slowly a busy machine runs it; fails when the worker exits or
+    nothing moves for `stall` seconds.
+    """
+    last_change, seen = time.monotonic(), -1
+    while time.monotonic() - last_change < stall:
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}) before {n} trials"
         try:
             trials = _trials()
             done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -169,10 +177,13 @@ def _wait_for_done(n: int, timeout: float = 120, *, running_epochs: int = 0) -> 
             ]
             if len(done) >= n and running:
                 return
+            progress = sum(len(t.intermediate_values) for t in trials) + len(trials)
+            if progress != seen:
+                last_change, seen = time.monotonic(), progress
         except (KeyError, optuna.exceptions.StorageInternalError):
             pass
         time.sleep(0.1)
-    raise AssertionError(f"the study did not reach {n} finished trials in {timeout} s")
+    raise AssertionError(f"the study stalled for {stall} s before {n} finished trials")
 
 
 def _start(study_file: Path, *args: str) -> subprocess.Popen[str]:
@@ -190,9 +201,9 @@ def test_ctrl_c_marks_the_running_trial_failed_and_prints_the_resume_command(
 ) -> None:
     path = write_study(workdir / "s.yaml", train={"epochs": 12}, n_trials=6)
     proc = _start(path)
-    _wait_for_done(3)
+    _wait_for_done(3, proc)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=600)  # a busy machine may take long; a hang still fails
     assert proc.returncode == 130, out
     assert "Resume with:" in out and f"study run {path} --no-tracking" in out
     states = _states(_trials())
@@ -212,13 +223,12 @@ def test_ctrl_c_marks_the_running_trial_failed_and_prints_the_resume_command(
 def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried(workdir: Path) -> None:
     path = write_study(workdir / "s.yaml", train={"epochs": 12}, n_trials=6)
     proc = _start(path)
-    _wait_for_done(3, running_epochs=2)
+    _wait_for_done(3, proc, running_epochs=2)
     proc.kill()
     proc.wait(timeout=30)
     killed = [t for t in _trials() if t.state == TrialState.RUNNING]
     assert len(killed) == 1
 
-    start = time.monotonic()
     code, out = _run(str(path))
     assert code == 0, out
     trials = _trials()
@@ -238,7 +248,6 @@ def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried(workdir:
     assert set(range(1, 13)) - set(retry.intermediate_values) <= {resumed}
     assert set(retry.intermediate_values) <= set(range(1, 13))
     assert not list((workdir / ".autoall" / "checkpoints").rglob("*.pt"))  # cleaned up
-    assert time.monotonic() - start < 60
 
 
 def test_a_trial_whose_end_was_not_stored_keeps_its_checkpoint_for_the_retry(
@@ -279,3 +288,40 @@ def test_two_worker_processes_share_one_sqlite_study_exactly(study_file: Path) -
     assert _states(trials) == {"COMPLETE": 6}
     workers = {t.user_attrs.get("worker_pid") for t in trials}
     assert len(workers) == 2 and os.getpid() not in workers
+
+
+def _outage(seconds: float) -> BaseException:
+    import sqlalchemy.exc
+
+    refused = ConnectionRefusedError("connection to server failed: Connection refused")
+    return sqlalchemy.exc.OperationalError(f"(down {seconds} s)", {}, refused)
+
+
+def test_a_database_outage_shorter_than_the_grace_period_fails_no_trial(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every `trial.report` fails for 1 s from the second epoch of trial 0 on (shorter than
+    grace - interval, 2 s here): the trial waits and completes, nothing is failed or rerun, and
+    Optuna's "exceeding max length" is never shown."""
+    down = 1.0
+    path = write_study(workdir / "s.yaml", train={"epochs": 4}, n_trials=2)
+    real = optuna.storages.RDBStorage._set_trial_intermediate_value_without_commit
+    since: list[float] = []
+
+    def flaky(self: object, session: object, trial_id: int, step: int, value: float) -> None:
+        if step == 2 and not since:
+            since.append(time.monotonic())
+        if since and time.monotonic() - since[0] < down:
+            raise _outage(down)
+        real(self, session, trial_id, step, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(
+        optuna.storages.RDBStorage, "_set_trial_intermediate_value_without_commit", flaky
+    )
+    code, out = _run(str(path), "--checkpoint-every", "0")
+    assert code == 0, out
+    assert "Optuna storage unreachable during set_trial_intermediate_value" in caplog.text
+    assert "exceeding max length" not in caplog.text + out
+    trials = _trials()
+    assert _states(trials) == {"COMPLETE": 2}
+    assert not any("failed_trial" in t.system_attrs for t in trials)
