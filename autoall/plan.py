@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from autoall.config import KINDS, StudyConfig
 from autoall.data import DeviceData, train_subset
 from autoall.layer import ALLSpec
@@ -69,16 +71,10 @@ def trial_plan(
     return RunPlan(arch, replace(base, all_lr=params["all_lr"]), spec)
 
 
-def fit(
-    plan: RunPlan,
-    data: DeviceData,
-    *,
-    on_epoch: EpochCallback | None = None,
-    evaluate_test: bool = False,
-    checkpoint: str | Path | None = None,
-    checkpoint_every: float = 0.0,
-) -> RunResult:
-    """Seed, build and train `plan` on `data`; the test split only with `evaluate_test`."""
+def build(plan: RunPlan, data: DeviceData) -> tuple[nn.Module, DeviceData]:
+    """The model `plan` starts from and the data it trains on: the train split cut to
+    `train_fraction` (drawn with the seed), then `seed_everything(seed)` and `build_model`.
+    `fit` trains that; a cohort (autoall/cohort.py) builds every member with it."""
     seed = plan.train.seed
     if plan.train_fraction < 1:
         data = train_subset(data, plan.train_fraction, seed=seed)
@@ -90,6 +86,20 @@ def fit(
         all_spec=plan.spec,
         head_width=plan.head_width,
     )
+    return model, data
+
+
+def fit(
+    plan: RunPlan,
+    data: DeviceData,
+    *,
+    on_epoch: EpochCallback | None = None,
+    evaluate_test: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: float = 0.0,
+) -> RunResult:
+    """Seed, build and train `plan` on `data`; the test split only with `evaluate_test`."""
+    model, data = build(plan, data)
     cfg = replace(plan.train, evaluate_test=evaluate_test)
     return train(
         model, data, cfg, on_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every

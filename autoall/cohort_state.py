@@ -1,0 +1,378 @@
+"""A cohort's state: K models of one architecture as stacked tensors, and their optimizer.
+
+Every member is first built alone (`autoall.plan.build`: its seed, its model), then copied into
+one row of a flat parameter tensor ``(K, P)``: the base network's parameters in the columns
+``[0, P_base)``, the ALLs' in ``[P_base, P)``. The model that runs them is a *template*: the
+architecture built on the meta device with the widest member's ALLs, each replaced by a
+:class:`CohortALL`; `torch.func.functional_call` runs it on one member's row (views of the flat
+tensor) and buffers, and `torch.vmap` runs all rows at once.
+
+Members may differ in their ALLs (trial cohorts) and stay exactly the models they are alone:
+
+- hidden size ``m_i <= M``: ``W_down`` rows and ``b_down`` entries ``m_i..M`` and ``W_up``
+  columns ``m_i..M`` are zero, so the padded code units are ``act(0) = 0`` and their gradients
+  are exactly zero: they stay zero under AdamW and SGD, and the custom losses divide by the
+  member's own ``m_i`` (``CohortALL``);
+- custom-loss kind and weight: per member a weight per kind present in the cohort (its
+  ``aux_weight`` on its kind, 0 elsewhere), so a member's loss is ``w L + 0 L' = w L``;
+- positions: a member with ``head`` carries the template's block ALLs as zeros (the identity,
+  with zero gradients except ``b_up``'s), and a gradient mask keeps them zero and frozen.
+
+The optimizer is torch.optim's AdamW or SGD (momentum, Nesterov) written out elementwise over
+the flat tensors, with the per-member scalars (lr, all_lr, weight decay, the schedule's factor,
+Adam's bias corrections) as ``(K, 1)`` columns; the scalars are computed in float64 as torch
+computes its Python floats, then rounded to float32 as torch rounds them. For member i, group g
+(base or ALL) and its Adam step t (``lr = peak_lr_g * factor(t - 1)``)::
+
+    AdamW:  p *= 1 - lr wd;  m = lerp(m, grad, 1 - b1);  v = b2 v + (1 - b2) grad^2
+            p += (-lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    SGD:    d = grad + wd p;  buf = mu buf + d (buf starts at 0);  d = d + mu buf (Nesterov)
+            or d = buf;  p += -lr d
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from autoall.layer import AUX_LOSSES, ALLSpec, AutoLearningLayer
+from autoall.models import build_model
+from autoall.train import TrainConfig, lr_factor
+
+_BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as train() uses it
+_EPS = 1e-8
+_KINDS = tuple(k for k in AUX_LOSSES if k != "none")  # the custom losses, in a fixed order
+
+
+class CohortALL(nn.Module):
+    """An ALL of the template: the widest member's ``m = M``; per member (stacked buffers) the
+    weights of the custom losses present in the cohort and the member's own code units.
+
+    Buffers: ``aux_weights`` ``(len(kinds),)``: the member's ``aux_weight`` on its kind, 0 on
+    the others (all 0: no custom loss, or the member has no ALL here); ``unit_mask`` ``(M,)``:
+    1 on the member's ``m_i`` units. The forward pass stores ``sum_k w_k L_k`` in
+    ``aux_value`` (the weighted custom loss, where an AutoLearningLayer stores it unweighted),
+    with the losses of AutoLearningLayer computed on the member's own ``m_i``:
+    ``sparsity = sum |a| / (n m_i)``, ``orthogonality = ||W W^T - diag(mask)||_F^2 / m_i^2``.
+    """
+
+    aux_weights: Tensor
+    unit_mask: Tensor
+    act: nn.Module
+
+    def __init__(self, layer: AutoLearningLayer, kinds: tuple[str, ...]) -> None:
+        super().__init__()
+        self.down, self.act, self.up = layer.down, layer.act, layer.up
+        if "reconstruction" in kinds:
+            self.recon_bias = layer.recon_bias
+        self.channel_dim = layer.channel_dim
+        self.kinds = kinds
+        self.register_buffer("aux_weights", torch.zeros(len(kinds)))
+        self.register_buffer("unit_mask", torch.zeros(layer.hidden_size))
+        self.aux_value: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.movedim(self.channel_dim, -1)  # (..., d)
+        a = self.act(self.down(h))  # (..., M); the member's padded units are exactly 0
+        if self.training and self.kinds:
+            total: Tensor | None = None
+            for j, kind in enumerate(self.kinds):
+                term = self.aux_weights[j] * self._loss(kind, h, a)
+                total = term if total is None else total + term
+            self.aux_value = total
+        else:
+            self.aux_value = None
+        return x + self.up(a).movedim(-1, self.channel_dim)
+
+    def _loss(self, kind: str, x: Tensor, a: Tensor) -> Tensor:
+        w_down = self.down.weight  # (M, d), rows m_i.. zero
+        units = self.unit_mask.sum().clamp_min(1)  # m_i (1 for a member without this ALL)
+        if kind == "reconstruction":
+            return (x.detach() - (a @ w_down + self.recon_bias)).pow(2).mean()
+        if kind == "sparsity":
+            return a.abs().sum() / (a[..., 0].numel() * units)
+        gram = w_down @ w_down.T - torch.diag(self.unit_mask)
+        return gram.pow(2).sum() / (units * units)
+
+
+def template(
+    arch: str,
+    specs: Sequence[ALLSpec | None],
+    *,
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    head_width: int | None,
+) -> nn.Module:
+    """The architecture on the meta device with room for every member's ALLs (module doc)."""
+    present = [s for s in specs if s is not None]
+    spec: ALLSpec | None = None
+    kinds: tuple[str, ...] = ()
+    if present:
+        used = {s.aux_loss for s in present if s.aux_weight > 0}
+        kinds = tuple(k for k in _KINDS if k in used)
+        spec = ALLSpec(
+            hidden_size=max(s.hidden_size for s in present),
+            aux_loss="reconstruction" if "reconstruction" in kinds else "none",
+            activation=present[0].activation,
+            positions="blocks" if any(s.positions == "blocks" for s in present) else "head",
+        )
+    with torch.device("meta"):
+        model = build_model(
+            arch, in_shape=in_shape, num_classes=num_classes, all_spec=spec, head_width=head_width
+        )
+    for name, module in list(model.named_modules()):
+        if isinstance(module, AutoLearningLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, CohortALL(module, kinds))
+    return model
+
+
+def _pad(t: Tensor, shape: torch.Size) -> Tensor:
+    """`t` in the top-left corner of zeros of `shape` (same number of dimensions)."""
+    if t.shape == shape:
+        return t
+    out = t.new_zeros(shape)
+    out[tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
+@dataclass(frozen=True)
+class _Slot:
+    name: str
+    shape: torch.Size
+    start: int
+    stop: int
+    is_all: bool
+
+
+class CohortState:
+    """The members' parameters ``flat`` ``(K, P)``, buffers ``(K, ...)``, optimizer state and
+    per-member settings, on `device`; rows follow `cfgs`. `keep` drops rows."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        shells: Sequence[nn.Module],
+        cfgs: Sequence[TrainConfig],
+        *,
+        device: torch.device,
+        steps_per_epoch: int,
+    ) -> None:
+        alls = {n for n, m in model.named_modules() if isinstance(m, CohortALL)}
+        named = list(model.named_parameters())
+        ordered = [(n, p, False) for n, p in named if not _under(n, alls)]
+        ordered += [(n, p, True) for n, p in named if _under(n, alls)]
+        self.slots: list[_Slot] = []
+        start = 0
+        for name, param, is_all in ordered:
+            self.slots.append(_Slot(name, param.shape, start, start + param.numel(), is_all))
+            start += param.numel()
+        self.p_base = sum(s.stop - s.start for s in self.slots if not s.is_all)
+        self.optimizer = cfgs[0].optimizer
+        self.momentum, self.nesterov = cfgs[0].momentum, cfgs[0].nesterov
+        self.steps_per_epoch = steps_per_epoch
+        self.cfgs = list(cfgs)
+        self.steps = [0] * len(cfgs)  # optimizer steps taken, per member
+        self.buffer_shapes = {n: b.shape for n, b in model.named_buffers()}
+        self.layers = {n: m for n, m in model.named_modules() if isinstance(m, CohortALL)}
+        rows, masks, buffers = [], [], []
+        for shell in shells:
+            row, mask = self._row(shell)
+            rows.append(row)
+            masks.append(mask)
+            buffers.append(self._buffers(shell))
+        self.flat = torch.stack(rows).to(device).requires_grad_()
+        mask = torch.stack(masks).to(device)
+        self.mask: Tensor | None = None if bool(mask.all()) else mask.float()
+        self.buffers = {n: torch.stack([b[n] for b in buffers]).to(device) for n in buffers[0]}
+        self.moments = [torch.zeros_like(self.flat, requires_grad=False)]
+        if self.optimizer == "adamw":
+            self.moments.append(torch.zeros_like(self.flat, requires_grad=False))
+
+    # ------------------------------------------------------------------ members in and out
+
+    def _row(self, shell: nn.Module) -> tuple[Tensor, Tensor]:
+        """A member's parameters padded into one row, and the mask of its ALL columns."""
+        own = dict(shell.named_parameters())
+        pieces, mask = [], []
+        for slot in self.slots:
+            param = own.get(slot.name)
+            if param is None:
+                if not slot.is_all:
+                    raise ValueError(f"a cohort needs one base network, but {slot.name} differs.")
+                pieces.append(torch.zeros(slot.stop - slot.start))
+            else:
+                if not slot.is_all and param.shape != slot.shape:
+                    raise ValueError(
+                        f"a cohort needs one base network, but {slot.name} has shape "
+                        f"{tuple(param.shape)}, expected {tuple(slot.shape)}."
+                    )
+                pieces.append(_pad(param.detach().cpu(), slot.shape).flatten())
+            if slot.is_all:
+                mask.append(torch.full((slot.stop - slot.start,), param is not None))
+        return torch.cat(pieces), torch.cat(mask) if mask else torch.ones(0, dtype=torch.bool)
+
+    def _buffers(self, shell: nn.Module) -> dict[str, Tensor]:
+        """A member's buffers in the template's names, with its ALLs' weights and unit masks."""
+        own = dict(shell.named_buffers())
+        modules = dict(shell.named_modules())
+        out: dict[str, Tensor] = {}
+        for name, shape in self.buffer_shapes.items():
+            layer_name, _, leaf = name.rpartition(".")
+            if layer_name in self.layers:
+                alone = modules.get(layer_name)
+                layer = self.layers[layer_name]
+                if leaf == "aux_weights":
+                    weights = torch.zeros(len(layer.kinds))
+                    if isinstance(alone, AutoLearningLayer) and alone.aux_loss in layer.kinds:
+                        weights[layer.kinds.index(alone.aux_loss)] = alone.aux_weight
+                    out[name] = weights
+                else:
+                    units = torch.zeros(shape)
+                    if isinstance(alone, AutoLearningLayer):
+                        units[: alone.hidden_size] = 1
+                    out[name] = units
+            else:
+                out[name] = own[name].detach().cpu().clone()
+        return out
+
+    def member(self, i: int) -> tuple[dict[str, Tensor], dict[str, Tensor], list[Tensor]]:
+        """Row `i` in template names (padded): parameters, buffers (without the cohort's own)
+        and optimizer moments, all on the CPU."""
+        row = self.flat[i].detach().cpu()
+        params = {s.name: row[s.start : s.stop].view(s.shape) for s in self.slots}
+        buffers = {
+            n: b[i].detach().cpu()
+            for n, b in self.buffers.items()
+            if n.rpartition(".")[0] not in self.layers
+        }
+        moments = [m[i].cpu() for m in self.moments]
+        return params, buffers, moments
+
+    def slot_views(self, row: Tensor) -> dict[str, Tensor]:
+        """One member's row ``(P,)`` (or a moment's) as tensors by parameter name."""
+        return {s.name: row[s.start : s.stop].view(s.shape) for s in self.slots}
+
+    def load_member(
+        self, i: int, shell: nn.Module, moments: Sequence[dict[str, Tensor]], *, step: int
+    ) -> None:
+        """Put a restored member (its model `shell`, optimizer moments by name) into row `i`."""
+        row, _ = self._row(shell)
+        buffers = self._buffers(shell)
+        with torch.no_grad():
+            self.flat[i].copy_(row.to(self.flat.device))
+            for name, value in buffers.items():
+                self.buffers[name][i].copy_(value)
+            for moment, values in zip(self.moments, moments, strict=True):
+                padded = [
+                    _pad(values[s.name].cpu(), s.shape).flatten()
+                    if s.name in values
+                    else torch.zeros(s.stop - s.start)
+                    for s in self.slots
+                ]
+                moment[i].copy_(torch.cat(padded).to(moment.device))
+        self.steps[i] = step
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only `rows` (in that order): a member that ended stops costing."""
+        index = torch.tensor(list(rows), dtype=torch.long, device=self.flat.device)
+        self.flat = self.flat.detach()[index].requires_grad_()
+        self.moments = [m[index] for m in self.moments]
+        self.buffers = {n: b[index] for n, b in self.buffers.items()}
+        if self.mask is not None:
+            self.mask = self.mask[index]
+        self.cfgs = [self.cfgs[r] for r in rows]
+        self.steps = [self.steps[r] for r in rows]
+
+    # ------------------------------------------------------------------------ running
+
+    def params(self) -> dict[str, Tensor]:
+        """Every parameter as a ``(K, *shape)`` view of ``flat`` (gradients reach ``flat``)."""
+        k = self.flat.shape[0]
+        return {s.name: self.flat[:, s.start : s.stop].view(k, *s.shape) for s in self.slots}
+
+    def epoch_table(self) -> Tensor:
+        """The optimizer's per-member scalars for each step of the next epoch: ``(steps, 5,
+        K)`` float32 on the device (AdamW: the two groups' decay factors and step sizes, and
+        sqrt(1 - b2^t); SGD: the two groups' -lr, and the weight decay)."""
+        n_steps, k = self.steps_per_epoch, len(self.cfgs)
+        factors = np.empty((n_steps, k))
+        for i, cfg in enumerate(self.cfgs):
+            factor = lr_factor(cfg, steps_per_epoch=n_steps)
+            factors[:, i] = [factor(self.steps[i] + s) for s in range(n_steps)]
+        lr = np.array([cfg.lr for cfg in self.cfgs])
+        all_lr = np.array([cfg.all_lr if cfg.all_lr is not None else cfg.lr for cfg in self.cfgs])
+        wd = np.array([cfg.weight_decay for cfg in self.cfgs])
+        lr_base, lr_all = lr * factors, all_lr * factors  # LambdaLR: peak lr * factor(n)
+        if self.optimizer == "sgd":
+            rows = [-lr_base, -lr_all, np.broadcast_to(wd, (n_steps, k))]
+        else:
+            t = np.arange(1, n_steps + 1)[:, None] + np.array(self.steps)[None, :]
+            b1, b2 = _BETAS
+            bc1 = np.vectorize(lambda n: 1 - b1**n, otypes=[float])(t)
+            bc2_sqrt = np.vectorize(lambda n: (1 - b2**n) ** 0.5, otypes=[float])(t)
+            rows = [1 - lr_base * wd, 1 - lr_all * wd]
+            rows += [(lr_base / bc1) * -1, (lr_all / bc1) * -1, bc2_sqrt]
+        table = torch.from_numpy(np.stack(rows, axis=1)).float()
+        return table.to(self.flat.device)
+
+    @torch.no_grad()
+    def step(self, scalars: Tensor) -> None:
+        """One optimizer step of every member with ``scalars`` ``(5, K)`` (`epoch_table`)."""
+        grad = self.flat.grad
+        assert grad is not None, "step() needs a backward pass first"
+        if self.mask is not None:  # frozen ALLs of members without them
+            grad[:, self.p_base :].mul_(self.mask)
+        col = scalars.unsqueeze(-1)  # (5, K, 1)
+        base, alls = slice(0, self.p_base), slice(self.p_base, None)
+        p = self.flat
+        if self.optimizer == "sgd":
+            d = grad if not self._decays() else grad + p * col[2]
+            if self.momentum:
+                buf = self.moments[0]
+                buf.mul_(self.momentum).add_(d)  # buf starts at zero: the first step sets d
+                d = d + self.momentum * buf if self.nesterov else buf.clone()
+            d[:, base].mul_(col[0])
+            d[:, alls].mul_(col[1])
+            p.add_(d)
+        else:
+            m, v = self.moments
+            if self._decays():
+                p[:, base].mul_(col[0])
+                p[:, alls].mul_(col[1])
+            m.lerp_(grad, 1 - _BETAS[0])
+            v.mul_(_BETAS[1]).addcmul_(grad, grad, value=1 - _BETAS[1])
+            denom = v.sqrt().div_(col[4]).add_(_EPS)
+            update = m.clone()
+            update[:, base].mul_(col[2])
+            update[:, alls].mul_(col[3])
+            p.add_(update.div_(denom))
+        self.flat.grad = None
+        self.steps = [s + 1 for s in self.steps]
+
+    def _decays(self) -> bool:
+        return any(cfg.weight_decay for cfg in self.cfgs)
+
+
+def _under(name: str, prefixes: set[str]) -> bool:
+    return any(name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def fixed(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with what members of one cohort may differ in set aside: the seed, the rates,
+    the schedule and the target (everything else is shared by the cohort's one loop)."""
+    return replace(
+        cfg,
+        seed=0,
+        lr=1.0,
+        all_lr=None,
+        weight_decay=0.0,
+        epochs=1,
+        warmup_epochs=0.0,
+        min_lr_ratio=0.0,
+        target_acc=None,
+    )
