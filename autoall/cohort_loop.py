@@ -11,6 +11,7 @@ target, checkpoint, callback). Members that ended leave the state at the end of 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -186,7 +187,7 @@ class CohortLoop:
         """One epoch of every member; per-step losses ``(steps, K)`` and per-member sums."""
         self.model.train()
         k, b = len(self.members), self.cfg.batch_size
-        table = self.state.epoch_table()
+        lrs = self.state.epoch_lrs()
         n = self.members[0].data.n_train
         perms = torch.stack(
             [torch.randperm(n, generator=m.generator, device=self.device) for m in self.members]
@@ -202,8 +203,10 @@ class CohortLoop:
             with self.autocast:
                 task, aux, hits = self._train_fn(self.state.params(), self.state.buffers, x, y)
                 loss = task + aux
-            loss.sum().backward()  # the members' gradients are independent
-            self.state.step(table[step])
+            with warnings.catch_warnings():  # the leaves' grads are strided views, on purpose
+                warnings.filterwarnings("ignore", message="grad and param do not obey")
+                loss.sum().backward()  # the members' gradients are independent
+            self.state.step(lrs[step])
             losses[step] = loss.detach()
             task_sum += task.detach() * y.shape[1]
             aux_sum += aux.detach()

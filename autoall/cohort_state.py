@@ -18,16 +18,20 @@ Members may differ in their ALLs (trial cohorts) and stay exactly the models the
 - positions: a member with ``head`` carries the template's block ALLs as zeros (the identity,
   with zero gradients except ``b_up``'s), and a gradient mask keeps them zero and frozen.
 
-The optimizer is torch.optim's AdamW or SGD (momentum, Nesterov) written out elementwise over
-the flat tensors, with the per-member scalars (lr, all_lr, weight decay, the schedule's factor,
-Adam's bias corrections) as ``(K, 1)`` columns; the scalars are computed in float64 as torch
-computes its Python floats, then rounded to float32 as torch rounds them. For member i, group g
-(base or ALL) and its Adam step t (``lr = peak_lr_g * factor(t - 1)``)::
+The optimizer is torch.optim's own fused AdamW or SGD (momentum, Nesterov) kernel
+(`torch._fused_adamw_`, `torch._fused_sgd_`, what `torch.optim.AdamW(fused=True)` calls) on the
+members' rows: per step, the members that share their lr, weight decay and step go in one call
+(a seed cohort: one call per parameter group; a trial cohort: one per member and group), with
+each group's lr as LambdaLR sets it, ``peak_lr * factor(n)``. For member i, group g and its Adam
+step t::
 
     AdamW:  p *= 1 - lr wd;  m = lerp(m, grad, 1 - b1);  v = b2 v + (1 - b2) grad^2
-            p += (-lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+            p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
     SGD:    d = grad + wd p;  buf = mu buf + d (buf starts at 0);  d = d + mu buf (Nesterov)
-            or d = buf;  p += -lr d
+            or d = buf;  p -= lr d
+
+(On CUDA that is the kernel `train()` uses; on the CPU `train()` uses torch's foreach path,
+which rounds in another order.) One pass over the flat state instead of one per operation.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -185,13 +188,15 @@ class CohortState:
             rows.append(row)
             masks.append(mask)
             buffers.append(self._buffers(shell))
-        self.flat = torch.stack(rows).to(device).requires_grad_()
+        self.flat = torch.stack(rows).to(device)
         mask = torch.stack(masks).to(device)
         self.mask: Tensor | None = None if bool(mask.all()) else mask.float()
         self.buffers = {n: torch.stack([b[n] for b in buffers]).to(device) for n in buffers[0]}
-        self.moments = [torch.zeros_like(self.flat, requires_grad=False)]
+        self.moments = [torch.zeros_like(self.flat)]
         if self.optimizer == "adamw":
-            self.moments.append(torch.zeros_like(self.flat, requires_grad=False))
+            self.moments.append(torch.zeros_like(self.flat))
+        self.step_t = torch.zeros(len(cfgs), device=device)  # Adam's step per member (float32)
+        self._bind()
 
     # ------------------------------------------------------------------ members in and out
 
@@ -243,7 +248,7 @@ class CohortState:
     def member(self, i: int) -> tuple[dict[str, Tensor], dict[str, Tensor], list[Tensor]]:
         """Row `i` in template names (padded): parameters, buffers (without the cohort's own)
         and optimizer moments, all on the CPU."""
-        row = self.flat[i].detach().cpu()
+        row = self.flat[i].cpu()
         params = {s.name: row[s.start : s.stop].view(s.shape) for s in self.slots}
         buffers = {
             n: b[i].detach().cpu()
@@ -275,87 +280,85 @@ class CohortState:
                     for s in self.slots
                 ]
                 moment[i].copy_(torch.cat(padded).to(moment.device))
+            self.step_t[i] = step
         self.steps[i] = step
 
     def keep(self, rows: Sequence[int]) -> None:
         """Keep only `rows` (in that order): a member that ended stops costing."""
         index = torch.tensor(list(rows), dtype=torch.long, device=self.flat.device)
-        self.flat = self.flat.detach()[index].requires_grad_()
+        self.flat = self.flat[index]
         self.moments = [m[index] for m in self.moments]
         self.buffers = {n: b[index] for n, b in self.buffers.items()}
         if self.mask is not None:
             self.mask = self.mask[index]
         self.cfgs = [self.cfgs[r] for r in rows]
         self.steps = [self.steps[r] for r in rows]
+        self.step_t = self.step_t[index]
+        self._bind()
+
+    def _bind(self) -> None:
+        """Leaf tensors ``(K, *shape)`` that share ``flat``'s memory, whose ``.grad`` are views
+        of one ``grad`` ``(K, P)``: backward accumulates into it in place (views of one leaf
+        would each backpropagate a whole ``(K, P)`` zero-padded gradient)."""
+        k = self.flat.shape[0]
+        self.grad = torch.zeros_like(self.flat)
+        self.leaves: dict[str, Tensor] = {}
+        for s in self.slots:
+            leaf = self.flat[:, s.start : s.stop].view(k, *s.shape).detach().requires_grad_()
+            leaf.grad = self.grad[:, s.start : s.stop].view(k, *s.shape)
+            self.leaves[s.name] = leaf
 
     # ------------------------------------------------------------------------ running
 
     def params(self) -> dict[str, Tensor]:
-        """Every parameter as a ``(K, *shape)`` view of ``flat`` (gradients reach ``flat``)."""
-        k = self.flat.shape[0]
-        return {s.name: self.flat[:, s.start : s.stop].view(k, *s.shape) for s in self.slots}
+        """Every parameter ``(K, *shape)``, sharing ``flat``'s memory; gradients go to
+        ``grad``."""
+        return self.leaves
 
-    def epoch_table(self) -> Tensor:
-        """The optimizer's per-member scalars for each step of the next epoch: ``(steps, 5,
-        K)`` float32 on the device (AdamW: the two groups' decay factors and step sizes, and
-        sqrt(1 - b2^t); SGD: the two groups' -lr, and the weight decay)."""
-        n_steps, k = self.steps_per_epoch, len(self.cfgs)
-        factors = np.empty((n_steps, k))
+    def epoch_lrs(self) -> list[list[tuple[float, float]]]:
+        """Per step of the next epoch and per member: the two groups' lr, as LambdaLR sets
+        them (`peak lr * factor(n)`, Python floats)."""
+        out: list[list[tuple[float, float]]] = [[] for _ in range(self.steps_per_epoch)]
         for i, cfg in enumerate(self.cfgs):
-            factor = lr_factor(cfg, steps_per_epoch=n_steps)
-            factors[:, i] = [factor(self.steps[i] + s) for s in range(n_steps)]
-        lr = np.array([cfg.lr for cfg in self.cfgs])
-        all_lr = np.array([cfg.all_lr if cfg.all_lr is not None else cfg.lr for cfg in self.cfgs])
-        wd = np.array([cfg.weight_decay for cfg in self.cfgs])
-        lr_base, lr_all = lr * factors, all_lr * factors  # LambdaLR: peak lr * factor(n)
-        if self.optimizer == "sgd":
-            rows = [-lr_base, -lr_all, np.broadcast_to(wd, (n_steps, k))]
-        else:
-            t = np.arange(1, n_steps + 1)[:, None] + np.array(self.steps)[None, :]
-            b1, b2 = _BETAS
-            bc1 = np.vectorize(lambda n: 1 - b1**n, otypes=[float])(t)
-            bc2_sqrt = np.vectorize(lambda n: (1 - b2**n) ** 0.5, otypes=[float])(t)
-            rows = [1 - lr_base * wd, 1 - lr_all * wd]
-            rows += [(lr_base / bc1) * -1, (lr_all / bc1) * -1, bc2_sqrt]
-        table = torch.from_numpy(np.stack(rows, axis=1)).float()
-        return table.to(self.flat.device)
+            factor = lr_factor(cfg, steps_per_epoch=self.steps_per_epoch)
+            all_lr = cfg.all_lr if cfg.all_lr is not None else cfg.lr
+            for s in range(self.steps_per_epoch):
+                f = factor(self.steps[i] + s)
+                out[s].append((cfg.lr * f, all_lr * f))
+        return out
 
     @torch.no_grad()
-    def step(self, scalars: Tensor) -> None:
-        """One optimizer step of every member with ``scalars`` ``(5, K)`` (`epoch_table`)."""
-        grad = self.flat.grad
-        assert grad is not None, "step() needs a backward pass first"
+    def step(self, lrs: Sequence[tuple[float, float]]) -> None:
+        """One optimizer step of every member, with its groups' `lrs` (`epoch_lrs`): torch's
+        fused AdamW or SGD kernel on the rows of the members that share their lr, weight
+        decay and step (a seed cohort: one call per group; a trial cohort: one per member)."""
+        grad = self.grad
         if self.mask is not None:  # frozen ALLs of members without them
             grad[:, self.p_base :].mul_(self.mask)
-        col = scalars.unsqueeze(-1)  # (5, K, 1)
-        base, alls = slice(0, self.p_base), slice(self.p_base, None)
-        p = self.flat
-        if self.optimizer == "sgd":
-            d = grad if not self._decays() else grad + p * col[2]
-            if self.momentum:
-                buf = self.moments[0]
-                buf.mul_(self.momentum).add_(d)  # buf starts at zero: the first step sets d
-                d = d + self.momentum * buf if self.nesterov else buf.clone()
-            d[:, base].mul_(col[0])
-            d[:, alls].mul_(col[1])
-            p.add_(d)
-        else:
-            m, v = self.moments
-            if self._decays():
-                p[:, base].mul_(col[0])
-                p[:, alls].mul_(col[1])
-            m.lerp_(grad, 1 - _BETAS[0])
-            v.mul_(_BETAS[1]).addcmul_(grad, grad, value=1 - _BETAS[1])
-            denom = v.sqrt().div_(col[4]).add_(_EPS)
-            update = m.clone()
-            update[:, base].mul_(col[2])
-            update[:, alls].mul_(col[3])
-            p.add_(update.div_(denom))
-        self.flat.grad = None
+        if self.optimizer == "adamw":
+            self.step_t.add_(1)
+        same: dict[tuple[float, float, float, int], list[int]] = {}
+        for i, (cfg, pair) in enumerate(zip(self.cfgs, lrs, strict=True)):
+            same.setdefault((*pair, cfg.weight_decay, self.steps[i]), []).append(i)
+        for (lr_base, lr_all, wd, _), rows in same.items():
+            for cols, lr in ((slice(0, self.p_base), lr_base), (slice(self.p_base, None), lr_all)):
+                if cols.start == cols.stop or cols.start == self.flat.shape[1]:
+                    continue
+                params = [self.flat[i, cols] for i in rows]
+                grads = [grad[i, cols] for i in rows]
+                moments = [[m[i, cols] for i in rows] for m in self.moments]
+                if self.optimizer == "adamw":
+                    steps = [self.step_t[i] for i in rows]
+                    torch._fused_adamw_(params, grads, moments[0], moments[1], [], steps,
+                                        lr=lr, beta1=_BETAS[0], beta2=_BETAS[1], weight_decay=wd,
+                                        eps=_EPS, amsgrad=False, maximize=False)  # fmt: skip
+                else:  # a zero buffer makes the first step's buffer the gradient, as torch's
+                    torch._fused_sgd_(params, grads, moments[0] if self.momentum else [],
+                                      weight_decay=wd, momentum=self.momentum, lr=lr,
+                                      dampening=0.0, nesterov=self.nesterov, maximize=False,
+                                      is_first_step=False)  # fmt: skip
+        grad.zero_()  # the leaves' .grad are views of it: the next backward adds into zeros
         self.steps = [s + 1 for s in self.steps]
-
-    def _decays(self) -> bool:
-        return any(cfg.weight_decay for cfg in self.cfgs)
 
 
 def _under(name: str, prefixes: set[str]) -> bool:
