@@ -599,6 +599,13 @@ def demo(n_trials: int, seeds: int) -> None:
     help="Run a missing or short tuned-baseline study to the ALL study's budget first "
     "(otherwise: an error naming the command).",
 )
+@click.option(
+    "--cohorts/--no-cohorts",
+    default=True,
+    show_default=True,
+    help="Train a variant's missing seeds (and a candidate's selection seeds) together as one "
+    "batched job, each the run it is alone within float tolerance; --no-cohorts: one by one.",
+)
 def report(
     targets: tuple[str, ...],
     seeds: int,
@@ -611,6 +618,7 @@ def report(
     device: str | None = None,
     architectures: str | None = None,
     run_baseline: bool = True,
+    cohorts: bool = True,
 ) -> None:
     """The tuned ALL against an equal-budget tuned baseline, paired over seeds, with the
     article's claims tested (Holm-corrected) and plots.
@@ -654,6 +662,7 @@ def report(
         tracking_uri=tracking_uri,
         device=device,
         run_baseline=run_baseline,
+        cohorts=cohorts,
     )
     try:
         done = [run_report(c, opts, echo=lambda line: click.echo(line, err=True)) for c in cfgs]

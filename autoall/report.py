@@ -70,6 +70,7 @@ class ReportOptions:
     device: str | None = None  # None: cuda, then mps, then cpu
     run_baseline: bool = True  # run missing tuned-baseline trials (equal budget) first
     alpha: float = 0.05
+    cohorts: bool = True  # a variant's missing seeds train together (autoall/cohort.py)
 
 
 def resolve_study_file(target: str) -> StudyConfig:
@@ -258,6 +259,7 @@ def _report_arch(
             device=device,
             accept=accept,
             label=label,
+            cohort=opts.cohorts,
         )
         if found is not None:
             picked[key], runs = found
@@ -307,10 +309,11 @@ def _report_arch(
     rep.notes += claims.budget_notes(study, base_study)
     seeds = eval_seeds(search_seed, opts.seeds)
     for variant in variants:
-        for seed in seeds:
-            run = store.get_or_train(
-                variant.name, variant.plan.with_seed(seed), data, split=split, evaluate_test=True
-            )
+        plans = [variant.plan.with_seed(seed) for seed in seeds]
+        runs = store.get_or_train_seeds(
+            variant.name, plans, data, split=split, evaluate_test=True, cohort=opts.cohorts
+        )
+        for seed, run in zip(seeds, runs, strict=True):
             reused = " (reused)" if run.reused else ""
             say(
                 f"{arch} {variant.name} seed {seed}: test_acc {run.metrics['test_acc']:.4f}{reused}"
