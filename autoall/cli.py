@@ -261,6 +261,14 @@ def _load(file: str, architectures: str | None = None) -> StudyConfig:
     show_default=True,
     help="Worker processes per GPU (with several GPUs or this option, --n-jobs defaults to GPUs x this).",
 )
+@click.option(
+    "--cohort",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Trials each worker asks Optuna for at once and trains together as one batched job "
+    "(each trial the run it is alone, told its own result); 1: one trial at a time.",
+)
 def study_run(**options: Any) -> None:
     """Run the study in FILE until each architecture holds its target of finished trials."""
     from autoall.tracking_writer import prestarted
@@ -283,6 +291,7 @@ def _study_run(
     checkpoint_dir: str = ".autoall/checkpoints",
     checkpoint_every: float = 30.0,
     trials_per_gpu: int = 1,
+    cohort: int = 1,
 ) -> None:
     import optuna
 
@@ -316,6 +325,7 @@ def _study_run(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         kinds=("all", "baseline") if baseline else ("all",),
+        cohort=cohort,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     click.echo(f"Optuna storage: {mask_secrets(opts.storage)}", err=True)

@@ -42,7 +42,8 @@ __all__ = ["EndCallback", "Outcome", "cohort_blocker", "cohort_key", "fit_cohort
 
 log = logging.getLogger("autoall.cohort")
 
-_cannot_batch: dict[tuple[Any, ...], str] = {}  # per structure: why vmap failed (said once)
+_cannot_batch: dict[tuple[Any, ...], str] = {}  # per structure: why vmap failed
+_said: set[str] = set()  # the reasons already logged
 
 
 def cohort_key(plan: RunPlan) -> tuple[Any, ...]:
@@ -115,13 +116,10 @@ def fit_cohort(
             return cohort.run()
         except CannotBatch as exc:
             reason = _cannot_batch.setdefault(_structure(plans), str(exc))
-    if n > 1:
-        log.warning(
-            "%d %s runs cannot train as one cohort (%s); training them one by one.",
-            n,
-            plans[0].arch,
-            reason,
-        )
+    if n > 1 and reason not in _said:  # once per reason and process
+        _said.add(reason)
+        log.warning("%s runs cannot train as one cohort (%s); training them one by one.",
+                    plans[0].arch, reason)  # fmt: skip
     return [
         _alone(i, plan, data, callbacks[i], files[i], evaluate_test, checkpoint_every, on_end)
         for i, plan in enumerate(plans)

@@ -49,6 +49,7 @@ class RunOptions:
     checkpoint_dir: str = ".autoall/checkpoints"  # mid-trial checkpoints; shared across hosts
     checkpoint_every: float = 30.0  # seconds between a trial's checkpoints (0: every epoch)
     kinds: tuple[str, ...] = KINDS  # the ALL studies, their equal-budget tuned baselines, or both
+    cohort: int = 1  # trials a worker asks at once and trains together (autoall/study_cohort.py)
 
 
 def default_n_jobs(trials_per_gpu: int = 1) -> int:
@@ -182,6 +183,7 @@ def _work(
             n_trials=opts.n_trials,
             checkpoint_dir=Path(opts.checkpoint_dir),
             checkpoint_every=opts.checkpoint_every,
+            cohort=opts.cohort,
         )
         run_worker(ctx, study)
 
