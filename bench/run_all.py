@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_core.py", "bench_study.py", "bench_distributed.py", "bench_report.py"]
+BENCHMARKS = [
+    "bench_core.py",
+    "bench_study.py",
+    "bench_distributed.py",
+    "bench_report.py",
+    "bench_cohort.py",
+]
 
 
 def main() -> int:
