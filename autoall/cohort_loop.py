@@ -64,6 +64,9 @@ class _Member:
 
 
 class CohortLoop:
+    """The members of one cohort (built, stacked, resumed from their checkpoints) and the loop
+    that trains them; `run()` returns one outcome per member, in the callers' order."""
+
     def __init__(
         self,
         plans: Sequence[RunPlan],

@@ -111,7 +111,7 @@ def test_quick_cpu_run_prints_every_section_and_ratio(tmp_path: Path) -> None:
     assert "FAILED" not in out and "target missed" not in out
 
     report = (tmp_path / "out" / "gpu_check.txt").read_text()
-    assert all(header in report for header in SECTIONS)
+    assert all(header in report for header in SECTIONS[:6])  # section 6: gpu_cohort.txt
     figures = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert figures["precision"]["cnn"]["speedup"] == pytest.approx(
         _ratio(out, RATIOS[0]), abs=0.006
@@ -125,7 +125,7 @@ def test_quick_cpu_run_prints_every_section_and_ratio(tmp_path: Path) -> None:
         for k in (1, 2):
             match = re.search(rf"^  {arch} K= ?{k}: wall +[\d.]+ s; +([\d,]+) trials/h", out, re.M)
             assert match and float(match.group(1).replace(",", "")) > 0, (arch, k, section6)
-    assert "not judged on the cpu" in section6
+    assert "target mlp cohort of 16 vs one at a time: not measured here" in section6
     assert re.search(r"^\(section 6: [\d.]+ s; failed: 0\)$", out, re.M)
     cohorts = json.loads((tmp_path / "out" / "gpu_cohort.json").read_text())
     assert set(cohorts) == {"mlp.K1", "mlp.K2", "cnn.K1", "cnn.K2", "target"}
