@@ -121,7 +121,8 @@ class CohortLoop:
             num_classes=data.num_classes,
             head_width=plans[0].head_width,
         )
-        self.alls = [m for m in self.model.modules() if isinstance(m, CohortALL)]
+        self.alls = {n: m for n, m in self.model.named_modules() if isinstance(m, CohortALL)}
+        self.coding = [n for n, m in self.alls.items() if m.needs_activations]  # return (h, a)
         self.state = CohortState(
             self.model,
             [m.shell for m in self.members],
@@ -204,7 +205,11 @@ class CohortLoop:
             idx = perms[:, step * size : (step + 1) * size]  # (K, B): member i's own batch
             x, y = self._batch(idx)
             with self.autocast:
-                task, aux, hits = self._train_fn(self.state.params(), self.state.buffers, x, y)
+                task, hits, *pairs = self._train_fn(self.state.params(), self.state.buffers, x, y)
+                activations = {
+                    n: (pairs[2 * i], pairs[2 * i + 1]) for i, n in enumerate(self.coding)
+                }
+                aux = self.state.custom_losses(activations)
                 loss = task + aux
             with warnings.catch_warnings():  # the leaves' grads are strided views, on purpose
                 warnings.filterwarnings("ignore", message="grad and param do not obey")
@@ -243,17 +248,18 @@ class CohortLoop:
 
     def _member_loss(
         self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """One member (under vmap): cross-entropy, weighted custom losses, correct count."""
+    ) -> tuple[Tensor, ...]:
+        """One member (under vmap): cross-entropy, correct count, and the ``(h, a)`` of each
+        ALL whose custom losses need them (`CohortState.custom_losses`)."""
         logits = functional_call(self.model, (params, buffers), (x,))
         task = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
-        aux: Tensor | None = None
-        for layer in self.alls:  # the layers' order, as auxiliary_loss sums them
-            value, layer.aux_value = layer.aux_value, None
-            if value is not None:
-                aux = value if aux is None else aux + value
         hits = (logits.argmax(dim=1) == y).sum()
-        return task, aux if aux is not None else torch.zeros_like(task), hits
+        kept: list[Tensor] = []
+        for layer in self.alls.values():
+            if layer.activations is not None:
+                kept += layer.activations
+                layer.activations = None
+        return (task, hits, *kept)
 
     def _member_logits(
         self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor

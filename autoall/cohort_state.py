@@ -13,8 +13,9 @@ Members may differ in their ALLs (trial cohorts) and stay exactly the models the
   columns ``m_i..M`` are zero, so the padded code units are ``act(0) = 0`` and their gradients
   are exactly zero: they stay zero under AdamW and SGD, and the custom losses divide by the
   member's own ``m_i`` (``CohortALL``);
-- custom-loss kind and weight: per member a weight per kind present in the cohort (its
-  ``aux_weight`` on its kind, 0 elsewhere), so a member's loss is ``w L + 0 L' = w L``;
+- custom-loss kind and weight: the vmapped forward computes no custom loss; it returns each
+  ALL's input and code, and `CohortState.custom_losses` computes each kind, batched, for the
+  members that use it only (its ``aux_weight`` and ``m_i`` are per-member buffers);
 - positions: a member with ``head`` carries the template's block ALLs as zeros (the identity,
   with zero gradients except ``b_up``'s), and a gradient mask keeps them zero and frozen.
 
@@ -57,10 +58,9 @@ class CohortALL(nn.Module):
 
     Buffers: ``aux_weights`` ``(len(kinds),)``: the member's ``aux_weight`` on its kind, 0 on
     the others (all 0: no custom loss, or the member has no ALL here); ``unit_mask`` ``(M,)``:
-    1 on the member's ``m_i`` units. The forward pass stores ``sum_k w_k L_k`` in
-    ``aux_value`` (the weighted custom loss, where an AutoLearningLayer stores it unweighted),
-    with the losses of AutoLearningLayer computed on the member's own ``m_i``:
-    ``sparsity = sum |a| / (n m_i)``, ``orthogonality = ||W W^T - diag(mask)||_F^2 / m_i^2``.
+    1 on the member's ``m_i`` units. The forward pass computes no custom loss: in training it
+    keeps its input and code ``(h, a)`` in ``activations`` for `CohortState.custom_losses`,
+    which computes each kind only for the members that use it.
     """
 
     aux_weights: Tensor
@@ -76,30 +76,17 @@ class CohortALL(nn.Module):
         self.kinds = kinds
         self.register_buffer("aux_weights", torch.zeros(len(kinds)))
         self.register_buffer("unit_mask", torch.zeros(layer.hidden_size))
-        self.aux_value: Tensor | None = None
+        self.activations: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def needs_activations(self) -> bool:
+        return any(kind != "orthogonality" for kind in self.kinds)
 
     def forward(self, x: Tensor) -> Tensor:
         h = x.movedim(self.channel_dim, -1)  # (..., d)
         a = self.act(self.down(h))  # (..., M); the member's padded units are exactly 0
-        if self.training and self.kinds:
-            total: Tensor | None = None
-            for j, kind in enumerate(self.kinds):
-                term = self.aux_weights[j] * self._loss(kind, h, a)
-                total = term if total is None else total + term
-            self.aux_value = total
-        else:
-            self.aux_value = None
+        self.activations = (h.detach(), a) if self.training and self.needs_activations else None
         return x + self.up(a).movedim(-1, self.channel_dim)
-
-    def _loss(self, kind: str, x: Tensor, a: Tensor) -> Tensor:
-        w_down = self.down.weight  # (M, d), rows m_i.. zero
-        units = self.unit_mask.sum().clamp_min(1)  # m_i (1 for a member without this ALL)
-        if kind == "reconstruction":
-            return (x.detach() - (a @ w_down + self.recon_bias)).pow(2).mean()
-        if kind == "sparsity":
-            return a.abs().sum() / (a[..., 0].numel() * units)
-        gram = w_down @ w_down.T - torch.diag(self.unit_mask)
-        return gram.pow(2).sum() / (units * units)
 
 
 def template(
@@ -296,11 +283,54 @@ class CohortState:
         self.step_t = self.step_t[index]
         self._bind()
 
+    def custom_losses(self, activations: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """Per member ``(K,)``: the sum over its ALLs, in the model's order (as
+        `auxiliary_loss` sums them), of ``aux_weight * L(W, a)``, each kind computed only for
+        the members that use it, on their own ``m_i`` (`AutoLearningLayer._custom_loss`)::
+
+            reconstruction  mean_n ||stopgrad(h_n) - (W_down^T a_n + c)||^2 / d
+            sparsity        sum |a| / (n m_i)
+            orthogonality   ||W_down W_down^T - diag(mask_i)||_F^2 / m_i^2
+
+        `activations`: each ALL's ``(h, a)`` ``(K, ..., d)``, ``(K, ..., M)`` from the forward.
+        """
+        aux = torch.zeros(self.flat.shape[0], device=self.flat.device)
+        for name, layer in self.layers.items():
+            for j, kind in enumerate(layer.kinds):
+                rows = self._rows[name][j]
+                if rows is None:
+                    continue
+                units = self.buffers[f"{name}.unit_mask"][rows]  # (r, M)
+                m = units.sum(1).clamp_min(1)
+                w_down = self.leaves[f"{name}.down.weight"][rows]  # (r, M, d)
+                if kind == "orthogonality":
+                    gram = w_down @ w_down.transpose(1, 2) - torch.diag_embed(units)
+                    loss = gram.pow(2).sum((1, 2)) / (m * m)
+                else:
+                    h, a = activations[name]
+                    codes = a[rows].flatten(1, -2)  # (r, n, M)
+                    if kind == "sparsity":
+                        loss = codes.abs().sum((1, 2)) / (codes.shape[1] * m)
+                    else:
+                        bias = self.leaves[f"{name}.recon_bias"][rows].unsqueeze(1)  # (r, 1, d)
+                        target = h[rows].flatten(1, -2)  # (r, n, d), detached
+                        loss = (target - (codes @ w_down + bias)).pow(2).mean((1, 2))
+                weight = self.buffers[f"{name}.aux_weights"][rows, j]
+                aux = aux.index_add(0, rows, weight * loss)
+        return aux
+
     def _bind(self) -> None:
         """Leaf tensors ``(K, *shape)`` that share ``flat``'s memory, whose ``.grad`` are views
         of one ``grad`` ``(K, P)``: backward accumulates into it in place (views of one leaf
         would each backpropagate a whole ``(K, P)`` zero-padded gradient)."""
         k = self.flat.shape[0]
+        self._rows: dict[str, list[Tensor | None]] = {}  # per ALL and kind: its members
+        for name, layer in self.layers.items():
+            weights = self.buffers[f"{name}.aux_weights"]
+            self._rows[name] = []
+            for j in range(len(layer.kinds)):
+                rows = (weights[:, j] > 0).nonzero().flatten()
+                self._rows[name].append(rows if rows.numel() else None)
         self.grad = torch.zeros_like(self.flat)
         self.leaves: dict[str, Tensor] = {}
         for s in self.slots:
