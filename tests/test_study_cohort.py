@@ -4,6 +4,7 @@ for single trials (tests/test_study.py, tests/test_tracking_study.py)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from conftest import write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+import autoall.cohort
 import autoall.cohort_loop
 from autoall.cli import main
 from autoall.config import load_study_file
@@ -84,6 +86,25 @@ def test_each_member_is_told_the_result_it_has_alone_and_the_target_is_exact(
         assert t.intermediate_values == {s.epoch: s.val_acc for s in alone.history}
     code, out = _run(str(study_file), "--cohort", "3")
     assert code == 0 and "Target met" in out
+
+
+def test_what_vmap_cannot_batch_falls_back_to_single_trials_with_one_line(
+    study_file: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unbatchable(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Batching rule not implemented for aten::something")
+
+    monkeypatch.setattr(autoall.cohort_loop.CohortLoop, "_member_loss", unbatchable)
+    monkeypatch.setattr(autoall.cohort, "_cannot_batch", {})
+    monkeypatch.setattr(autoall.cohort, "_said", set())
+    with caplog.at_level(logging.WARNING, logger="autoall.cohort"):
+        code, out = _run(str(study_file), "--cohort", "3")
+    assert code == 0, out
+    assert _states(_trials()) == {"COMPLETE": 4}
+    assert [r.getMessage() for r in caplog.records if r.name == "autoall.cohort"] == [
+        "mlp runs cannot train as one cohort (torch.vmap: RuntimeError: Batching rule not "
+        "implemented for aten::something); training them one by one."
+    ]
 
 
 def test_diverging_and_pruned_members_end_alone_and_count(workdir: Path) -> None:
