@@ -171,6 +171,13 @@ class _Cohort:
             state, error = TrialState.FAIL, exc
         self.told.add(trial.number)
         self.heartbeats.drop(trial._trial_id)
+        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+            # failed as stale meanwhile (its heartbeat late through a database blip): its retry
+            # is queued and resumes from the checkpoint, which stays
+            self.ctx.ended_checkpoint = None
+            log.warning("trial %d was failed as stale before its end was told; its retry "
+                        "resumes it", trial.number)  # fmt: skip
+            return
         self.study.tell(trial, values, state=state)
         frozen = self.study._storage.get_trial(trial._trial_id)
         if error is not None:

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 import autoall.cohort
 import autoall.cohort_loop
+import autoall.study
 from autoall.cli import main
 from autoall.config import load_study_file
 from autoall.plan import fit, trial_plan
@@ -173,6 +174,30 @@ def test_a_member_whose_end_was_not_stored_is_retried_from_its_checkpoint(
         assert retry.user_attrs["resumed_from_epoch"] == 3  # nothing trained again
         assert retry.values == [stale.intermediate_values[3]]
     assert not list((workdir / ".autoall" / "checkpoints").rglob("*.pt"))
+
+
+def test_a_member_failed_as_stale_meanwhile_is_not_told_and_keeps_its_checkpoint(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another worker failed member 0 as stale (its heartbeat late through a database blip)
+    while it trained: its end is not told over that, the cohort goes on, the checkpoint its
+    retry would resume from stays."""
+    path = write_study(workdir / "s.yaml", train={"epochs": 3}, n_trials=2)
+    real = autoall.study.TrialRun.on_epoch
+
+    def failed_elsewhere(self: Any, stats: Any) -> None:
+        real(self, stats)
+        if self.trial.number == 0 and stats.epoch == 3:
+            self.trial.study._storage.set_trial_state_values(self.trial._trial_id, TrialState.FAIL)
+
+    monkeypatch.setattr(autoall.study.TrialRun, "on_epoch", failed_elsewhere)
+    code, out = _run(str(path), "--cohort", "2", "--checkpoint-every", "0")
+    assert code == 0, out
+    assert "trial 0 was failed as stale before its end was told" in caplog.text
+    trials = _trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    kept = list((workdir / ".autoall" / "checkpoints").rglob("*.pt"))
+    assert [p.name for p in kept] == ["trial-0.pt"]
 
 
 def test_member_runs_mirror_their_trials_in_mlflow(
