@@ -17,9 +17,7 @@ Writes the section `bench_cohort` of bench/RESULTS.md (`--quick`: tiny sizes, pr
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -30,50 +28,19 @@ import optuna
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's autoall, first
+sys.path.insert(1, str(ROOT / "bench"))
+from _cohort_plans import draw_plans, seed_plans  # noqa: E402
 from _common import machine_header, markdown_table, median, spread, write_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from autoall.cohort import fit_cohort  # noqa: E402
 from autoall.config import StudyConfig, load_study_file  # noqa: E402
-from autoall.plan import RunPlan, fit, trial_plan  # noqa: E402
+from autoall.plan import fit  # noqa: E402
 from autoall.study import load_study_data  # noqa: E402
 
 STUDY = ROOT / "studies" / "digits.yaml"
 TARGETS = {5: 1.3, 16: 2.0}  # cohort size -> speed-up it must reach (issue 14)
-
-
-def draw_plans(
-    cfg: StudyConfig, k: int, *, seed: int, arch: str = "mlp", device: str = "cpu"
-) -> list[RunPlan]:
-    """K ALL trial plans of `arch` with knobs drawn uniformly (log scale where the file says
-    so) from the study file's search space, as a random sampler would."""
-    rng = random.Random(seed)
-    plans = []
-    for _ in range(k):
-        params: dict[str, object] = {}
-        for name, spec in cfg.search.items():
-            if spec.type == "categorical":
-                params[name] = rng.choice(list(spec.choices))
-                continue
-            assert spec.low is not None and spec.high is not None
-            low, high = float(spec.low), float(spec.high)
-            if spec.log:
-                value = 10 ** rng.uniform(math.log10(low), math.log10(high))
-            else:
-                value = rng.uniform(low, high)
-            params[name] = round(value) if spec.type == "int" else value
-        plans.append(trial_plan(cfg, arch, "all", params, device=device))
-    return plans
-
-
-def seed_plans(cfg: StudyConfig, k: int) -> list[RunPlan]:
-    """One ALL variant (fixed knobs) on K seeds, as the report trains a variant."""
-    params = {"hidden_size": 64, "all_lr": 3e-3, "aux_weight": 0.01,
-              "aux_loss": "reconstruction", "positions": "head"}  # fmt: skip
-    plan = trial_plan(cfg, "mlp", "all", params, device="cpu")
-    return [plan.with_seed(1000 + i) for i in range(k)]
 
 
 def same_process(cfg: StudyConfig, sizes: tuple[int, ...], pairs: int) -> list[list[str]]:

@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_cohort import draw_plans  # noqa: E402
+from _cohort_plans import draw_plans  # noqa: E402
 
 from autoall.cohort import fit_cohort  # noqa: E402
 from autoall.config import load_study_file  # noqa: E402
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for k in sizes.cohorts:
             left = deadline - time.monotonic()
             if last is not None and left < last[1] * k / last[0]:
-                report.line(f"  {arch} K={k}: left out, {left:.0f} s of the budget left")
+                report.line(f"  {arch} K={k:>2}: left out, {left:.0f} s of the budget left")
                 continue
             plans = [
                 replace(p, train=replace(p.train, epochs=sizes.epochs, warmup_epochs=0.0))
