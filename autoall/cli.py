@@ -295,6 +295,14 @@ def _study_name(cfg: StudyConfig, study_name: str | None) -> StudyConfig:
     help="Log a trial's model (mlflow.pytorch, uint8 images in, logits out) into its run "
     "whenever it becomes its study's best so far. Off by default: it costs seconds per model.",
 )
+@click.option(
+    "--cohort",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Trials each worker asks Optuna for at once and trains together as one batched job "
+    "(each trial the run it is alone, told its own result); 1: one trial at a time.",
+)
 def study_run(**options: Any) -> None:
     """Run the study in FILE until each architecture holds its target of finished trials."""
     from autoall.tracking_writer import prestarted
@@ -319,6 +327,7 @@ def _study_run(
     trials_per_gpu: int = 1,
     system_metrics: bool | None = None,
     log_models: bool = False,
+    cohort: int = 1,
 ) -> None:
     import optuna
 
@@ -327,6 +336,11 @@ def _study_run(
     from autoall.tracking import TrackingError, mask_secrets
     from autoall.workers import RunOptions, default_n_jobs, run_study
 
+    if log_models and cohort > 1:
+        _fail(
+            "--log-models needs --cohort 1: a cohort's members train as stacked rows of one "
+            f"batched job, not as modules that can be logged (got --cohort {cohort})."
+        )
     cfg = _study_name(_load(file, architectures), study_name)
     url = storage or DEFAULT_STORAGE
     sizes = _preflight(
@@ -366,6 +380,7 @@ def _study_run(
         kinds=("all", "baseline") if baseline else ("all",),
         system_metrics=on_cuda if system_metrics is None else system_metrics,
         log_models=log_models,
+        cohort=cohort,
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     click.echo(f"Optuna storage: {mask_secrets(opts.storage)}", err=True)
@@ -687,6 +702,13 @@ def demo(n_trials: int, seeds: int) -> None:
     help="Run a missing or short tuned-baseline study to the ALL study's budget first "
     "(otherwise: an error naming the command).",
 )
+@click.option(
+    "--cohorts/--no-cohorts",
+    default=True,
+    show_default=True,
+    help="Train a variant's missing seeds (and a candidate's selection seeds) together as one "
+    "batched job, each the run it is alone within float tolerance; --no-cohorts: one by one.",
+)
 def report(
     targets: tuple[str, ...],
     seeds: int,
@@ -699,6 +721,7 @@ def report(
     device: str | None = None,
     architectures: str | None = None,
     run_baseline: bool = True,
+    cohorts: bool = True,
 ) -> None:
     """The tuned ALL against an equal-budget tuned baseline, paired over seeds, with the
     article's claims tested (Holm-corrected) and plots.
@@ -758,6 +781,7 @@ def report(
         tracking_uri=tracking_uri,
         device=device,
         run_baseline=run_baseline,
+        cohorts=cohorts,
     )
     try:
         done = [run_report(c, opts, echo=lambda line: click.echo(line, err=True)) for c in cfgs]

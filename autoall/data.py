@@ -235,19 +235,34 @@ def augment_batch(x: Tensor, *, generator: torch.Generator | None = None, pad: i
 
         out[i, c, r, k] = padded[i, c, dy + r, dx + (W - 1 - k if flip else k)]
 
-    done as gathers on ``x.device``; returns the same shape and dtype.
+    done as gathers on ``x.device``; returns the same shape and dtype. The same as
+    ``apply_augmentation(x, *draw_augmentation(B, ...))``.
     """
     if x.dim() != 4:
         raise ValueError(
             f"augment_batch expects images (B, C, H, W), but got shape {tuple(x.shape)}."
         )
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be a non-negative integer, but got {pad!r}.")
-    b, c, h, w = x.shape
-    draw_on = generator.device if generator is not None else x.device
+    _check_pad(pad)
+    offsets, flip = draw_augmentation(x.shape[0], generator=generator, device=x.device, pad=pad)
+    return apply_augmentation(x, offsets, flip, pad=pad)
+
+
+def draw_augmentation(
+    b: int, *, generator: torch.Generator | None, device: torch.device, pad: int = 4
+) -> tuple[Tensor, Tensor]:
+    """The random part of :func:`augment_batch` for ``b`` images, drawn from ``generator``
+    (on its device) and moved to ``device``: offsets ``(2, b, 1)`` in ``[0, 2 pad]`` (rows,
+    columns) and flips ``(b, 1)`` bool. A cohort draws each member's from its own generator
+    and applies them to all members' images at once."""
+    draw_on = generator.device if generator is not None else device
     offsets = torch.randint(0, 2 * pad + 1, (2, b, 1), generator=generator, device=draw_on)
     flip = torch.randint(0, 2, (b, 1), generator=generator, device=draw_on).bool()
-    offsets, flip = offsets.to(x.device), flip.to(x.device)
+    return offsets.to(device), flip.to(device)
+
+
+def apply_augmentation(x: Tensor, offsets: Tensor, flip: Tensor, *, pad: int = 4) -> Tensor:
+    """Crop and flip ``x`` ``(B, C, H, W)`` as :func:`draw_augmentation` drew it."""
+    b, c, h, w = x.shape
     k = torch.arange(w, device=x.device)
     rows = offsets[0] + torch.arange(h, device=x.device)  # (B, H)
     cols = offsets[1] + torch.where(flip, w - 1 - k, k)  # (B, W)
@@ -255,6 +270,11 @@ def augment_batch(x: Tensor, *, generator: torch.Generator | None = None, pad: i
     # two gathers (rows, then columns) beat one 4-index advanced-indexing gather ~3x on CPU
     padded = padded.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w + 2 * pad))
     return padded.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+
+
+def _check_pad(pad: int) -> None:
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be a non-negative integer, but got {pad!r}.")
 
 
 def _batches(

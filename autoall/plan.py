@@ -71,6 +71,24 @@ def trial_plan(
     return RunPlan(arch, replace(base, all_lr=params["all_lr"]), spec)
 
 
+def build(plan: RunPlan, data: DeviceData) -> tuple[nn.Module, DeviceData]:
+    """The model `plan` starts from and the data it trains on: the train split cut to
+    `train_fraction` (drawn with the seed), then `seed_everything(seed)` and `build_model`.
+    `fit` trains that; a cohort (autoall/cohort.py) builds every member with it."""
+    seed = plan.train.seed
+    if plan.train_fraction < 1:
+        data = train_subset(data, plan.train_fraction, seed=seed)
+    seed_everything(seed)
+    model = build_model(
+        plan.arch,
+        in_shape=data.in_shape,
+        num_classes=data.num_classes,
+        all_spec=plan.spec,
+        head_width=plan.head_width,
+    )
+    return model, data
+
+
 def fit(
     plan: RunPlan,
     data: DeviceData,
@@ -86,17 +104,7 @@ def fit(
     `on_trained(model)` gets the trained model (on the training device, in eval mode) once
     training and evaluation are done, e.g. to log it.
     """
-    seed = plan.train.seed
-    if plan.train_fraction < 1:
-        data = train_subset(data, plan.train_fraction, seed=seed)
-    seed_everything(seed)
-    model = build_model(
-        plan.arch,
-        in_shape=data.in_shape,
-        num_classes=data.num_classes,
-        all_spec=plan.spec,
-        head_width=plan.head_width,
-    )
+    model, data = build(plan, data)
     cfg = replace(plan.train, evaluate_test=evaluate_test)
     result = train(
         model, data, cfg, on_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every

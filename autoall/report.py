@@ -76,6 +76,7 @@ class ReportOptions:
     device: str | None = None  # None: cuda, then mps, then cpu
     run_baseline: bool = True  # run missing tuned-baseline trials (equal budget) first
     alpha: float = 0.05
+    cohorts: bool = True  # a variant's missing seeds train together (autoall/cohort.py)
 
 
 def resolve_study_file(target: str) -> StudyConfig:
@@ -273,6 +274,7 @@ def _report_arch(
             device=device,
             accept=accept,
             label=label,
+            cohort=opts.cohorts,
         )
         if found is not None:
             picked[key], runs = found
@@ -322,18 +324,23 @@ def _report_arch(
     rep.notes += claims.budget_notes(study, base_study)
     seeds = eval_seeds(search_seed, opts.seeds)
     for variant in variants:
-        for seed in seeds:
-            # the first seed's run of each winner carries its model into the Model Registry
-            chosen = picked[PUBLISHED[variant.name]] if variant.name in PUBLISHED else None
-            chosen = chosen if seed == seeds[0] else None
-            run = store.get_or_train(
-                variant.name,
-                variant.plan.with_seed(seed),
-                data,
-                split=split,
-                evaluate_test=True,
-                on_trained=publisher.hook(arch, variant.name, chosen) if chosen else None,
-            )
+        plans = [variant.plan.with_seed(seed) for seed in seeds]
+        # the first seed's run of each winner carries its model into the Model Registry; it
+        # trains alone (a cohort's members are not modules), the other seeds as one cohort
+        chosen = picked[PUBLISHED[variant.name]] if variant.name in PUBLISHED else None
+        first = []
+        if chosen is not None:
+            hook = publisher.hook(arch, variant.name, chosen)
+            first = [
+                store.get_or_train(
+                    variant.name, plans[0], data, split=split, evaluate_test=True, on_trained=hook
+                )
+            ]
+        runs = first + store.get_or_train_seeds(
+            variant.name, plans[len(first) :], data, split=split, evaluate_test=True,
+            cohort=opts.cohorts,
+        )  # fmt: skip
+        for seed, run in zip(seeds, runs, strict=True):
             reused = " (reused)" if run.reused else ""
             say(
                 f"{arch} {variant.name} seed {seed}: test_acc {run.metrics['test_acc']:.4f}{reused}"

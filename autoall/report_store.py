@@ -15,7 +15,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from autoall.cohort import Outcome, fit_cohort, group_plans
 from autoall.data import DeviceData
 from autoall.plan import RunPlan, fit
 from autoall.report_types import FINAL_METRICS, SELECTION_METRICS, Report, RunRecord
@@ -114,10 +115,63 @@ class RunStore:
         run reads validation only. `on_trained(run_id, model, result)` is called for a run trained
         now, after its metrics are logged and before it ends (e.g. to log its model into it).
         """
+        if on_trained is None:
+            return self.get_or_train_seeds(
+                variant, [plan], data, split=split, evaluate_test=evaluate_test
+            )[0]
         if not evaluate_test and data.test_y.numel():
             raise AssertionError("a selection run must not be given the test split")
         settings = run_settings(plan, data, split=split, evaluate_test=evaluate_test)
         chash = config_hash(settings)
+        found = self._finished(variant, plan, chash, evaluate_test=evaluate_test)
+        if found is not None:
+            return found
+        keyed = [(0, settings, chash)]
+        return self._train(
+            variant, [plan], keyed, data, evaluate_test=evaluate_test, on_trained=on_trained
+        )[0]
+
+    def get_or_train_seeds(
+        self,
+        variant: str,
+        plans: Sequence[RunPlan],
+        data: DeviceData,
+        *,
+        split: dict[str, Any],
+        evaluate_test: bool,
+        cohort: bool = True,
+    ) -> list[RunRecord]:
+        """`get_or_train` of each plan (a variant on several seeds), in order: the finished runs
+        are read back, and the missing ones train together as one cohort (autoall/cohort.py)
+        unless `cohort` is False; each is its own child run, logged as soon as it ends.
+
+        A run trained in a cohort equals the run trained alone within float tolerance, so it is
+        keyed (and reused) the same; its tag `cohort_size` says how many trained together.
+        """
+        if not evaluate_test and data.test_y.numel():
+            raise AssertionError("a selection run must not be given the test split")
+        records: list[RunRecord | None] = []
+        missing: list[tuple[int, dict[str, Any], str]] = []
+        for i, plan in enumerate(plans):
+            settings = run_settings(plan, data, split=split, evaluate_test=evaluate_test)
+            chash = config_hash(settings)
+            records.append(self._finished(variant, plan, chash, evaluate_test=evaluate_test))
+            if records[-1] is None:
+                missing.append((i, settings, chash))
+        groups = group_plans([plans[i] for i, _, _ in missing]) if cohort else None
+        for group in groups or [[j] for j in range(len(missing))]:
+            todo = [missing[j] for j in group]
+            trained = self._train(variant, [plans[i] for i, _, _ in todo], todo, data,
+                                  evaluate_test=evaluate_test)  # fmt: skip
+            for (i, _, _), record in zip(todo, trained, strict=True):
+                records[i] = record
+        return [r for r in records if r is not None]
+
+    def _finished(
+        self, variant: str, plan: RunPlan, chash: str, *, evaluate_test: bool
+    ) -> RunRecord | None:
+        """A FINISHED run with key `chash` read back; runs left RUNNING by a killed report end
+        KILLED."""
         wanted = FINAL_METRICS if evaluate_test else SELECTION_METRICS
         earlier = self.children.get(chash, [])
         for run in earlier:
@@ -129,39 +183,77 @@ class RunStore:
         for run in earlier:  # left RUNNING by a report that was killed
             if run.info.status == "RUNNING":
                 self.client.set_terminated(run.info.run_id, "KILLED")
-        seed = plan.train.seed
+        return None
+
+    def _train(
+        self,
+        variant: str,
+        plans: list[RunPlan],
+        keyed: list[tuple[int, dict[str, Any], str]],
+        data: DeviceData,
+        *,
+        evaluate_test: bool,
+        on_trained: OnTrained | None = None,
+    ) -> list[RunRecord]:
+        """Train `plans` (one cohort, or one plan), each its own child run, ended as soon as
+        its training ends; a run whose training failed ends FAILED and its error is raised.
+        `on_trained` (one plan only) gets the trained model before its run ends."""
         role = "report-run" if evaluate_test else "selection-run"
-        tags = {"mlflow.parentRunId": self.parent_id, "autoall.report": self.name}
-        tags |= {"autoall.role": role, "arch": plan.arch, "variant": variant}
-        tags |= {"seed": str(seed), "config_hash": chash}
-        run_id = self.client.create_run(
-            self.experiment_id, tags=tags, run_name=f"{plan.arch}/{variant}/seed{seed}"
-        ).info.run_id
-        trained: list[nn.Module] = []
+        wanted = FINAL_METRICS if evaluate_test else SELECTION_METRICS
+        run_ids = []
+        for plan, (_, settings, chash) in zip(plans, keyed, strict=True):
+            seed = plan.train.seed
+            tags = {"mlflow.parentRunId": self.parent_id, "autoall.report": self.name}
+            tags |= {"autoall.role": role, "arch": plan.arch, "variant": variant}
+            tags |= {"seed": str(seed), "config_hash": chash, "cohort_size": str(len(plans))}
+            run_ids.append(
+                self.client.create_run(
+                    self.experiment_id, tags=tags, run_name=f"{plan.arch}/{variant}/seed{seed}"
+                ).info.run_id
+            )
+            self._log_params(run_ids[-1], flatten(settings))
+        records: list[RunRecord | None] = [None] * len(plans)
+        kept: list[nn.Module] = []
+        failures: list[Exception] = []
+        ended: set[int] = set()
+
+        def on_end(j: int, outcome: Outcome) -> None:
+            ended.add(j)
+            if not isinstance(outcome, RunResult):
+                self.client.set_terminated(run_ids[j], "FAILED")
+                failures.append(outcome)
+                return
+            self._log_result(run_ids[j], outcome)
+            if on_trained is not None and kept:
+                on_trained(run_ids[j], kept.pop(), outcome)
+            self.client.set_terminated(run_ids[j], "FINISHED")
+            metrics = {k: float(v) for k, v in final_metrics(outcome).items() if k in wanted}
+            records[j] = RunRecord(
+                arch=plans[j].arch,
+                variant=variant,
+                seed=plans[j].train.seed,
+                run_id=run_ids[j],
+                metrics=metrics,
+                val_acc=[s.val_acc for s in outcome.history],
+                epoch_seconds=[s.epoch_seconds for s in outcome.history],
+                test_predictions=outcome.test_predictions,
+                reused=False,
+            )
+
         try:
-            self._log_params(run_id, flatten(settings))
-            keep = trained.append if on_trained is not None else None
-            result = fit(plan, data, evaluate_test=evaluate_test, on_trained=keep)
-            self._log_result(run_id, result)
-            if on_trained is not None and trained:
-                on_trained(run_id, trained.pop(), result)
-            self.client.set_terminated(run_id, "FINISHED")
+            if on_trained is None:
+                fit_cohort(plans, data, evaluate_test=evaluate_test, on_end=on_end)
+            else:  # one run whose model is kept: a cohort's members are rows, not modules
+                on_end(0, fit(plans[0], data, evaluate_test=evaluate_test, on_trained=kept.append))
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            self.client.set_terminated(run_id, status)
+            for j, run_id in enumerate(run_ids):
+                if j not in ended:
+                    self.client.set_terminated(run_id, status)
             raise
-        metrics = {k: float(v) for k, v in final_metrics(result).items() if k in wanted}
-        return RunRecord(
-            arch=plan.arch,
-            variant=variant,
-            seed=seed,
-            run_id=run_id,
-            metrics=metrics,
-            val_acc=[s.val_acc for s in result.history],
-            epoch_seconds=[s.epoch_seconds for s in result.history],
-            test_predictions=result.test_predictions,
-            reused=False,
-        )
+        if failures:
+            raise failures[0]
+        return [r for r in records if r is not None]
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param

@@ -64,10 +64,12 @@ def select(
     device: str | None,
     accept: Callable[[Mapping[str, Any]], bool] | None = None,
     label: str = "",
+    cohort: bool = True,
 ) -> tuple[Selection, list[RunRecord]] | None:
     """Re-evaluate the study's top-k trials (those `accept` takes) on `seeds`; rank them.
 
-    `data` must hold no test split. Returns None when no COMPLETE trial qualifies.
+    `data` must hold no test split. Returns None when no COMPLETE trial qualifies. A trial's
+    missing seeds train as one cohort unless `cohort` is False.
     """
     pool = [t for t in finished_trials(study, budget) if accept is None or accept(t.params)]
     chosen = top_k(pool, k)
@@ -90,10 +92,14 @@ def select(
     for trial in chosen:
         plan = trial_plan(cfg, arch, kind, trial.params, device=device)
         name = f"select-{kind}-{trial.number}"
-        done = [
-            store.get_or_train(name, plan.with_seed(s), data, split=split, evaluate_test=False)
-            for s in seeds
-        ]
+        done = store.get_or_train_seeds(
+            name,
+            [plan.with_seed(s) for s in seeds],
+            data,
+            split=split,
+            evaluate_test=False,
+            cohort=cohort,
+        )
         runs += done
         candidates.append(
             Candidate(

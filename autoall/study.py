@@ -347,6 +347,7 @@ class WorkerContext:
     log_models: bool = False  # a trial's model into its run when it becomes the study's best
     registry: WorkerRegistry | None = None  # this host's workers: torch threads = share of cores
     small_model: bool = False  # every model of the study trains fastest on one thread
+    cohort: int = 1  # trials asked at once and trained together (autoall/study_cohort.py)
 
     @property
     def study_name(self) -> str:
@@ -395,6 +396,14 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
     A trial is started only while done + running < target, or when a retried trial is waiting;
     otherwise the worker waits for running trials to finish or turn stale.
     """
+    if ctx.cohort > 1:
+        from autoall.study_cohort import single_trials_reason
+
+        reason = single_trials_reason(ctx)
+        if reason is not None:
+            log.warning("%s: trials run one at a time, not in cohorts of %d (%s).",
+                        ctx.study_name, ctx.cohort, reason)  # fmt: skip
+            ctx.cohort = 1
     consecutive_failures = 0
     start_lock = _StartLock(study._storage)
     unbeaten: dict[int, float] = {}  # trial id -> when this worker first saw it without heartbeat
@@ -473,6 +482,12 @@ def _step(
         ):
             start_lock.release()
             continue
+        if ctx.cohort > 1:
+            from autoall.study_cohort import run_cohort
+
+            outcome = run_cohort(ctx, study, start_lock)  # releases the lock
+            ctx.tracker.check()
+            return outcome
         try:
             study.optimize(
                 guarded,
@@ -545,8 +560,15 @@ def objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, f
 
     Every failure leaves its reason in the trial's user attribute `fail_reason`.
     """
+    return noting_failure(trial, lambda: _objective(trial, ctx))
+
+
+def noting_failure(
+    trial: optuna.Trial, body: Callable[[], float | tuple[float, float]]
+) -> float | tuple[float, float]:
+    """`body()`, whose exceptions (but pruning) leave their reason in `fail_reason` first."""
     try:
-        return _objective(trial, ctx)
+        return body()
     except optuna.TrialPruned:
         raise
     except KeyboardInterrupt:  # also when Ctrl-C lands outside train(), e.g. in run set-up
@@ -573,120 +595,146 @@ def _note_failure(trial: optuna.Trial, reason: str) -> None:
 
 
 def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, float]:
-    cfg, arch = ctx.cfg, ctx.arch
-    frozen = trial.study.get_trials(deepcopy=False)[trial.number]
-    retry_of = frozen.system_attrs.get("failed_trial")
-    if retry_of is None and _is_surplus(trial, ctx.n_trials):
-        trial.set_user_attr("fail_reason", "surplus: the target was met by other workers")
-        raise _SurplusTrial(f"trial {trial.number} is beyond the target of {ctx.n_trials}")
-    if ctx.registry is not None and ctx.data.device.type == "cpu":
-        trial.set_user_attr("torch_threads", share_cores(ctx.registry, small=ctx.small_model))
-    params = suggest(trial, cfg.space(arch, ctx.kind))
-    plan = trial_plan(cfg, arch, ctx.kind, params, device=ctx.device)
-    tcfg = plan.train
-    run = ctx.tracker.start_trial(  # first: a trial that fails from here on has its run
-        parent_id=ctx.parent_run_id or "",
-        trial_number=trial.number,
-        params=flat_params(ctx, params, tcfg),
-        tags=_trial_tags(ctx, trial.number, retry_of),
-        config_yaml=yaml.safe_dump(resolved_config(ctx, params, tcfg), sort_keys=False),
-        run_name=f"{ctx.study_name}#{trial.number}",
-        system_metrics=ctx.system_metrics,
-    )
-    trial.set_user_attr("worker_host", socket.gethostname())
-    trial.set_user_attr("worker_pid", os.getpid())
-    linked = _link_run(trial, run, linked=False)
-    if retry_of is not None:
-        trial.set_user_attr("retry_of", retry_of)
-        lost_run = frozen.user_attrs.get("mlflow_run_id")  # copied from the stale trial
-        if not lost_run and ctx.parent_run_id:  # killed before it learnt its run id
-            lost_run = ctx.tracker.find_trial_run(ctx.parent_run_id, retry_of)
-        if lost_run:
-            ctx.tracker.fail_run(
-                lost_run, f"worker lost (heartbeat stale); retried as trial {trial.number}"
-            )
-    checkpoint = ctx.checkpoint_path(retry_of if retry_of is not None else trial.number)
-    multi = cfg.second_objective is not None
-    last_epoch = 0
-    next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
+    run = TrialRun(trial, ctx)
+    try:
+        result = fit(  # every trial starts from the same initialisation (tcfg.seed)
+            run.plan,
+            ctx.data,
+            on_epoch=run.on_epoch,
+            checkpoint=run.checkpoint,
+            checkpoint_every=ctx.checkpoint_every,
+            on_trained=run.trained.append if ctx.log_models else None,
+        )
+    except BaseException as exc:
+        return run.conclude(exc)
+    return run.conclude(result)
 
-    def on_epoch(stats: Any) -> None:
-        nonlocal last_epoch, linked, next_surplus_check
-        last_epoch = stats.epoch
-        run.log_epoch(stats)
-        linked = _link_run(trial, run, linked=linked)
-        if not multi:
+
+class TrialRun:
+    """One trial around its training: its knobs and plan, its MLflow run, its retry links and
+    checkpoint (set up by the constructor), its per-epoch reports and pruning (`on_epoch`),
+    and its end (`conclude`). A single trial (`objective`) and a cohort's members
+    (autoall/study_cohort.py) both go through it.
+    """
+
+    def __init__(self, trial: optuna.Trial, ctx: WorkerContext) -> None:
+        cfg, arch = ctx.cfg, ctx.arch
+        self.trial, self.ctx = trial, ctx
+        self.frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        self.retry_of = retry_of = self.frozen.system_attrs.get("failed_trial")
+        if retry_of is None and _is_surplus(trial, ctx.n_trials):
+            trial.set_user_attr("fail_reason", "surplus: the target was met by other workers")
+            raise _SurplusTrial(f"trial {trial.number} is beyond the target of {ctx.n_trials}")
+        if ctx.registry is not None and ctx.data.device.type == "cpu":
+            threads = share_cores(ctx.registry, small=ctx.small_model)
+            trial.set_user_attr("torch_threads", threads)
+        self.params = params = suggest(trial, cfg.space(arch, ctx.kind))
+        self.plan = trial_plan(cfg, arch, ctx.kind, params, device=ctx.device)
+        tcfg = self.plan.train
+        self.run = run = ctx.tracker.start_trial(  # first: a trial that fails from here has its run
+            parent_id=ctx.parent_run_id or "",
+            trial_number=trial.number,
+            params=flat_params(ctx, params, tcfg),
+            tags=_trial_tags(ctx, trial.number, retry_of),
+            config_yaml=yaml.safe_dump(resolved_config(ctx, params, tcfg), sort_keys=False),
+            run_name=f"{ctx.study_name}#{trial.number}",
+            system_metrics=ctx.system_metrics,
+        )
+        trial.set_user_attr("worker_host", socket.gethostname())
+        trial.set_user_attr("worker_pid", os.getpid())
+        self.linked = _link_run(trial, run, linked=False)
+        if retry_of is not None:
+            trial.set_user_attr("retry_of", retry_of)
+            lost_run = self.frozen.user_attrs.get("mlflow_run_id")  # copied from the stale trial
+            if not lost_run and ctx.parent_run_id:  # killed before it learnt its run id
+                lost_run = ctx.tracker.find_trial_run(ctx.parent_run_id, retry_of)
+            if lost_run:
+                ctx.tracker.fail_run(
+                    lost_run, f"worker lost (heartbeat stale); retried as trial {trial.number}"
+                )
+        self.checkpoint = ctx.checkpoint_path(retry_of if retry_of is not None else trial.number)
+        self.multi = cfg.second_objective is not None
+        self.last_epoch = 0
+        self.next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
+        self.trained: list[torch.nn.Module] = []  # the trained model, for --log-models
+
+    def on_epoch(self, stats: Any) -> None:
+        trial = self.trial
+        self.last_epoch = stats.epoch
+        self.run.log_epoch(stats)
+        self.linked = _link_run(trial, self.run, linked=self.linked)
+        if not self.multi:
             trial.report(stats.val_acc, stats.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
         # a retry queued meanwhile (another host's worker died): checked every few seconds
         # (it reads every trial) and after the last epoch, so the target is never overshot
-        due = time.monotonic() >= next_surplus_check or stats.epoch >= tcfg.epochs
-        if retry_of is None and due:
-            next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
-            if _is_surplus(trial, ctx.n_trials):
+        last = stats.epoch >= self.plan.train.epochs
+        if self.retry_of is None and (time.monotonic() >= self.next_surplus_check or last):
+            self.next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
+            if _is_surplus(trial, self.ctx.n_trials):
                 raise _SurplusTrial("surplus: a retried trial took its place")
 
-    def finish(state: str, **kw: Any) -> None:
-        _finish(ctx, run, trial, state, checkpoint, **kw)
-        _link_run(trial, run, linked=linked)
+    def _finish(self, state: str, **kw: Any) -> None:
+        _finish(self.ctx, self.run, self.trial, state, self.checkpoint, **kw)
+        _link_run(self.trial, self.run, linked=self.linked)
 
-    trained: list[torch.nn.Module] = []
-    try:
-        result = fit(  # every trial starts from the same initialisation (tcfg.seed)
-            plan,
-            ctx.data,
-            on_epoch=on_epoch,
-            checkpoint=checkpoint,
-            checkpoint_every=ctx.checkpoint_every,
-            on_trained=trained.append if ctx.log_models else None,
-        )
+    def conclude(self, outcome: RunResult | BaseException) -> float | tuple[float, float]:
+        """The trial's end from its training's outcome: its run finished, the value returned,
+        or what Optuna must see raised (TrialPruned; the error that failed it)."""
+        trial, finish = self.trial, self._finish
+        if isinstance(outcome, BaseException):
+            try:
+                raise outcome
+            except optuna.TrialPruned:
+                trial.set_user_attr("pruned_epoch", self.last_epoch)
+                finish("PRUNED", epoch=self.last_epoch, reason=f"pruner at epoch {self.last_epoch}")
+                raise
+            except NonFiniteLossError as exc:
+                trial.set_user_attr("pruned_reason", str(exc))
+                trial.set_user_attr("pruned_epoch", exc.epoch)
+                finish("PRUNED", epoch=exc.epoch, reason=str(exc))
+                if self.multi:  # Optuna cannot prune a multi-objective trial: it fails
+                    trial.set_user_attr("fail_reason", str(exc))
+                    raise
+                raise optuna.TrialPruned(str(exc)) from None
+            except TrainingOOMError as exc:  # not the knobs' fault: rerun the same knobs later
+                trial.set_user_attr("fail_reason", str(exc))
+                finish("FAIL", reason=str(exc))
+                oom_retries = int(self.frozen.user_attrs.get("oom_retries", 0))
+                if oom_retries < _MAX_OOM_RETRIES:
+                    trial.study.enqueue_trial(
+                        self.params,
+                        user_attrs={"retry_of": trial.number, "oom_retries": oom_retries + 1},
+                    )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise
+            except BaseException as exc:  # KeyboardInterrupt included: never left RUNNING
+                reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc)
+                if isinstance(exc, _SurplusTrial):
+                    reason = str(exc)
+                elif isinstance(exc, Exception):
+                    reason = _failure_reason(exc)
+                trial.set_user_attr("fail_reason", mask_secrets(reason)[:500])
+                finish("FAIL", reason=reason)
+                raise
+        result = outcome
         if result.extra.get("resumed_from_epoch"):
             trial.set_user_attr("resumed_from_epoch", result.extra["resumed_from_epoch"])
-    except optuna.TrialPruned:
-        trial.set_user_attr("pruned_epoch", last_epoch)
-        finish("PRUNED", epoch=last_epoch, reason=f"pruner at epoch {last_epoch}")
-        raise
-    except NonFiniteLossError as exc:
-        trial.set_user_attr("pruned_reason", str(exc))
-        trial.set_user_attr("pruned_epoch", exc.epoch)
-        finish("PRUNED", epoch=exc.epoch, reason=str(exc))
-        if multi:  # Optuna cannot prune a multi-objective trial: it fails, with the reason
-            trial.set_user_attr("fail_reason", str(exc))
-            raise
-        raise optuna.TrialPruned(str(exc)) from None
-    except TrainingOOMError as exc:  # not the knobs' fault: fail now, rerun the same knobs later
-        trial.set_user_attr("fail_reason", str(exc))
-        finish("FAIL", reason=str(exc))
-        oom_retries = int(frozen.user_attrs.get("oom_retries", 0))
-        if oom_retries < _MAX_OOM_RETRIES:
-            trial.study.enqueue_trial(
-                params, user_attrs={"retry_of": trial.number, "oom_retries": oom_retries + 1}
-            )
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        raise
-    except BaseException as exc:  # KeyboardInterrupt included: the run must not stay RUNNING
-        reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc)
-        if isinstance(exc, _SurplusTrial):
-            reason = str(exc)
-        elif isinstance(exc, Exception):
-            reason = _failure_reason(exc)
-        trial.set_user_attr("fail_reason", mask_secrets(reason)[:500])
-        finish("FAIL", reason=reason)
-        raise
-    _record_result(trial, result)
-    finish("COMPLETE", result=result)
-    if trained and run.run_id and _beats_the_best(trial.study, result.final_val_acc):
-        _log_model(ctx, run.run_id, trial.number, trained[0])
-    if not multi:
-        return result.final_val_acc
-    second = (
-        float(result.params.total)
-        if cfg.second_objective == "params"
-        else result.median_epoch_seconds
-    )
-    return result.final_val_acc, second
+        _record_result(trial, result)
+        finish("COMPLETE", result=result)
+        run_id = self.run.run_id
+        if self.trained and run_id and _beats_the_best(trial.study, result.final_val_acc):
+            _log_model(self.ctx, run_id, trial.number, self.trained[0])
+        if not self.multi:
+            return result.final_val_acc
+        second = (
+            float(result.params.total)
+            if self.ctx.cfg.second_objective == "params"
+            else result.median_epoch_seconds
+        )
+        return result.final_val_acc, second
 
 
 def _beats_the_best(study: optuna.Study, value: float) -> bool:

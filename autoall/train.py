@@ -407,6 +407,15 @@ def _warmup_cosine(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step factor: linear warm-up to 1, then cosine to `min_lr_ratio` (all groups alike)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(cfg, steps_per_epoch=steps_per_epoch)
+    )
+
+
+def lr_factor(cfg: TrainConfig, *, steps_per_epoch: int) -> Callable[[int], float]:
+    """The schedule's factor of the peak lr for optimizer step `n` (0-based, as LambdaLR counts):
+    `(n + 1) / warmup` during the warm-up, then `r + (1 - r) (1 + cos(pi p)) / 2` with `r =
+    min_lr_ratio` and `p` the fraction of the post-warm-up steps done (capped at 1)."""
     total = cfg.epochs * steps_per_epoch
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
 
@@ -417,7 +426,7 @@ def _warmup_cosine(
         cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
 
 
 def _save(

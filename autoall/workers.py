@@ -56,6 +56,7 @@ class RunOptions:
     kinds: tuple[str, ...] = KINDS  # the ALL studies, their equal-budget tuned baselines, or both
     system_metrics: bool = False  # MLflow's system metrics in every trial's run
     log_models: bool = False  # a trial's model into its run when it becomes its study's best
+    cohort: int = 1  # trials a worker asks at once and trains together (autoall/study_cohort.py)
 
 
 def default_n_jobs(trials_per_gpu: int = 1) -> int:
@@ -237,6 +238,7 @@ def _run_studies(
             log_models=opts.log_models,
             registry=registry,
             small_model=step_flops(cfg, arch) < SMALL_STEP_FLOPS,
+            cohort=opts.cohort,
         )
         run_worker(ctx, study)
 

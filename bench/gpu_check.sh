@@ -7,17 +7,20 @@
 # 2. fp32 vs bf16 + channels_last through train() for cnn and resnet18 on CIFAR-10-shaped
 # synthetic data, 3. autoall's trial path vs a hand-written loop vs the article's DataLoader
 # loop (cnn), 4. trials per hour of the digits mlp with 1, 2 and 4 trials per GPU, 5. GPU
-# utilisation; then a summary. The full run is sized for issue 7's budget of 8 minutes on one
-# H100 or H200 (section 4 leaves out settings that would overrun 7.5 minutes); it has not run
-# on one yet. `--device cpu --quick` is the smoke test CI runs (tests/test_gpu_check.py):
-# 45-70 s on 2 shared cores.
+# utilisation; then a summary. Then section 6 (bench/gpu_cohort.py, issue 14): trials per hour
+# of MNIST-sized mlp and cnn trials in cohorts of 1, 4, 16 and 64 (--skip 6 leaves it out).
+# The first five are sized for issue 7's budget of 8 minutes on one H100 or H200 (section 4
+# leaves out settings that would overrun 7.5 minutes), section 6 for 150 s more: give the
+# command timeout_s 600. Neither has run on a GPU yet. `--device cpu --quick` is the smoke test
+# CI runs (tests/test_gpu_check.py).
 #
 # Runs from a copied tree without an install: it cds to the repository root and puts it on
 # PYTHONPATH. PYTHON selects the interpreter (default: .venv/bin/python if present, else
 # python3); AUTOALL_COMMIT names the commit where the tree has no .git. With $OUT set, the
-# report goes to $OUT/gpu_check.txt, the figures to $OUT/gpu_check.json and the whole output
-# to $OUT/gpu_check.log. Exit status: 0 when every section ran (missed targets are reported,
-# not failures), 1 when a section failed, 2 on bad arguments or no CUDA device.
+# report goes to $OUT/gpu_check.txt (section 6: gpu_cohort.txt), the figures to
+# $OUT/gpu_check.json (gpu_cohort.json) and the whole output to $OUT/gpu_check.log. Exit
+# status: 0 when every section ran (missed targets are reported, not failures), 1 when a section
+# failed, 2 on bad arguments or no CUDA device.
 #
 # Wheels for the GPU machine (torch, numpy, scikit-learn, scipy, pyyaml, click, tqdm, packaging,
 # typing-extensions and MarkupSafe are already there; section 4 runs `autoall study run
@@ -68,11 +71,42 @@ for arg in "$@"; do
 done
 export GPU_CHECK_COMMAND="${command_line}"
 
+# Section 6 (bench/gpu_cohort.py, issue 14) takes --device and --quick too; --skip 6 leaves it out.
+cohort_args=()
+skip=""
+expect=""
+for arg in "$@"; do
+  case "${expect}" in
+    device) cohort_args+=(--device "${arg}"); expect=""; continue ;;
+    skip) skip="${arg}"; expect=""; continue ;;
+  esac
+  case "${arg}" in
+    --device) expect=device ;;
+    --device=*) cohort_args+=(--device "${arg#--device=}") ;;
+    --quick) cohort_args+=(--quick) ;;
+    --skip) expect=skip ;;
+    --skip=*) skip="${arg#--skip=}" ;;
+  esac
+done
+run_cohorts=1
+if [[ ",${skip// /}," == *",6,"* ]]; then
+  run_cohorts=0
+fi
+
+status=0
 if [[ -n "${OUT:-}" ]]; then
   mkdir -p "${OUT}"
   echo "command: ${command_line} (in ${root})" | tee "${OUT}/gpu_check.log"
-  "${PYTHON}" bench/gpu_check.py "$@" 2>&1 | tee -a "${OUT}/gpu_check.log"
+  "${PYTHON}" bench/gpu_check.py "$@" 2>&1 | tee -a "${OUT}/gpu_check.log" || status=$?
+  if ((status != 2 && run_cohorts)); then
+    "${PYTHON}" bench/gpu_cohort.py "${cohort_args[@]}" 2>&1 | tee -a "${OUT}/gpu_check.log" \
+      || status=$((status > 0 ? status : $?))
+  fi
 else
   echo "command: ${command_line} (in ${root})"
-  exec "${PYTHON}" bench/gpu_check.py "$@"
+  "${PYTHON}" bench/gpu_check.py "$@" || status=$?
+  if ((status != 2 && run_cohorts)); then
+    "${PYTHON}" bench/gpu_cohort.py "${cohort_args[@]}" || status=$((status > 0 ? status : $?))
+  fi
 fi
+exit "${status}"

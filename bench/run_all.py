@@ -18,6 +18,7 @@ BENCHMARKS = [
     "bench_report.py",
     "bench_models.py",
     "bench_workers.py",
+    "bench_cohort.py",
 ]
 
 

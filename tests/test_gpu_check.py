@@ -42,6 +42,7 @@ SECTIONS = (
     "== 4. trials per hour: digits mlp, 1/2 trials per GPU (--n-jobs) ==",
     "== 5. GPU utilisation during each run (mean / max) ==",
     "== summary ==",
+    "== 6. cohorts: trials per hour, MNIST-sized mlp and cnn, cohorts of 1/2 ==",
 )
 RATIOS = (
     "bf16+cl vs fp32 cnn",
@@ -110,7 +111,7 @@ def test_quick_cpu_run_prints_every_section_and_ratio(tmp_path: Path) -> None:
     assert "FAILED" not in out and "target missed" not in out
 
     report = (tmp_path / "out" / "gpu_check.txt").read_text()
-    assert all(header in report for header in SECTIONS)
+    assert all(header in report for header in SECTIONS[:6])  # section 6: gpu_cohort.txt
     figures = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert figures["precision"]["cnn"]["speedup"] == pytest.approx(
         _ratio(out, RATIOS[0]), abs=0.006
@@ -118,7 +119,33 @@ def test_quick_cpu_run_prints_every_section_and_ratio(tmp_path: Path) -> None:
     assert set(figures["paths"]) >= {"autoall", "plain", "dataloader", "autoall_vs_plain"}
     assert figures["trials"]["x2"]["workers"] == 2
     assert (tmp_path / "out" / "gpu_check.log").read_text() == out
+
+    section6 = out[out.find(SECTIONS[6]) :]  # bench/gpu_cohort.py: one trial, then a cohort
+    for arch in ("mlp", "cnn"):
+        for k in (1, 2):
+            match = re.search(rf"^  {arch} K= ?{k}: wall +[\d.]+ s; +([\d,]+) trials/h", out, re.M)
+            assert match and float(match.group(1).replace(",", "")) > 0, (arch, k, section6)
+    assert "target mlp cohort of 16 vs one at a time: not measured here" in section6
+    assert re.search(r"^\(section 6: [\d.]+ s; failed: 0\)$", out, re.M)
+    cohorts = json.loads((tmp_path / "out" / "gpu_cohort.json").read_text())
+    assert set(cohorts) == {"mlp.K1", "mlp.K2", "cnn.K1", "cnn.K2", "target"}
+    assert (tmp_path / "out" / "gpu_cohort.txt").read_text().strip() == section6.strip()
     print(f"gpu_check --quick took {time.monotonic() - start:.1f} s")
+
+
+def test_skip_6_leaves_the_cohort_section_out(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(
+        [str(SCRIPT), "--device", "cpu", "--quick", "--skip", "1,2,3,4,5,6"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "== summary ==" in proc.stdout and "== 6. cohorts" not in proc.stdout
 
 
 # ---------------------------------------------------------------- pure helpers

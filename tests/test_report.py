@@ -14,6 +14,7 @@ import csv
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class Built:
     rows: list[dict[str, str]]
     claims: list[dict[str, str]]
     calls: list[tuple[bool, int]] = field(default_factory=list)  # (evaluate_test, test images)
+    cohorts: list[tuple[bool, int]] = field(default_factory=list)  # (evaluate_test, runs)
 
     def client(self) -> MlflowClient:
         return MlflowClient(f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}")  # absolute path
@@ -92,23 +94,30 @@ def _build(root: Path) -> Built:
         ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-baseline"])
         assert ran.exit_code == 0, ran.output
 
-        real_fit, calls, seen = autoall.report_store.fit, [], []
+        real_fit, calls, seen, cohorts = autoall.report_store.fit_cohort, [], [], []
 
-        def interrupting(plan: Any, data: Any, **kwargs: Any) -> Any:
-            calls.append(1)
-            if len(calls) == 6:  # 5 runs finished, then Ctrl-C
-                raise KeyboardInterrupt
-            return real_fit(plan, data, **kwargs)
+        def interrupting(plans: Any, data: Any, **kwargs: Any) -> Any:
+            logged = kwargs["on_end"]
 
-        mp.setattr(autoall.report_store, "fit", interrupting)
+            def on_end(i: int, outcome: Any) -> None:
+                calls.append(1)
+                if len(calls) == 6:  # 5 runs finished, then Ctrl-C
+                    raise KeyboardInterrupt
+                logged(i, outcome)
+
+            return real_fit(plans, data, **{**kwargs, "on_end": on_end})
+
+        mp.setattr(autoall.report_store, "fit_cohort", interrupting)
         first = _report()
         assert not (root / "reports").exists()  # nothing written half-way
 
-        def counting(plan: Any, data: Any, **kwargs: Any) -> Any:
-            seen.append((bool(kwargs.get("evaluate_test")), int(data.test_y.numel())))
-            return real_fit(plan, data, **kwargs)
+        def counting(plans: Any, data: Any, **kwargs: Any) -> Any:
+            evaluate_test = bool(kwargs.get("evaluate_test"))
+            seen.extend((evaluate_test, int(data.test_y.numel())) for _ in plans)
+            cohorts.append((evaluate_test, len(plans)))
+            return real_fit(plans, data, **kwargs)
 
-        mp.setattr(autoall.report_store, "fit", counting)
+        mp.setattr(autoall.report_store, "fit_cohort", counting)
         result = _report()
         assert result.exit_code == 0, result.output
         out = root / "reports" / "t"
@@ -133,6 +142,7 @@ def _build(root: Path) -> Built:
         rows=rows,
         claims=claims,
         calls=seen,
+        cohorts=cohorts,
     )
 
 
@@ -296,7 +306,7 @@ def test_a_rerun_reuses_every_run_and_gives_the_same_results(
 
     monkeypatch.chdir(built.root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(autoall.report_store, "fit", no_training)
+    monkeypatch.setattr(autoall.report_store, "fit_cohort", no_training)
     before = (built.out / "results.csv").read_text()
     result = _report()
     assert result.exit_code == 0, result.output
@@ -313,6 +323,57 @@ def test_a_rerun_reuses_every_run_and_gives_the_same_results(
     result = _report("--out", ".")  # a folder that holds more than a report is never replaced
     assert result.exit_code == 2 and "is not a report folder" in result.output
     assert (built.root / "study.yaml").exists()
+
+
+def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
+    built: Built, empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report trains a variant's missing seeds together (default); --no-cohorts trains
+    them one by one, into a fresh MLflow store, and gives the same results."""
+    sizes = {n for evaluate_test, n in built.cohorts if evaluate_test}
+    assert max(sizes) == SEEDS  # whole variants, after the interrupted attempt's 5 runs
+    client = built.client()
+    for row in built.rows:
+        assert client.get_run(row["mlflow_run_id"]).data.tags["cohort_size"] in {"1", "2"}
+
+    shutil.copyfile(built.root / "study.yaml", tmp_path / "study.yaml")
+    with (
+        sqlite3.connect(built.root / "autoall.db") as src,
+        sqlite3.connect(tmp_path / "autoall.db") as dst,
+    ):
+        src.backup(dst)  # the studies, write-ahead log included
+    (tmp_path / "mlruns").mkdir()
+    shutil.copyfile(empty_store, tmp_path / "mlruns" / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real_fit, runs = autoall.report_store.fit_cohort, []
+
+    def one_by_one(plans: Any, data: Any, **kwargs: Any) -> Any:
+        runs.append(len(plans))
+        return real_fit(plans, data, **kwargs)
+
+    monkeypatch.setattr(autoall.report_store, "fit_cohort", one_by_one)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = _report("--no-cohorts")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    assert set(runs) == {1} and len(runs) == len(built.rows) + built.selection_runs
+    with (tmp_path / "reports" / "t" / "results.csv").open() as f:
+        alone = list(csv.DictReader(f))
+    assert [(r["variant"], r["seed"]) for r in alone] == [
+        (r["variant"], r["seed"]) for r in built.rows
+    ]
+    for a, c in zip(alone, built.rows, strict=True):
+        for key in ("test_acc", "final_val_acc", "train_eval_acc", "params_total", "params_all"):
+            assert float(c[key]) == float(a[key]), (c["variant"], c["seed"], key)
+    with (tmp_path / "reports" / "t" / "claims.csv").open() as f:
+        claims = list(csv.DictReader(f))
+    assert [(c["claim"], c["verdict"]) for c in claims] == [
+        (c["claim"], c["verdict"]) for c in built.claims
+    ]
 
 
 def _chromium() -> str:
