@@ -346,7 +346,7 @@ def _report_arch(
                 f"{arch} {variant.name} seed {seed}: test_acc {run.metrics['test_acc']:.4f}{reused}"
             )
             rep.runs.append(run)
-            if chosen is not None:
+            if chosen is not None and seed == seeds[0]:  # the run that carries the model
                 published = publisher.settle(arch, variant.name, chosen, run)
                 say(f"{arch}: {published.line()}")
                 rep.notes.append(published.line())

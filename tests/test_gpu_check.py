@@ -104,7 +104,8 @@ def test_quick_cpu_run_prints_every_section_and_ratio(tmp_path: Path) -> None:
     assert "not judged on cpu" in out  # targets are for one H100
     for n in (1, 2):
         match = re.search(rf"^  --n-jobs {n}: (\d+) trials by (\d+) worker", out, re.M)
-        assert match and int(match.group(1)) == 2 and int(match.group(2)) == n, out
+        # 2 trials of 1 epoch: on a busy machine the second worker may start after both ran
+        assert match and int(match.group(1)) == 2 and 1 <= int(match.group(2)) <= n, out
     section5 = out[out.find(SECTIONS[4]) :]
     assert "n/a (cpu)" in section5
     assert re.search(r"^total: [\d.]+ s; sections failed: 0$", out, re.M)

@@ -107,7 +107,17 @@ def _build(root: Path) -> Built:
 
             return real_fit(plans, data, **{**kwargs, "on_end": on_end})
 
+        real_alone = autoall.report_store.fit  # a published winner's first seed trains alone
+
+        def interrupting_alone(plan: Any, data: Any, **kwargs: Any) -> Any:
+            result = real_alone(plan, data, **kwargs)
+            calls.append(1)
+            if len(calls) == 6:
+                raise KeyboardInterrupt
+            return result
+
         mp.setattr(autoall.report_store, "fit_cohort", interrupting)
+        mp.setattr(autoall.report_store, "fit", interrupting_alone)
         first = _report()
         assert not (root / "reports").exists()  # nothing written half-way
 
@@ -117,7 +127,13 @@ def _build(root: Path) -> Built:
             cohorts.append((evaluate_test, len(plans)))
             return real_fit(plans, data, **kwargs)
 
+        def counting_alone(plan: Any, data: Any, **kwargs: Any) -> Any:
+            seen.append((bool(kwargs.get("evaluate_test")), int(data.test_y.numel())))
+            cohorts.append((bool(kwargs.get("evaluate_test")), 1))
+            return real_alone(plan, data, **kwargs)
+
         mp.setattr(autoall.report_store, "fit_cohort", counting)
+        mp.setattr(autoall.report_store, "fit", counting_alone)
         result = _report()
         assert result.exit_code == 0, result.output
         out = root / "reports" / "t"
@@ -346,13 +362,18 @@ def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
     shutil.copyfile(empty_store, tmp_path / "mlruns" / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    real_fit, runs = autoall.report_store.fit_cohort, []
+    real_fit, real_alone, runs = autoall.report_store.fit_cohort, autoall.report_store.fit, []
 
     def one_by_one(plans: Any, data: Any, **kwargs: Any) -> Any:
         runs.append(len(plans))
         return real_fit(plans, data, **kwargs)
 
+    def alone(plan: Any, data: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        return real_alone(plan, data, **kwargs)
+
     monkeypatch.setattr(autoall.report_store, "fit_cohort", one_by_one)
+    monkeypatch.setattr(autoall.report_store, "fit", alone)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
