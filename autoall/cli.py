@@ -332,7 +332,7 @@ def _study_run(
     import optuna
 
     from autoall.preflight import WORKER_BASE_BYTES, cap_workers
-    from autoall.study import DEFAULT_STORAGE, StorageError
+    from autoall.storage import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets
     from autoall.workers import RunOptions, default_n_jobs, run_study
 
@@ -442,7 +442,8 @@ def _preflight(
 @click.option("--study-name", default=None, help="Overrides the file's name.")
 def study_create(file: str, storage: str | None, study_name: str | None) -> None:
     """Create the storage schema and the studies of FILE once, before many workers start."""
-    from autoall.study import DEFAULT_STORAGE, StorageError, create_studies, make_storage
+    from autoall.storage import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.study import create_studies
     from autoall.tracking import mask_secrets
 
     cfg = _study_name(_load(file), study_name)
@@ -464,7 +465,7 @@ def study_status(target: str, storage: str | None) -> None:
     TARGET is a study file or a study name (`digits` for all its architectures, or `digits/mlp`).
     """
     from autoall.config import StudyFileError
-    from autoall.study import StorageError
+    from autoall.storage import StorageError
     from autoall.summary import study_summaries
     from autoall.urls import mask_secrets
 
@@ -482,7 +483,7 @@ def study_list(storage: str | None) -> None:
     """List the studies in a storage."""
     import optuna
 
-    from autoall.study import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.storage import DEFAULT_STORAGE, StorageError, make_storage
     from autoall.urls import mask_secrets
 
     url = storage or DEFAULT_STORAGE
@@ -514,7 +515,7 @@ def study_list(storage: str | None) -> None:
 def study_export(name: str, fmt: str, output: str | None, storage: str | None) -> None:
     """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture)."""
     from autoall.preflight import PreflightError, check_writable
-    from autoall.study import StorageError
+    from autoall.storage import StorageError
     from autoall.summary import trials_table
     from autoall.urls import mask_secrets
 
@@ -592,7 +593,7 @@ def dashboard(storage: str | None, port: int) -> None:
     import shutil
 
     from autoall.servers import HOST, PortInUse, check_port
-    from autoall.study import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.storage import DEFAULT_STORAGE, StorageError, make_storage
     from autoall.urls import mask_secrets, storage_url
 
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
@@ -627,7 +628,7 @@ def demo(n_trials: int, seeds: int) -> None:
     The report uses 10 evaluation seeds (the `autoall report` default is 5): the fewest with which
     its claims can be decided (the exact sign-flip test needs n >= 9 for ten claims).
     """
-    from autoall.study import DEFAULT_STORAGE
+    from autoall.storage import DEFAULT_STORAGE
 
     study_file = Path(__file__).resolve().parent.parent / "studies" / "digits.yaml"
     start = time.monotonic()
@@ -742,7 +743,7 @@ def report(
         resolve_study_file,
         run_report,
     )
-    from autoall.study import DEFAULT_STORAGE, StorageError
+    from autoall.storage import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets
 
     url = storage or DEFAULT_STORAGE

@@ -3,7 +3,7 @@ as one batched job (autoall/cohort.py) and tells each its own result.
 
 Every member is a single trial in all but its training: its knobs, plan, MLflow run, retry links,
 checkpoint, per-epoch reports, pruning, surplus checks and end go through the same
-`autoall.study.TrialRun` as a trial of `objective`, and its end is told to Optuna as
+`autoall.objective.TrialRun` as a trial of `objective`, and its end is told to Optuna as
 `study.optimize` tells a trial (`study.tell`: COMPLETE with its value, PRUNED, or FAIL with the
 reason in `fail_reason`), followed by the same per-trial callback (checkpoint removal, the parent
 run's summary). Around them:
@@ -37,16 +37,9 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from autoall.cohort import Outcome, cohort_blocker, fit_cohort, group_plans
-from autoall.study import (
-    TrialRun,
-    WorkerContext,
-    _after_trial,
-    _drop_ended_checkpoint,
-    _StartLock,
-    _storage_error,
-    count_trials,
-    noting_failure,
-)
+from autoall.objective import TrialRun, noting_failure
+from autoall.storage import _StartLock, _storage_error
+from autoall.study import WorkerContext, _after_trial, _drop_ended_checkpoint, count_trials
 from autoall.tracking import mask_secrets
 from autoall.train import TrainingOOMError
 

@@ -24,6 +24,7 @@ import torch
 from autoall.config import KINDS, StudyConfig
 from autoall.host import WorkerRegistry
 from autoall.preflight import SMALL_STEP_FLOPS, step_flops
+from autoall.storage import make_storage
 from autoall.study import (
     Counts,
     WorkerContext,
@@ -33,7 +34,6 @@ from autoall.study import (
     load_study_data,
     make_pruner,
     make_sampler,
-    make_storage,
     run_worker,
     search_space_summary,
 )
