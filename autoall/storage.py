@@ -31,6 +31,9 @@ Optuna's private API, used only in this module:
   settings are on the wrapped one.
 - `Study._study_id` and `optuna.storages._rdb.models`: the reaper's query for RUNNING trials
   without a heartbeat row (Optuna's `_get_stale_trial_ids` joins on that row, so skips them).
+- `Trial._trial_id` and `optuna.storages._heartbeat.is_heartbeat_enabled`: a cohort's members
+  are asked with `study.ask` and beat by one thread here (`Heartbeats`); Optuna's heartbeat
+  thread is per trial and only inside `study.optimize`.
 - The RDBStorage methods named in RETRIED, some private (`_get_trials`, `_set_trial_param`, ...):
   overridden to ride out an outage; they are what the public Study methods call.
 """
@@ -40,15 +43,17 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.storages._heartbeat import is_heartbeat_enabled  # private: not re-exported
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from autoall.urls import mask_secrets, storage_url
@@ -412,3 +417,54 @@ def _fail_trials_without_heartbeat(study: optuna.Study, first_seen: dict[int, fl
         log.warning("trial id %d had no heartbeat for %s s; failed as stale", trial_id, grace)
         if callback is not None:
             callback(study, storage.get_trial(trial_id))
+
+
+def fail_stale_trials_as_optuna(study: optuna.Study) -> None:
+    """Optuna's own stale check alone, as `study.optimize` runs it before each trial."""
+    if is_heartbeat_enabled(study._storage):  # private in Optuna: no public accessor
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+
+
+def stored_trial(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial:
+    """The trial as stored now, read by its id (one row; `study.get_trials` reads them all).
+
+    Private in Optuna: `Study._storage` and `Trial._trial_id` (no public read of one trial).
+    """
+    return study._storage.get_trial(trial._trial_id)
+
+
+class Heartbeats:
+    """One thread that records the heartbeat of every live member (Optuna's is per trial)."""
+
+    def __init__(self, study: optuna.Study, trials: Iterable[optuna.Trial]) -> None:
+        self._storage: Any = study._storage  # private in Optuna: no public accessor
+        self._enabled = is_heartbeat_enabled(self._storage)
+        self._ids = {t._trial_id for t in trials}  # private: the storage's key of a trial
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="autoall-heartbeats", daemon=True)
+
+    def start(self) -> None:
+        if self._enabled:
+            self._thread.start()
+
+    def drop(self, trial: optuna.Trial) -> None:
+        with self._lock:
+            self._ids.discard(trial._trial_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        interval = self._storage.get_heartbeat_interval()
+        while True:
+            with self._lock:
+                ids = sorted(self._ids)
+            for trial_id in ids:
+                self._storage.record_heartbeat(trial_id)  # autoall's storage logs a failure
+            if self._stop.wait(timeout=interval):
+                return
