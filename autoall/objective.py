@@ -30,7 +30,7 @@ import autoall
 from autoall.host import share_cores
 from autoall.plan import fit, trial_plan
 from autoall.storage import _storage_error, storage_reason
-from autoall.study import WorkerContext, suggest
+from autoall.study import WorkerContext, best_trial, suggest
 from autoall.tracking import flatten, mask_secrets
 from autoall.train import NonFiniteLossError, RunResult, TrainingOOMError
 from autoall.version import git_commit
@@ -229,8 +229,8 @@ class TrialRun:
 
 def _beats_the_best(study: optuna.Study, value: float) -> bool:
     """Whether `value` beats every COMPLETE trial of `study` so far (first objective)."""
-    best = _best_value(study)
-    return best is None or value > best
+    best = best_trial(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return best is None or value > best.values[0]
 
 
 def _log_model(ctx: WorkerContext, run_id: str, number: int, model: torch.nn.Module) -> None:
@@ -304,16 +304,6 @@ def _finish(
     if run.lost:
         trial.set_user_attr("tracking_lost", "; ".join(run.lost)[:1000])
         log.warning("trial %d: MLflow logging lost: %s", trial.number, "; ".join(run.lost))
-
-
-def _best_value(study: optuna.Study) -> float | None:
-    """Best validation accuracy so far (first objective), or None before any COMPLETE trial."""
-    values = [
-        t.values[0]
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values
-    ]
-    return max(values) if values else None
 
 
 def resolved_config(ctx: WorkerContext, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:

@@ -340,8 +340,8 @@ class _Monitor:
         width = 20
         filled = min(width, round(width * c.done / target))
         bar = "#" * filled + "-" * (width - filled)
-        values = [t.values[0] for t in trials if t.values and t.state.name == "COMPLETE"]
-        best = f"{max(values):.4f}" if values else "-"
+        top = best_trial(trials)
+        best = f"{top.values[0]:.4f}" if top is not None else "-"
         first_done, since = self._first.get(name, (c.done, time.monotonic()))
         new = c.done - first_done
         eta = "-"
