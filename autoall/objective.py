@@ -31,7 +31,7 @@ from autoall.host import share_cores
 from autoall.plan import fit, trial_plan
 from autoall.storage import _storage_error, storage_reason
 from autoall.study import WorkerContext, best_trial, suggest
-from autoall.tracking import flatten, mask_secrets
+from autoall.tracking import TrackedRun, flatten, mask_secrets
 from autoall.train import NonFiniteLossError, RunResult, TrainingOOMError
 from autoall.version import git_commit
 
@@ -277,7 +277,7 @@ def _record_result(trial: optuna.Trial, result: RunResult) -> None:
     trial.set_user_attr("device", result.device)
 
 
-def _link_run(trial: optuna.Trial, run: Any, *, linked: bool) -> bool:
+def _link_run(trial: optuna.Trial, run: TrackedRun, *, linked: bool) -> bool:
     """Set the trial's `mlflow_run_id` once the run exists (a writer process creates it)."""
     if not linked and run.run_id:
         trial.set_user_attr("mlflow_run_id", run.run_id)
@@ -287,7 +287,7 @@ def _link_run(trial: optuna.Trial, run: Any, *, linked: bool) -> bool:
 
 def _finish(
     ctx: WorkerContext,
-    run: Any,
+    run: TrackedRun,
     trial: optuna.Trial,
     state: str,
     checkpoint: Path | None,

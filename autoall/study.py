@@ -27,8 +27,7 @@ from autoall.data import DeviceData, load_data
 from autoall.host import WorkerRegistry
 from autoall.samplers import per_trial
 from autoall.storage import _StartLock, _storage_error, fail_stale_trials, storage_reason
-from autoall.tracking import NullTracker, Tracker
-from autoall.tracking_writer import TrackingWriter
+from autoall.tracking import StudyTracker
 
 log = logging.getLogger("autoall.study")
 
@@ -201,7 +200,7 @@ class WorkerContext:
     kind: str  # "all" (the ALL study) or "baseline" (its equal-budget tuned baseline)
     data: DeviceData
     device: str | None
-    tracker: Tracker | TrackingWriter | NullTracker
+    tracker: StudyTracker
     parent_run_id: str | None
     n_trials: int
     checkpoint_dir: Path | None = None  # mid-trial checkpoints; shared across hosts
