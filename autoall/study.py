@@ -191,6 +191,15 @@ def suggest(trial: optuna.Trial, search: dict[str, ParamSpec]) -> dict[str, Any]
     return params
 
 
+@dataclass(frozen=True)
+class Step:
+    """What one step of the worker loop ended with."""
+
+    final: Counts | None = None  # the study met its target: the counts, and the worker stops
+    failed: bool = False  # the trial (each member of a cohort) failed by its own fault
+    last: FrozenTrial | None = None  # the trial (the cohort's last member) that ran
+
+
 @dataclass
 class WorkerContext:
     """What one worker process needs to run trials of one architecture."""
@@ -263,11 +272,11 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             time.sleep(poll_seconds)
             continue
         outage_since = None
-        if isinstance(step, Counts):
-            return step
-        failed, last = step
-        consecutive_failures = consecutive_failures + 1 if failed else 0
+        if step.final is not None:
+            return step.final
+        consecutive_failures = consecutive_failures + 1 if step.failed else 0
         if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
+            last = step.last
             reason = last.user_attrs.get("fail_reason", "see the log") if last else ""
             raise RuntimeError(
                 f"{ctx.study_name}: {consecutive_failures} trials in a row failed; "
@@ -281,14 +290,14 @@ def _step(
     start_lock: _StartLock,
     unbeaten: dict[int, float],
     poll_seconds: float,
-) -> Counts | tuple[bool, FrozenTrial | None]:
-    """Until one trial has run: the final counts, or (whether that trial failed, the trial)."""
+) -> Step:
+    """Until one trial (or one cohort) has run, or the study has met its target."""
     from autoall.objective import objective  # here: autoall.objective imports this module
 
     while True:
         counts = count_trials(study.get_trials(deepcopy=False))
         if counts.done >= ctx.n_trials:
-            return counts
+            return Step(final=counts)
         if counts.waiting == 0 and counts.done + counts.running >= ctx.n_trials:
             time.sleep(poll_seconds)
             fail_stale_trials(study, unbeaten)
@@ -332,7 +341,7 @@ def _step(
             and "out of memory" not in reason
             and not reason.startswith("surplus")  # not this worker's failure
         )
-        return failed, last
+        return Step(failed=failed, last=last)
 
 
 def _drop_ended_checkpoint(

@@ -31,7 +31,7 @@ import warnings
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autoall.cohort import Outcome, cohort_blocker, fit_cohort, group_plans
 from autoall.objective import TrialRun, noting_failure
@@ -42,7 +42,7 @@ from autoall.storage import (
     fail_stale_trials_as_optuna,
     stored_trial,
 )
-from autoall.study import WorkerContext, _after_trial, _drop_ended_checkpoint, count_trials
+from autoall.study import Step, WorkerContext, _after_trial, _drop_ended_checkpoint, count_trials
 from autoall.tracking import mask_secrets
 from autoall.train import TrainingOOMError
 
@@ -57,12 +57,10 @@ def single_trials_reason(ctx: WorkerContext) -> str | None:
     return None
 
 
-def run_cohort(
-    ctx: WorkerContext, study: optuna.Study, start_lock: _StartLock
-) -> tuple[bool, FrozenTrial | None]:
+def run_cohort(ctx: WorkerContext, study: optuna.Study, start_lock: _StartLock) -> Step:
     """Ask up to `ctx.cohort` trials (the caller holds `start_lock`, released once they exist),
-    train them together, tell each its end. Returns whether every member failed by its own
-    fault (not out of memory, not surplus) and the last member, as `autoall.study._step`."""
+    train them together, tell each its end. The worker loop's `Step`: whether every member failed
+    by its own fault (not out of memory, not surplus), and the last member."""
     try:
         fail_stale_trials_as_optuna(study)  # as optimize does before each ask
         trials = [_ask(study)]  # the caller saw room for one
@@ -85,7 +83,7 @@ def run_cohort(
         and not reason.startswith("surplus")
         for t in ends
     )
-    return failed, ends[-1]
+    return Step(failed=failed, last=ends[-1])
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
