@@ -31,6 +31,7 @@ import optuna
 from autoall import stats
 from autoall.report_types import ArchReport, Claim, RunRecord, TuningCost
 from autoall.selection import finished_trials
+from autoall.study import best_trial
 
 _METRICS: dict[str, Callable[[RunRecord], float | None]] = {
     "test_acc": lambda r: r.metrics["test_acc"],
@@ -229,16 +230,16 @@ def tuning_cost(study: optuna.Study, base_study: optuna.Study, budget: int) -> T
     """Finished trials (and their summed seconds) until the ALL study beat the tuned baseline's
     best validation accuracy, both studies cut at `budget` finished trials."""
     ours, theirs = finished_trials(study, budget), finished_trials(base_study, budget)
-    base_values = [_value(t) for t in theirs]
-    all_values = [_value(t) for t in ours]
-    if not any(v is not None for v in base_values) or not any(v is not None for v in all_values):
+    base_best, all_best = best_trial(theirs), best_trial(ours)
+    if base_best is None or all_best is None:
         return None
-    best = max(v for v in base_values if v is not None)
-    base_at = next(i for i, v in enumerate(base_values, start=1) if v == best)
+    best = base_best.values[0]
+    base_at = theirs.index(base_best) + 1  # number order: the first trial to reach it
+    all_values = [_value(t) for t in ours]
     beat = next((i for i, v in enumerate(all_values, start=1) if v is not None and v > best), None)
     return TuningCost(
         baseline_best=best,
-        all_best=max(v for v in all_values if v is not None),
+        all_best=all_best.values[0],
         trials=beat,
         seconds=_seconds(ours[:beat]) if beat is not None else None,
         baseline_trials=base_at,

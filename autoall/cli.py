@@ -17,6 +17,7 @@ import click
 
 if TYPE_CHECKING:  # autoall.config imports torch: only the commands that need it load it
     from autoall.config import StudyConfig
+    from autoall.servers import Server
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -332,7 +333,7 @@ def _study_run(
     import optuna
 
     from autoall.preflight import WORKER_BASE_BYTES, cap_workers
-    from autoall.study import DEFAULT_STORAGE, StorageError
+    from autoall.storage import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets
     from autoall.workers import RunOptions, default_n_jobs, run_study
 
@@ -442,7 +443,8 @@ def _preflight(
 @click.option("--study-name", default=None, help="Overrides the file's name.")
 def study_create(file: str, storage: str | None, study_name: str | None) -> None:
     """Create the storage schema and the studies of FILE once, before many workers start."""
-    from autoall.study import DEFAULT_STORAGE, StorageError, create_studies, make_storage
+    from autoall.storage import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.study import create_studies
     from autoall.tracking import mask_secrets
 
     cfg = _study_name(_load(file), study_name)
@@ -464,7 +466,7 @@ def study_status(target: str, storage: str | None) -> None:
     TARGET is a study file or a study name (`digits` for all its architectures, or `digits/mlp`).
     """
     from autoall.config import StudyFileError
-    from autoall.study import StorageError
+    from autoall.storage import StorageError
     from autoall.summary import study_summaries
     from autoall.urls import mask_secrets
 
@@ -482,7 +484,7 @@ def study_list(storage: str | None) -> None:
     """List the studies in a storage."""
     import optuna
 
-    from autoall.study import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.storage import DEFAULT_STORAGE, StorageError, make_storage
     from autoall.urls import mask_secrets
 
     url = storage or DEFAULT_STORAGE
@@ -514,7 +516,7 @@ def study_list(storage: str | None) -> None:
 def study_export(name: str, fmt: str, output: str | None, storage: str | None) -> None:
     """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture)."""
     from autoall.preflight import PreflightError, check_writable
-    from autoall.study import StorageError
+    from autoall.storage import StorageError
     from autoall.summary import trials_table
     from autoall.urls import mask_secrets
 
@@ -547,41 +549,13 @@ def ui(port: int, tracking_uri: str | None) -> None:
 
     Ctrl-C, SIGTERM and SIGHUP stop it and every process it started.
     """
-    from autoall.servers import HOST, PortInUse, check_port
-    from autoall.tracking import resolve_tracking_uri
-    from autoall.urls import mask_secrets
+    from autoall.servers import ServerError, mlflow_ui
 
     try:
-        check_port(port)
-    except PortInUse as exc:
+        server = mlflow_ui(port, tracking_uri)
+    except ServerError as exc:
         _fail(str(exc))
-    uri = resolve_tracking_uri(tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    if uri.startswith("sqlite"):
-        cmd += ["--default-artifact-root", Path("mlruns/artifacts").resolve().as_uri()]
-    cmd += ["--host", HOST, "--port", str(port), "--workers", "1"]
-    experiments = _experiment_links(uri, port)
-    click.echo(f"MLflow UI: http://{HOST}:{port}  ({mask_secrets(uri)}; Ctrl-C stops it)")
-    for line in experiments:
-        click.echo(line)
-    _serve(cmd)
-
-
-def _experiment_links(uri: str, port: int) -> list[str]:
-    """Links straight to each experiment's training-runs table (MLflow 3 opens GenAI views)."""
-    if not uri.startswith("sqlite"):
-        return []
-    try:
-        import mlflow
-
-        client = mlflow.MlflowClient(uri)
-        return [
-            f"  {e.name}: http://127.0.0.1:{port}/#/experiments/{e.experiment_id}/runs"
-            for e in client.search_experiments()
-            if e.name != "Default"
-        ]
-    except Exception:
-        return []
+    _serve(server)
 
 
 @main.command("dashboard")
@@ -589,30 +563,23 @@ def _experiment_links(uri: str, port: int) -> list[str]:
 @click.option("--port", type=_PORT, default=8080, show_default=True)
 def dashboard(storage: str | None, port: int) -> None:
     """Start optuna-dashboard on the study storage (Ctrl-C, SIGTERM and SIGHUP stop it)."""
-    import shutil
+    from autoall.servers import ServerError, optuna_dashboard
 
-    from autoall.servers import HOST, PortInUse, check_port
-    from autoall.study import DEFAULT_STORAGE, StorageError, make_storage
-    from autoall.urls import mask_secrets, storage_url
-
-    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
-    if not Path(exe).exists():
-        _fail("optuna-dashboard is not installed; pip install 'autoall[dashboard]'.")
-    url = storage or DEFAULT_STORAGE
     try:
-        check_port(port)
-        make_storage(url, create=False)  # reachable, and the password right: one line if not
-    except (PortInUse, StorageError) as exc:
-        _fail(mask_secrets(str(exc)))
-    click.echo(f"optuna-dashboard: http://{HOST}:{port}  ({mask_secrets(url)}; Ctrl-C stops it)")
-    _serve([exe, storage_url(url), "--host", HOST, "--port", str(port)])
+        server = optuna_dashboard(port, storage)
+    except ServerError as exc:
+        _fail(str(exc))
+    _serve(server)
 
 
-def _serve(cmd: list[str]) -> None:
-    """Run a server in its own process group until it exits or we are told to stop."""
+def _serve(server: Server) -> NoReturn:
+    """Show where the server is, run it until it exits or we are told to stop, exit with its
+    code (autoall/servers.py)."""
     from autoall.servers import serve
 
-    code, stopped = serve(cmd)
+    for line in server.lines:
+        click.echo(line)
+    code, stopped = serve(server.cmd)
     click.echo("stopped." if stopped else f"the server exited with code {code}.", err=True)
     sys.exit(code)
 
@@ -627,7 +594,7 @@ def demo(n_trials: int, seeds: int) -> None:
     The report uses 10 evaluation seeds (the `autoall report` default is 5): the fewest with which
     its claims can be decided (the exact sign-flip test needs n >= 9 for ten claims).
     """
-    from autoall.study import DEFAULT_STORAGE
+    from autoall.storage import DEFAULT_STORAGE
 
     study_file = Path(__file__).resolve().parent.parent / "studies" / "digits.yaml"
     start = time.monotonic()
@@ -742,7 +709,7 @@ def report(
         resolve_study_file,
         run_report,
     )
-    from autoall.study import DEFAULT_STORAGE, StorageError
+    from autoall.storage import DEFAULT_STORAGE, StorageError
     from autoall.tracking import TrackingError, mask_secrets
 
     url = storage or DEFAULT_STORAGE

@@ -47,8 +47,8 @@ from autoall.report_store import RunStore, headline
 from autoall.report_types import ArchReport, Report, RunRecord, Selection, Variant
 from autoall.selection import finished_trials, select
 from autoall.stats import time_to_target
-from autoall.storage import sqlite_file
-from autoall.study import DEFAULT_STORAGE, count_trials, make_storage
+from autoall.storage import DEFAULT_STORAGE, make_storage, sqlite_file
+from autoall.study import count_trials
 from autoall.train import resolve_device
 from autoall.urls import mask_secrets
 

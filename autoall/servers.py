@@ -4,6 +4,9 @@ The port is checked before the server starts (a busy port is one line and exit c
 another server's link and a silent exit minutes later). The server runs in a new session, so
 it and every helper it starts (MLflow's gunicorn/uvicorn workers) form one process group;
 Ctrl-C, SIGTERM and SIGHUP to autoall stop that whole group (SIGTERM, then SIGKILL after 10 s).
+
+`mlflow_ui` and `optuna_dashboard` check what they can before anything starts (the port, the
+executable, the storage) and return the `Server` to run with `serve`.
 """
 
 from __future__ import annotations
@@ -11,18 +14,85 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 HOST = "127.0.0.1"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-class PortInUse(ValueError):
+class ServerError(ValueError):
+    """A server cannot be started (port, executable, storage); the message says what to do."""
+
+
+class PortInUse(ServerError):
     """The port asked for cannot be bound on 127.0.0.1."""
+
+
+@dataclass(frozen=True)
+class Server:
+    cmd: list[str]
+    lines: list[str]  # shown before it starts: its address, the store, links
+
+
+def mlflow_ui(port: int, tracking_uri: str | None) -> Server:
+    """The MLflow UI on 127.0.0.1:`port` for the project's tracking store, with a link to each
+    experiment's runs table."""
+    from autoall.tracking import resolve_tracking_uri
+    from autoall.urls import mask_secrets
+
+    check_port(port)
+    uri = resolve_tracking_uri(tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    if uri.startswith("sqlite"):
+        cmd += ["--default-artifact-root", Path("mlruns/artifacts").resolve().as_uri()]
+    cmd += ["--host", HOST, "--port", str(port), "--workers", "1"]
+    experiments = _experiment_links(uri, port)
+    header = f"MLflow UI: http://{HOST}:{port}  ({mask_secrets(uri)}; Ctrl-C stops it)"
+    return Server(cmd, [header, *experiments])
+
+
+def _experiment_links(uri: str, port: int) -> list[str]:
+    """Links straight to each experiment's training-runs table (MLflow 3 opens GenAI views)."""
+    if not uri.startswith("sqlite"):
+        return []
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(uri)
+        return [
+            f"  {e.name}: http://127.0.0.1:{port}/#/experiments/{e.experiment_id}/runs"
+            for e in client.search_experiments()
+            if e.name != "Default"
+        ]
+    except Exception:
+        return []
+
+
+def optuna_dashboard(port: int, storage: str | None) -> Server:
+    """optuna-dashboard on 127.0.0.1:`port` for the study storage (checked reachable first:
+    a wrong URL or password is one line, not a server that fails later)."""
+    from autoall.storage import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.urls import mask_secrets, storage_url
+
+    exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
+    if not Path(exe).exists():
+        raise ServerError("optuna-dashboard is not installed; pip install 'autoall[dashboard]'.")
+    url = storage or DEFAULT_STORAGE
+    check_port(port)
+    try:
+        make_storage(url, create=False)
+    except StorageError as exc:
+        raise ServerError(mask_secrets(str(exc))) from None
+    header = f"optuna-dashboard: http://{HOST}:{port}  ({mask_secrets(url)}; Ctrl-C stops it)"
+    return Server([exe, storage_url(url), "--host", HOST, "--port", str(port)], [header])
 
 
 def check_port(port: int, *, option: str = "--port") -> None:

@@ -3,7 +3,7 @@ as one batched job (autoall/cohort.py) and tells each its own result.
 
 Every member is a single trial in all but its training: its knobs, plan, MLflow run, retry links,
 checkpoint, per-epoch reports, pruning, surplus checks and end go through the same
-`autoall.study.TrialRun` as a trial of `objective`, and its end is told to Optuna as
+`autoall.objective.TrialRun` as a trial of `objective`, and its end is told to Optuna as
 `study.optimize` tells a trial (`study.tell`: COMPLETE with its value, PRUNED, or FAIL with the
 reason in `fail_reason`), followed by the same per-trial callback (checkpoint removal, the parent
 run's summary). Around them:
@@ -27,26 +27,22 @@ run's summary). Around them:
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autoall.cohort import Outcome, cohort_blocker, fit_cohort, group_plans
-from autoall.study import (
-    TrialRun,
-    WorkerContext,
-    _after_trial,
-    _drop_ended_checkpoint,
+from autoall.objective import TrialRun, noting_failure
+from autoall.storage import (
+    Heartbeats,
     _StartLock,
     _storage_error,
-    count_trials,
-    noting_failure,
+    fail_stale_trials_as_optuna,
+    stored_trial,
 )
+from autoall.study import Step, WorkerContext, _after_trial, _drop_ended_checkpoint, count_trials
 from autoall.tracking import mask_secrets
 from autoall.train import TrainingOOMError
 
@@ -61,17 +57,12 @@ def single_trials_reason(ctx: WorkerContext) -> str | None:
     return None
 
 
-def run_cohort(
-    ctx: WorkerContext, study: optuna.Study, start_lock: _StartLock
-) -> tuple[bool, FrozenTrial | None]:
+def run_cohort(ctx: WorkerContext, study: optuna.Study, start_lock: _StartLock) -> Step:
     """Ask up to `ctx.cohort` trials (the caller holds `start_lock`, released once they exist),
-    train them together, tell each its end. Returns whether every member failed by its own
-    fault (not out of memory, not surplus) and the last member, as `autoall.study._step`."""
+    train them together, tell each its end. The worker loop's `Step`: whether every member failed
+    by its own fault (not out of memory, not surplus), and the last member."""
     try:
-        if is_heartbeat_enabled(study._storage):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # as optimize does before each ask
+        fail_stale_trials_as_optuna(study)  # as optimize does before each ask
         trials = [_ask(study)]  # the caller saw room for one
         while len(trials) < ctx.cohort:
             c = count_trials(study.get_trials(deepcopy=False))
@@ -85,18 +76,18 @@ def run_cohort(
         cohort.train()
     finally:
         cohort.heartbeats.stop()
-    ends = [study._storage.get_trial(t._trial_id) for t in trials]
+    ends = [stored_trial(study, t) for t in trials]
     failed = all(
         t.state == TrialState.FAIL
         and "out of memory" not in (reason := t.user_attrs.get("fail_reason", ""))
         and not reason.startswith("surplus")
         for t in ends
     )
-    return failed, ends[-1]
+    return Step(failed=failed, last=ends[-1])
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
-    """`study.ask()`; its heartbeats are this module's (`_Heartbeats`), so Optuna's warning
+    """`study.ask()`; its heartbeats are this module's (`Heartbeats`), so Optuna's warning
     that heartbeats are meant for `optimize` does not apply."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -109,7 +100,7 @@ class _Cohort:
     def __init__(self, ctx: WorkerContext, study: optuna.Study, trials: list[optuna.Trial]):
         self.ctx, self.study, self.trials = ctx, study, trials
         self.told: set[int] = set()  # trial numbers
-        self.heartbeats = _Heartbeats(study, [t._trial_id for t in trials])
+        self.heartbeats = Heartbeats(study, trials)
         self.heartbeats.start()
 
     def train(self) -> None:
@@ -170,8 +161,8 @@ class _Cohort:
         except BaseException as exc:
             state, error = TrialState.FAIL, exc
         self.told.add(trial.number)
-        self.heartbeats.drop(trial._trial_id)
-        if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+        self.heartbeats.drop(trial)
+        if stored_trial(self.study, trial).state.is_finished():
             # failed as stale meanwhile (its heartbeat late through a database blip): its retry
             # is queued and resumes from the checkpoint, which stays
             self.ctx.ended_checkpoint = None
@@ -179,7 +170,7 @@ class _Cohort:
                         "resumes it", trial.number)  # fmt: skip
             return
         self.study.tell(trial, values, state=state)
-        frozen = self.study._storage.get_trial(trial._trial_id)
+        frozen = stored_trial(self.study, trial)
         if error is not None:
             _optuna_log.warning(
                 "Trial %d failed with parameters: %s because of the following error: %s.",
@@ -189,38 +180,3 @@ class _Cohort:
             _drop_ended_checkpoint(self.ctx, self.study, frozen)
         else:
             _after_trial(self.ctx)(self.study, frozen)
-
-
-class _Heartbeats:
-    """One thread that records the heartbeat of every live member (Optuna's is per trial)."""
-
-    def __init__(self, study: optuna.Study, trial_ids: Iterable[int]) -> None:
-        self._storage: Any = study._storage
-        self._enabled = is_heartbeat_enabled(self._storage)
-        self._ids = set(trial_ids)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="autoall-heartbeats", daemon=True)
-
-    def start(self) -> None:
-        if self._enabled:
-            self._thread.start()
-
-    def drop(self, trial_id: int) -> None:
-        with self._lock:
-            self._ids.discard(trial_id)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _beat(self) -> None:
-        interval = self._storage.get_heartbeat_interval()
-        while True:
-            with self._lock:
-                ids = sorted(self._ids)
-            for trial_id in ids:
-                self._storage.record_heartbeat(trial_id)  # autoall's storage logs a failure
-            if self._stop.wait(timeout=interval):
-                return

@@ -39,6 +39,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from autoall.tracking import (
     TRIAL_STATES,
+    Epoch,
     EpochPoint,
     Tracker,
     TrackingError,
@@ -52,7 +53,8 @@ from autoall.tracking import (
 from autoall.urls import install_log_masking
 
 if TYPE_CHECKING:
-    from autoall.train import EpochStats, RunResult
+    from autoall.tracking import StudyTracker, TrackedRun
+    from autoall.train import RunResult
 
 log = logging.getLogger("autoall.tracking")
 _HEADER = struct.Struct("!I")
@@ -323,7 +325,7 @@ class WriterRun:
             return str(self._started.result()[0])
         return ""
 
-    def log_epoch(self, stats: EpochStats) -> None:
+    def log_epoch(self, stats: Epoch) -> None:
         self._writer.check()
         self._writer._send("epoch", self._started_id, EpochPoint(stats.epoch, stats.metrics()))
 
@@ -574,3 +576,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+if TYPE_CHECKING:  # mypy checks that the writer plays the tracker's and the run's roles
+
+    def _roles(writer: TrackingWriter, run: WriterRun) -> tuple[StudyTracker, TrackedRun]:
+        return writer, run

@@ -24,6 +24,7 @@ import torch
 from autoall.config import KINDS, StudyConfig
 from autoall.host import WorkerRegistry
 from autoall.preflight import SMALL_STEP_FLOPS, step_flops
+from autoall.storage import make_storage
 from autoall.study import (
     Counts,
     WorkerContext,
@@ -33,11 +34,16 @@ from autoall.study import (
     load_study_data,
     make_pruner,
     make_sampler,
-    make_storage,
     run_worker,
     search_space_summary,
 )
-from autoall.tracking import NullTracker, check_server, mask_secrets, resolve_tracking_uri
+from autoall.tracking import (
+    NullTracker,
+    StudyTracker,
+    check_server,
+    mask_secrets,
+    resolve_tracking_uri,
+)
 from autoall.tracking_writer import TrackingWriter
 from autoall.urls import install_log_masking
 
@@ -111,7 +117,7 @@ def run_study(
 
 
 def _summarise_parents(
-    tracker: TrackingWriter | NullTracker, studies: dict[str, optuna.Study], parents: dict[str, str]
+    tracker: StudyTracker, studies: dict[str, optuna.Study], parents: dict[str, str]
 ) -> None:
     """On each parent run: the trials table as `trials.csv` (Optuna's trials_dataframe) and the
     best trial's parameters as `best.<param>` tags, as the study stands at this run's end."""
@@ -138,16 +144,14 @@ def _summarise_parents(
             continue
 
 
-def _connect(cfg: StudyConfig, opts: RunOptions) -> TrackingWriter | NullTracker:
+def _connect(cfg: StudyConfig, opts: RunOptions) -> StudyTracker:
     """MLflow tracking in a writer process (see autoall.tracking_writer), or none."""
     if not opts.tracking:
         return NullTracker()
     return TrackingWriter.connect(opts.tracking_uri, experiment=cfg.name)
 
 
-def _parents(
-    tracker: TrackingWriter | NullTracker, cfg: StudyConfig, opts: RunOptions
-) -> dict[str, str]:
+def _parents(tracker: StudyTracker, cfg: StudyConfig, opts: RunOptions) -> dict[str, str]:
     return {
         cfg.study_name(arch, kind): _parent(tracker, cfg, arch, kind, opts)
         for arch, kind in cfg.studies(opts.kinds)
@@ -155,7 +159,7 @@ def _parents(
 
 
 def _parent(
-    tracker: TrackingWriter | NullTracker,
+    tracker: StudyTracker,
     cfg: StudyConfig,
     arch: str,
     kind: str,
@@ -186,7 +190,7 @@ def _work(
     opts: RunOptions,
     index: int,
     *,
-    tracker: TrackingWriter | NullTracker | None = None,
+    tracker: StudyTracker | None = None,
     parents: dict[str, str] | None = None,
 ) -> None:
     """One worker: every study in turn (per architecture the ALL study, then its tuned
@@ -211,7 +215,7 @@ def _run_studies(
     cfg: StudyConfig,
     opts: RunOptions,
     *,
-    tracker: TrackingWriter | NullTracker,
+    tracker: StudyTracker,
     parents: dict[str, str],
     registry: WorkerRegistry,
 ) -> None:
@@ -340,8 +344,8 @@ class _Monitor:
         width = 20
         filled = min(width, round(width * c.done / target))
         bar = "#" * filled + "-" * (width - filled)
-        values = [t.values[0] for t in trials if t.values and t.state.name == "COMPLETE"]
-        best = f"{max(values):.4f}" if values else "-"
+        top = best_trial(trials)
+        best = f"{top.values[0]:.4f}" if top is not None else "-"
         first_done, since = self._first.get(name, (c.done, time.monotonic()))
         new = c.done - first_done
         eta = "-"

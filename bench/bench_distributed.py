@@ -51,15 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from _common import machine_header, markdown_table, median, write_section  # noqa: E402
 
-import autoall.study  # noqa: E402
+import autoall.objective  # noqa: E402
+import autoall.storage  # noqa: E402
 from autoall.config import StudyConfig, load_study_file  # noqa: E402
-from autoall.study import (  # noqa: E402
-    WorkerContext,
-    create_studies,
-    make_storage,
-    run_worker,
-    suggest,
-)
+from autoall.storage import make_storage  # noqa: E402
+from autoall.study import WorkerContext, create_studies, run_worker, suggest  # noqa: E402
 from autoall.tracking import NullTracker  # noqa: E402
 
 SECTION = "bench_distributed"
@@ -184,10 +180,10 @@ def run_throughput(
 
 
 def _storage_only_objective(trial: optuna.Trial, ctx: WorkerContext) -> float:
-    """The storage traffic of autoall's objective without the training (see autoall/study.py)."""
+    """The storage traffic of autoall's objective without the training (see autoall/objective.py)."""
     frozen = trial.study.get_trials(deepcopy=False)[trial.number]
     frozen.system_attrs.get("failed_trial")
-    autoall.study._is_surplus(trial, ctx.n_trials)
+    autoall.objective._is_surplus(trial, ctx.n_trials)
     params = suggest(trial, ctx.cfg.search)
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
@@ -211,7 +207,7 @@ def _storage_for(kind: str, url: str, cfg: StudyConfig) -> optuna.storages.RDBSt
     """The storage of one kind: autoall's `make_storage`, or RDBStorage with a small pool."""
     if kind == "postgres-pool":  # for comparison: what NullPool costs
         engine_kwargs = {"pool_size": 2, "max_overflow": 0, "pool_pre_ping": True}
-        return autoall.study._rdb_storage(url, engine_kwargs, cfg.heartbeat)
+        return autoall.storage._rdb_storage(url, engine_kwargs, cfg.heartbeat)
     return make_storage(url, cfg)  # autoall's own settings
 
 
@@ -248,14 +244,14 @@ def run_overhead(kind: str, url: str, folder: Path, *, run: int, trials: int) ->
 
     event.listen(storage.engine, "before_cursor_execute", on_statement)
     event.listen(storage.engine, "connect", on_connect)
-    real = autoall.study.objective
-    autoall.study.objective = _storage_only_objective  # type: ignore[assignment]
+    real = autoall.objective.objective
+    autoall.objective.objective = _storage_only_objective  # type: ignore[assignment]
     try:
         start = time.perf_counter()
         run_worker(ctx, study)
         seconds = time.perf_counter() - start
     finally:
-        autoall.study.objective = real
+        autoall.objective.objective = real
         event.remove(storage.engine, "before_cursor_execute", on_statement)
         event.remove(storage.engine, "connect", on_connect)
         storage.engine.dispose()

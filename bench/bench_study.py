@@ -228,6 +228,7 @@ def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> Non
     import optuna
     import optuna.study._optimize
 
+    import autoall.objective
     import autoall.plan
     import autoall.study
     import autoall.tracking
@@ -258,7 +259,7 @@ def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> Non
         (optuna.study.Study, "optimize", "trial.optimize"),
         (optuna.study.Study, "ask", "trial.optuna_ask"),
         (optuna.study._optimize, "_tell_with_warning", "trial.optuna_tell"),
-        (autoall.study, "suggest", "trial.suggest"),
+        (autoall.objective, "suggest", "trial.suggest"),  # where TrialRun looks it up
         (autoall.plan, "build_model", "trial.build_model"),
         (autoall.plan, "train", "trial.train"),
         (autoall.study, "_after_trial", "_after_trial factory"),

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 import autoall.cohort
 import autoall.cohort_loop
+import autoall.objective
 import autoall.study
 from autoall.cli import main
 from autoall.config import load_study_file
@@ -183,14 +184,14 @@ def test_a_member_failed_as_stale_meanwhile_is_not_told_and_keeps_its_checkpoint
     while it trained: its end is not told over that, the cohort goes on, the checkpoint its
     retry would resume from stays."""
     path = write_study(workdir / "s.yaml", train={"epochs": 3}, n_trials=2)
-    real = autoall.study.TrialRun.on_epoch
+    real = autoall.objective.TrialRun.on_epoch
 
     def failed_elsewhere(self: Any, stats: Any) -> None:
         real(self, stats)
         if self.trial.number == 0 and stats.epoch == 3:
             self.trial.study._storage.set_trial_state_values(self.trial._trial_id, TrialState.FAIL)
 
-    monkeypatch.setattr(autoall.study.TrialRun, "on_epoch", failed_elsewhere)
+    monkeypatch.setattr(autoall.objective.TrialRun, "on_epoch", failed_elsewhere)
     code, out = _run(str(path), "--cohort", "2", "--checkpoint-every", "0")
     assert code == 0, out
     assert "trial 0 was failed as stale before its end was told" in caplog.text

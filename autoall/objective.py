@@ -1,0 +1,358 @@
+"""The objective: one trial around its training, from its knobs to the state Optuna stores.
+
+`objective` trains one model with the trial's knobs (autoall/plan.py) and reports validation
+accuracy every epoch; `TrialRun` holds what a trial owns (its plan, its MLflow run, its retry
+links and checkpoint) and decides its end (`TrialRun.conclude`): COMPLETE with its value,
+PRUNED (the pruner, or a non-finite loss), or FAIL with the reason in the user attribute
+`fail_reason`, queued again when the GPU ran out of memory. A fresh trial that turns out beyond
+the study's target (a retry took its place) fails as surplus. A single trial and a cohort's
+members (autoall/study_cohort.py) both go through `TrialRun`. The objective never sees the test
+split.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from optuna.trial import TrialState
+
+import autoall
+from autoall.host import share_cores
+from autoall.plan import fit, trial_plan
+from autoall.storage import _storage_error, storage_reason
+from autoall.study import WorkerContext, best_trial, suggest
+from autoall.tracking import TrackedRun, flatten, mask_secrets
+from autoall.train import NonFiniteLossError, RunResult, TrainingOOMError
+from autoall.version import git_commit
+
+log = logging.getLogger("autoall.study")
+
+_MAX_OOM_RETRIES = 2  # a trial that ran out of GPU memory is queued again this often
+_SURPLUS_CHECK_SECONDS = 5.0  # a running fresh trial checks this often whether a retry replaced it
+
+
+class _SurplusTrial(Exception):
+    """Another worker met the target between our check and our ask: this trial is not needed."""
+
+
+def objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, float]:
+    """Train one ALL model with the trial's knobs; report validation accuracy every epoch.
+
+    Every failure leaves its reason in the trial's user attribute `fail_reason`.
+    """
+    return noting_failure(trial, lambda: _objective(trial, ctx))
+
+
+def noting_failure(
+    trial: optuna.Trial, body: Callable[[], float | tuple[float, float]]
+) -> float | tuple[float, float]:
+    """`body()`, whose exceptions (but pruning) leave their reason in `fail_reason` first."""
+    try:
+        return body()
+    except optuna.TrialPruned:
+        raise
+    except KeyboardInterrupt:  # also when Ctrl-C lands outside train(), e.g. in run set-up
+        _note_failure(trial, "interrupted (Ctrl-C)")
+        raise
+    except Exception as exc:
+        _note_failure(trial, _failure_reason(exc))
+        raise
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """What a failed trial's `fail_reason` says: the database's own reason for a storage error
+    (not Optuna's "e.g. exceeding max length"), else the exception; secrets masked."""
+    if _storage_error(exc) is not None:
+        return f"Optuna storage: {storage_reason(exc)}"
+    return mask_secrets(repr(exc))[:500]
+
+
+def _note_failure(trial: optuna.Trial, reason: str) -> None:
+    """Keep the first, most specific reason a trial failed."""
+    frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+    if "fail_reason" not in frozen.user_attrs:
+        trial.set_user_attr("fail_reason", reason)
+
+
+def _objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, float]:
+    run = TrialRun(trial, ctx)
+    try:
+        result = fit(  # every trial starts from the same initialisation (tcfg.seed)
+            run.plan,
+            ctx.data,
+            on_epoch=run.on_epoch,
+            checkpoint=run.checkpoint,
+            checkpoint_every=ctx.checkpoint_every,
+            on_trained=run.trained.append if ctx.log_models else None,
+        )
+    except BaseException as exc:
+        return run.conclude(exc)
+    return run.conclude(result)
+
+
+class TrialRun:
+    """One trial around its training: its knobs and plan, its MLflow run, its retry links and
+    checkpoint (set up by the constructor), its per-epoch reports and pruning (`on_epoch`),
+    and its end (`conclude`). A single trial (`objective`) and a cohort's members
+    (autoall/study_cohort.py) both go through it.
+    """
+
+    def __init__(self, trial: optuna.Trial, ctx: WorkerContext) -> None:
+        cfg, arch = ctx.cfg, ctx.arch
+        self.trial, self.ctx = trial, ctx
+        self.frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        self.retry_of = retry_of = self.frozen.system_attrs.get("failed_trial")
+        if retry_of is None and _is_surplus(trial, ctx.n_trials):
+            trial.set_user_attr("fail_reason", "surplus: the target was met by other workers")
+            raise _SurplusTrial(f"trial {trial.number} is beyond the target of {ctx.n_trials}")
+        if ctx.registry is not None and ctx.data.device.type == "cpu":
+            threads = share_cores(ctx.registry, small=ctx.small_model)
+            trial.set_user_attr("torch_threads", threads)
+        self.params = params = suggest(trial, cfg.space(arch, ctx.kind))
+        self.plan = trial_plan(cfg, arch, ctx.kind, params, device=ctx.device)
+        tcfg = self.plan.train
+        self.run = run = ctx.tracker.start_trial(  # first: a trial that fails from here has its run
+            parent_id=ctx.parent_run_id or "",
+            trial_number=trial.number,
+            params=flat_params(ctx, params, tcfg),
+            tags=_trial_tags(ctx, trial.number, retry_of),
+            config_yaml=yaml.safe_dump(resolved_config(ctx, params, tcfg), sort_keys=False),
+            run_name=f"{ctx.study_name}#{trial.number}",
+            system_metrics=ctx.system_metrics,
+        )
+        trial.set_user_attr("worker_host", socket.gethostname())
+        trial.set_user_attr("worker_pid", os.getpid())
+        self.linked = _link_run(trial, run, linked=False)
+        if retry_of is not None:
+            trial.set_user_attr("retry_of", retry_of)
+            lost_run = self.frozen.user_attrs.get("mlflow_run_id")  # copied from the stale trial
+            if not lost_run and ctx.parent_run_id:  # killed before it learnt its run id
+                lost_run = ctx.tracker.find_trial_run(ctx.parent_run_id, retry_of)
+            if lost_run:
+                ctx.tracker.fail_run(
+                    lost_run, f"worker lost (heartbeat stale); retried as trial {trial.number}"
+                )
+        self.checkpoint = ctx.checkpoint_path(retry_of if retry_of is not None else trial.number)
+        self.multi = cfg.second_objective is not None
+        self.last_epoch = 0
+        self.next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
+        self.trained: list[torch.nn.Module] = []  # the trained model, for --log-models
+
+    def on_epoch(self, stats: Any) -> None:
+        trial = self.trial
+        self.last_epoch = stats.epoch
+        self.run.log_epoch(stats)
+        self.linked = _link_run(trial, self.run, linked=self.linked)
+        if not self.multi:
+            trial.report(stats.val_acc, stats.epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
+        # a retry queued meanwhile (another host's worker died): checked every few seconds
+        # (it reads every trial) and after the last epoch, so the target is never overshot
+        last = stats.epoch >= self.plan.train.epochs
+        if self.retry_of is None and (time.monotonic() >= self.next_surplus_check or last):
+            self.next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
+            if _is_surplus(trial, self.ctx.n_trials):
+                raise _SurplusTrial("surplus: a retried trial took its place")
+
+    def _finish(self, state: str, **kw: Any) -> None:
+        _finish(self.ctx, self.run, self.trial, state, self.checkpoint, **kw)
+        _link_run(self.trial, self.run, linked=self.linked)
+
+    def conclude(self, outcome: RunResult | BaseException) -> float | tuple[float, float]:
+        """The trial's end from its training's outcome: its run finished, the value returned,
+        or what Optuna must see raised (TrialPruned; the error that failed it)."""
+        trial, finish = self.trial, self._finish
+        if isinstance(outcome, BaseException):
+            try:
+                raise outcome
+            except optuna.TrialPruned:
+                trial.set_user_attr("pruned_epoch", self.last_epoch)
+                finish("PRUNED", epoch=self.last_epoch, reason=f"pruner at epoch {self.last_epoch}")
+                raise
+            except NonFiniteLossError as exc:
+                trial.set_user_attr("pruned_reason", str(exc))
+                trial.set_user_attr("pruned_epoch", exc.epoch)
+                finish("PRUNED", epoch=exc.epoch, reason=str(exc))
+                if self.multi:  # Optuna cannot prune a multi-objective trial: it fails
+                    trial.set_user_attr("fail_reason", str(exc))
+                    raise
+                raise optuna.TrialPruned(str(exc)) from None
+            except TrainingOOMError as exc:  # not the knobs' fault: rerun the same knobs later
+                trial.set_user_attr("fail_reason", str(exc))
+                finish("FAIL", reason=str(exc))
+                oom_retries = int(self.frozen.user_attrs.get("oom_retries", 0))
+                if oom_retries < _MAX_OOM_RETRIES:
+                    trial.study.enqueue_trial(
+                        self.params,
+                        user_attrs={"retry_of": trial.number, "oom_retries": oom_retries + 1},
+                    )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise
+            except BaseException as exc:  # KeyboardInterrupt included: never left RUNNING
+                reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc)
+                if isinstance(exc, _SurplusTrial):
+                    reason = str(exc)
+                elif isinstance(exc, Exception):
+                    reason = _failure_reason(exc)
+                trial.set_user_attr("fail_reason", mask_secrets(reason)[:500])
+                finish("FAIL", reason=reason)
+                raise
+        result = outcome
+        if result.extra.get("resumed_from_epoch"):
+            trial.set_user_attr("resumed_from_epoch", result.extra["resumed_from_epoch"])
+        _record_result(trial, result)
+        finish("COMPLETE", result=result)
+        run_id = self.run.run_id
+        if self.trained and run_id and _beats_the_best(trial.study, result.final_val_acc):
+            _log_model(self.ctx, run_id, trial.number, self.trained[0])
+        if not self.multi:
+            return result.final_val_acc
+        second = (
+            float(result.params.total)
+            if self.ctx.cfg.second_objective == "params"
+            else result.median_epoch_seconds
+        )
+        return result.final_val_acc, second
+
+
+def _beats_the_best(study: optuna.Study, value: float) -> bool:
+    """Whether `value` beats every COMPLETE trial of `study` so far (first objective)."""
+    best = best_trial(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return best is None or value > best.values[0]
+
+
+def _log_model(ctx: WorkerContext, run_id: str, number: int, model: torch.nn.Module) -> None:
+    """Hand the trial's model (a float32 CPU copy, with the data's normalisation inside) to the
+    tracker, which logs it into the trial's run (autoall/registry.py)."""
+    from autoall.registry import serving_copy
+
+    data = ctx.data
+    ctx.tracker.log_model(
+        run_id,
+        serving_copy(model, data),
+        example=data.train_x[:2].cpu().numpy(),
+        num_classes=data.num_classes,
+        tags={"autoall.study": ctx.study_name, "optuna.trial_number": str(number)},
+    )
+
+
+def _is_surplus(trial: optuna.Trial, target: int) -> bool:
+    """Whether the target is covered without this fresh trial.
+
+    Ahead of it: finished trials, every live retry (it resumes a checkpoint, and it may be
+    queued after this trial started: Optuna fails a stale trial first and queues its retry
+    after), then live fresh trials with a smaller number.
+    """
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    live = (TrialState.RUNNING, TrialState.WAITING)
+    ahead = sum(
+        1
+        for t in trial.study.get_trials(deepcopy=False)
+        if t.number != trial.number
+        and (
+            t.state in finished
+            or (t.state in live and ("failed_trial" in t.system_attrs or t.number < trial.number))
+        )
+    )
+    return ahead >= target
+
+
+def _record_result(trial: optuna.Trial, result: RunResult) -> None:
+    trial.set_user_attr("train_seconds", result.wall_seconds)
+    trial.set_user_attr("epochs", result.epochs_run)
+    trial.set_user_attr("params_total", result.params.total)
+    trial.set_user_attr("params_all", result.params.all)
+    trial.set_user_attr("device", result.device)
+
+
+def _link_run(trial: optuna.Trial, run: TrackedRun, *, linked: bool) -> bool:
+    """Set the trial's `mlflow_run_id` once the run exists (a writer process creates it)."""
+    if not linked and run.run_id:
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        return True
+    return linked
+
+
+def _finish(
+    ctx: WorkerContext,
+    run: TrackedRun,
+    trial: optuna.Trial,
+    state: str,
+    checkpoint: Path | None,
+    **kw: Any,
+) -> None:
+    """End the MLflow run; the trial's checkpoint goes once Optuna has stored the trial's end.
+
+    Not before: a worker killed (or a database lost) between here and Optuna's `tell` leaves a
+    RUNNING trial, and its retry resumes from that checkpoint.
+    """
+    if checkpoint is not None:
+        ctx.ended_checkpoint = (trial.number, checkpoint)
+    run.finish(state, **kw)
+    if run.lost:
+        trial.set_user_attr("tracking_lost", "; ".join(run.lost)[:1000])
+        log.warning("trial %d: MLflow logging lost: %s", trial.number, "; ".join(run.lost))
+
+
+def resolved_config(ctx: WorkerContext, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:
+    """Everything that determines one trial, as plain data (logged as config.yaml).
+
+    `all` holds the ALL's knobs (None for a tuned-baseline trial, whose knobs are in `train`).
+    """
+    cfg = ctx.cfg
+    return {
+        "study": ctx.study_name,
+        "study_file": cfg.path,
+        "kind": ctx.kind,
+        "architecture": ctx.arch,
+        "data": asdict(cfg.data),
+        "all": {**params, "activation": cfg.activation} if ctx.kind == "all" else None,
+        "train": asdict(tcfg),
+    }
+
+
+def flat_params(ctx: WorkerContext, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:
+    """The resolved configuration flattened to dotted keys (MLflow params)."""
+    flat = flatten(resolved_config(ctx, params, tcfg))
+    flat.pop("study_file", None)
+    flat["seed"] = tcfg.seed
+    flat["device"] = tcfg.device or "auto"
+    return flat
+
+
+def _trial_tags(ctx: WorkerContext, number: int, retry_of: int | None) -> dict[str, str]:
+    tags = {
+        "autoall.study": ctx.study_name,
+        "autoall.architecture": ctx.arch,
+        "autoall.kind": ctx.kind,
+        "optuna.study_name": ctx.study_name,
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "device_name": _device_label(),
+        "torch_version": torch.__version__,
+        "autoall_version": autoall.__version__,
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    if retry_of is not None:
+        tags["retry_of"] = str(retry_of)
+    return tags
+
+
+def _device_label() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return "cpu"
