@@ -118,7 +118,7 @@ def test_quick_cpu_run_prints_every_section_and_ratio(tmp_path: Path) -> None:
         _ratio(out, RATIOS[0]), abs=0.006
     )
     assert set(figures["paths"]) >= {"autoall", "plain", "dataloader", "autoall_vs_plain"}
-    assert figures["trials"]["x2"]["workers"] == 2
+    assert 1 <= figures["trials"]["x2"]["workers"] <= 2  # a late second worker may get none
     assert (tmp_path / "out" / "gpu_check.log").read_text() == out
 
     section6 = out[out.find(SECTIONS[6]) :]  # bench/gpu_cohort.py: one trial, then a cohort
