@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoall import render, stats
+from autoall import render, stats_across
 from autoall.report_types import Claim, Report
 
 _N_BOOT = 2000
@@ -68,12 +68,12 @@ def aggregates(reports: list[Report]) -> list[Aggregate]:
     for key, tasks in by_key.items():
 
         def poi(runs: dict[str, np.ndarray]) -> float:
-            return stats.probability_of_improvement(
+            return stats_across.probability_of_improvement(
                 {t: a[:, 0] for t, a in runs.items()}, {t: a[:, 1] for t, a in runs.items()}
             )
 
         def iqm(runs: dict[str, np.ndarray]) -> float:
-            return stats.iqm(np.concatenate([a[:, 0] - a[:, 1] for a in runs.values()]))
+            return stats_across.iqm(np.concatenate([a[:, 0] - a[:, 1] for a in runs.values()]))
 
         claim = meta[key]
         out.append(
@@ -83,9 +83,11 @@ def aggregates(reports: list[Report]) -> list[Aggregate]:
                 direction=claim.direction,
                 tasks=len(tasks),
                 poi=poi(tasks),
-                poi_ci=stats.stratified_bootstrap_ci(tasks, poi, n_boot=_N_BOOT),
+                poi_ci=stats_across.stratified_bootstrap_ci(tasks, poi, n_boot=_N_BOOT),
                 iqm=claim.direction * iqm(tasks),
-                iqm_ci=_signed(stats.stratified_bootstrap_ci(tasks, iqm, n_boot=_N_BOOT), claim),
+                iqm_ci=_signed(
+                    stats_across.stratified_bootstrap_ci(tasks, iqm, n_boot=_N_BOOT), claim
+                ),
             )
         )
     return out

@@ -7,8 +7,9 @@ Per architecture (DESIGN section 6):
    epochs) are read; the baseline study is run first when it is missing or has fewer finished
    trials than the ALL study. Both are judged on their first `budget` finished trials.
 2. Each study's winner is picked on validation only (autoall/selection.py).
-3. Every variant (the winners, the hand-set baseline, the controls, the reduced-data runs)
-   trains on the train split with each evaluation seed and is evaluated once on the test split.
+3. Every variant (the winners, the hand-set baseline, the controls, the reduced-data runs;
+   autoall/report_variants.py) trains on the train split with each evaluation seed and is
+   evaluated once on the test split.
    Seed s gives every variant the same initialisation of the shared parts and the same batch
    order (autoall/plan.py), so the runs are paired.
 4. The article's claims are tested on the paired runs, Holm-corrected over the whole report
@@ -37,14 +38,12 @@ from typing import Any
 import optuna
 
 from autoall import claims, plots, render
-from autoall.baselines import baseline
 from autoall.config import BASELINE_SUFFIX, StudyConfig, StudyFileError, load_study_file
 from autoall.data import DeviceData, load_data
-from autoall.models import build_model, count_parameters, parameter_matched_width
-from autoall.plan import RunPlan, trial_plan
 from autoall.report_models import PUBLISHED, Publisher, report_tags
 from autoall.report_store import RunStore, headline
-from autoall.report_types import ArchReport, Report, RunRecord, Selection, Variant
+from autoall.report_types import ArchReport, Report, RunRecord, Selection
+from autoall.report_variants import arch_variants
 from autoall.selection import finished_trials, select
 from autoall.stats import time_to_target
 from autoall.storage import DEFAULT_STORAGE, make_storage, sqlite_file
@@ -55,7 +54,6 @@ from autoall.urls import mask_secrets
 EVAL_SEED_OFFSET = 1000  # evaluation seed i is search seed + 1000 + i
 SELECTION_SEED_OFFSET = 2000  # selection seed j is search seed + 2000 + j
 TARGET_FRACTION = 0.99  # efficiency target: 99 % of the weaker winner's mean selection val acc
-MATCH_TOLERANCE = 0.02  # the parameter-matched control is within 2 % of the ALL model
 _OUTPUTS = frozenset({".md", ".html", ".csv", ".png"})  # what a report folder holds
 
 
@@ -300,7 +298,9 @@ def _report_arch(
             accept=lambda p: p.get("aux_loss") != "none",
             label="custom-loss",
         )
-    variants, notes = _variants(cfg, opts, arch, picked, device, data)
+    variants, notes = arch_variants(
+        cfg, arch, picked, device=device, data=data, fractions=opts.fractions
+    )
     rep = ArchReport(
         arch=arch,
         all_study=study,
@@ -354,117 +354,6 @@ def _report_arch(
     rep.tuning = claims.tuning_cost(study, base_study, budget)
     rep.claims = claims.arch_claims(rep, test_y=data.test_y.cpu().numpy())
     return rep
-
-
-def _variants(
-    cfg: StudyConfig,
-    opts: ReportOptions,
-    arch: str,
-    picked: dict[str, Selection],
-    device: str,
-    data: DeviceData,
-) -> tuple[list[Variant], list[str]]:
-    """The evaluated variants (winners, hand-set reference, controls, reduced-data runs), and
-    notes on any control that could not be built."""
-    notes: list[str] = []
-    win_all, win_base = picked["all"].winner, picked["baseline"].winner
-    all_plan = trial_plan(cfg, arch, "all", win_all.params, device=device)
-    base_plan = trial_plan(cfg, arch, "baseline", win_base.params, device=device)
-    hand = baseline(arch, cfg.data.name)
-    hand_plan = RunPlan(arch, replace(cfg.train_config(arch), device=device))
-    assert all_plan.spec is not None
-    variants = [
-        Variant(
-            "tuned-baseline",
-            "tuned baseline",
-            base_plan,
-            f"{picked['baseline'].study} trial #{win_base.trial}: {_knobs(win_base.params)}",
-        ),
-        Variant(
-            "hand-set",
-            "hand-set baseline",
-            hand_plan,
-            f"{hand.label_for(hand_plan.train)}; {hand.source} (a reference row, no claim)",
-        ),
-        Variant(
-            "all",
-            "ALL",
-            all_plan,
-            f"{picked['all'].study} trial #{win_all.trial}: {_knobs(win_all.params)}",
-        ),
-    ]
-    target = count_parameters(
-        build_model(
-            arch, in_shape=data.in_shape, num_classes=data.num_classes, all_spec=all_plan.spec
-        )
-    ).total
-    width = parameter_matched_width(
-        arch, in_shape=data.in_shape, num_classes=data.num_classes, target_params=target
-    )
-    matched = count_parameters(
-        build_model(arch, in_shape=data.in_shape, num_classes=data.num_classes, head_width=width)
-    ).total
-    if abs(matched - target) <= MATCH_TOLERANCE * target:
-        variants.append(
-            Variant(
-                "param-matched",
-                "parameter-matched",
-                replace(base_plan, head_width=width),
-                f"the tuned baseline with the layer before the head {width} wide: "
-                f"{matched:,} parameters, the ALL model {target:,}",
-            )
-        )
-    else:
-        notes.append(
-            f"No parameter-matched control: the closest width ({width}) gives {matched:,} "
-            f"parameters, not within {100 * MATCH_TOLERANCE:g} % of the ALL model's {target:,}."
-        )
-    shared = replace(all_plan, train=replace(all_plan.train, all_lr=None))
-    variants.append(
-        Variant("all-shared-lr", "ALL, all_lr = lr", shared, "the ALL trained at the base lr")
-    )
-    custom_pick = picked.get("custom")
-    custom_plan = all_plan
-    if custom_pick is not None:
-        win = custom_pick.winner
-        custom_plan = trial_plan(cfg, arch, "all", win.params, device=device)
-        variants.append(
-            Variant(
-                "custom",
-                "ALL with custom loss",
-                custom_plan,
-                f"best custom-loss trial #{win.trial}: {_knobs(win.params)}",
-            )
-        )
-    if custom_plan.spec is not None and custom_plan.spec.aux_loss != "none":
-        no_aux = replace(custom_plan, spec=replace(custom_plan.spec, aux_weight=0.0))
-        variants.append(
-            Variant("no-aux", "ALL, aux_weight = 0", no_aux, "the custom-loss ALL without L(W, a)")
-        )
-    flipped = "head" if all_plan.spec.positions == "blocks" else "blocks"
-    variants.append(
-        Variant(
-            "other-positions",
-            f"ALL, positions = {flipped}",
-            replace(all_plan, spec=replace(all_plan.spec, positions=flipped)),
-            f"the ALL winner with positions: {flipped}",
-        )
-    )
-    for fraction in opts.fractions:
-        pct = f"{100 * fraction:g}%"
-        for name, label, plan in (
-            ("tuned-baseline", "tuned baseline", base_plan),
-            ("all", "ALL", all_plan),
-        ):
-            variants.append(
-                Variant(
-                    f"{name}@{pct}",
-                    f"{label} on {pct} of train",
-                    replace(plan, train_fraction=fraction),
-                    f"trained on a stratified {pct} of the train split (drawn per seed)",
-                )
-            )
-    return variants, notes
 
 
 def _set_target(rep: ArchReport, target: float | None) -> None:
@@ -529,11 +418,6 @@ def write_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _knobs(params: dict[str, object]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in params.items())  # fmt: skip
 
 
 __all__ = ["BASELINE_SUFFIX", "ReportError", "ReportOptions", "run_report"]

@@ -28,7 +28,7 @@ from conftest import write_study
 from mlflow import MlflowClient
 
 import autoall.report_store
-from autoall import stats
+from autoall import stats, stats_across
 from autoall.cli import main
 from autoall.report_store import config_hash, run_settings
 from autoall.report_types import FINAL_METRICS
@@ -519,7 +519,7 @@ def test_several_study_files_get_one_summary_across_tasks(
                 rows.setdefault(name, {}).setdefault(row["variant"], []).append(
                     float(row["test_acc"])
                 )
-    poi = stats.probability_of_improvement(
+    poi = stats_across.probability_of_improvement(
         {n: rows[n]["all"] for n in rows}, {n: rows[n]["tuned-baseline"] for n in rows}
     )
     line = next(x for x in md.splitlines() if x.startswith("| Accuracy (FAQ 3)") and "[" in x)

@@ -18,17 +18,15 @@ from autoall.stats import (
     example_level_test,
     format_p,
     holm,
-    iqm,
     mean_std,
     paired_t,
-    probability_of_improvement,
     seeds_needed,
     sign_flip_min_p,
     sign_flip_p,
-    stratified_bootstrap_ci,
     time_to_target,
     verdicts,
 )
+from autoall.stats_across import iqm, probability_of_improvement, stratified_bootstrap_ci
 
 
 def test_mean_std_uses_the_sample_standard_deviation() -> None:

@@ -1,0 +1,142 @@
+"""What a report trains per architecture (`arch_variants`): each variant's plan, label and note.
+
+From the two winners (`picked["all"]`, `picked["baseline"]`, and `picked["custom"]` when the ALL
+winner has no custom loss) come, as DESIGN section 6 lists them:
+
+- the tuned baseline (the comparator), the hand-set baseline (a reference row) and the ALL;
+- the controls: the tuned baseline with the layer before the head widened to within
+  `MATCH_TOLERANCE` of the ALL model's parameters (left out, with a note, when no width is that
+  close), the ALL at `all_lr = lr`, the best custom-loss ALL and it with `aux_weight = 0`, the
+  ALL at the other `positions`;
+- the tuned baseline and the ALL on each fraction of the train split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from autoall.baselines import baseline
+from autoall.config import StudyConfig
+from autoall.data import DeviceData
+from autoall.models import build_model, count_parameters, parameter_matched_width
+from autoall.plan import RunPlan, trial_plan
+from autoall.report_types import Selection, Variant
+
+MATCH_TOLERANCE = 0.02  # the parameter-matched control is within 2 % of the ALL model
+
+
+def arch_variants(
+    cfg: StudyConfig,
+    arch: str,
+    picked: dict[str, Selection],
+    *,
+    device: str,
+    data: DeviceData,
+    fractions: tuple[float, ...],
+) -> tuple[list[Variant], list[str]]:
+    """The evaluated variants (winners, hand-set reference, controls, reduced-data runs), and
+    notes on any control that could not be built."""
+    notes: list[str] = []
+    win_all, win_base = picked["all"].winner, picked["baseline"].winner
+    all_plan = trial_plan(cfg, arch, "all", win_all.params, device=device)
+    base_plan = trial_plan(cfg, arch, "baseline", win_base.params, device=device)
+    hand = baseline(arch, cfg.data.name)
+    hand_plan = RunPlan(arch, replace(cfg.train_config(arch), device=device))
+    assert all_plan.spec is not None
+    variants = [
+        Variant(
+            "tuned-baseline",
+            "tuned baseline",
+            base_plan,
+            f"{picked['baseline'].study} trial #{win_base.trial}: {_knobs(win_base.params)}",
+        ),
+        Variant(
+            "hand-set",
+            "hand-set baseline",
+            hand_plan,
+            f"{hand.label_for(hand_plan.train)}; {hand.source} (a reference row, no claim)",
+        ),
+        Variant(
+            "all",
+            "ALL",
+            all_plan,
+            f"{picked['all'].study} trial #{win_all.trial}: {_knobs(win_all.params)}",
+        ),
+    ]
+    target = count_parameters(
+        build_model(
+            arch, in_shape=data.in_shape, num_classes=data.num_classes, all_spec=all_plan.spec
+        )
+    ).total
+    width = parameter_matched_width(
+        arch, in_shape=data.in_shape, num_classes=data.num_classes, target_params=target
+    )
+    matched = count_parameters(
+        build_model(arch, in_shape=data.in_shape, num_classes=data.num_classes, head_width=width)
+    ).total
+    if abs(matched - target) <= MATCH_TOLERANCE * target:
+        variants.append(
+            Variant(
+                "param-matched",
+                "parameter-matched",
+                replace(base_plan, head_width=width),
+                f"the tuned baseline with the layer before the head {width} wide: "
+                f"{matched:,} parameters, the ALL model {target:,}",
+            )
+        )
+    else:
+        notes.append(
+            f"No parameter-matched control: the closest width ({width}) gives {matched:,} "
+            f"parameters, not within {100 * MATCH_TOLERANCE:g} % of the ALL model's {target:,}."
+        )
+    shared = replace(all_plan, train=replace(all_plan.train, all_lr=None))
+    variants.append(
+        Variant("all-shared-lr", "ALL, all_lr = lr", shared, "the ALL trained at the base lr")
+    )
+    custom_pick = picked.get("custom")
+    custom_plan = all_plan
+    if custom_pick is not None:
+        win = custom_pick.winner
+        custom_plan = trial_plan(cfg, arch, "all", win.params, device=device)
+        variants.append(
+            Variant(
+                "custom",
+                "ALL with custom loss",
+                custom_plan,
+                f"best custom-loss trial #{win.trial}: {_knobs(win.params)}",
+            )
+        )
+    if custom_plan.spec is not None and custom_plan.spec.aux_loss != "none":
+        no_aux = replace(custom_plan, spec=replace(custom_plan.spec, aux_weight=0.0))
+        variants.append(
+            Variant("no-aux", "ALL, aux_weight = 0", no_aux, "the custom-loss ALL without L(W, a)")
+        )
+    flipped = "head" if all_plan.spec.positions == "blocks" else "blocks"
+    variants.append(
+        Variant(
+            "other-positions",
+            f"ALL, positions = {flipped}",
+            replace(all_plan, spec=replace(all_plan.spec, positions=flipped)),
+            f"the ALL winner with positions: {flipped}",
+        )
+    )
+    for fraction in fractions:
+        pct = f"{100 * fraction:g}%"
+        for name, label, plan in (
+            ("tuned-baseline", "tuned baseline", base_plan),
+            ("all", "ALL", all_plan),
+        ):
+            variants.append(
+                Variant(
+                    f"{name}@{pct}",
+                    f"{label} on {pct} of train",
+                    replace(plan, train_fraction=fraction),
+                    f"trained on a stratified {pct} of the train split (drawn per seed)",
+                )
+            )
+    return variants, notes
+
+
+def _knobs(params: dict[str, object]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in params.items())  # fmt: skip
