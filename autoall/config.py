@@ -18,6 +18,7 @@ from autoall.baselines import baseline
 from autoall.data import DATASETS
 from autoall.layer import ACTIVATIONS, AUX_LOSSES, POSITIONS
 from autoall.models import ARCHITECTURES
+from autoall.options import KINDS
 from autoall.safe_yaml import YamlProblem, load_yaml, read_text
 from autoall.search_space import ParamSpec, parse_space
 from autoall.train import TrainConfig
@@ -26,7 +27,6 @@ SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "grid", "nsgaii")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 KNOBS: tuple[str, ...] = ("hidden_size", "all_lr", "aux_weight", "aux_loss", "positions")
 BASELINE_KNOBS: tuple[str, ...] = ("lr", "weight_decay")  # the tuned baseline's own knobs
-KINDS: tuple[str, ...] = ("all", "baseline")  # the ALL study; the equal-budget tuned baseline
 BASELINE_SUFFIX = (
     "tuned-baseline"  # the baseline study of <name>/<arch> is <name>/<arch>/tuned-baseline
 )

@@ -31,7 +31,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,15 @@ import optuna
 from autoall import claims, plots, render
 from autoall.config import BASELINE_SUFFIX, StudyConfig, StudyFileError, load_study_file
 from autoall.data import DeviceData, load_data
+from autoall.errors import UserError
+from autoall.options import ReportOptions, RunOptions
 from autoall.report_models import PUBLISHED, Publisher, report_tags
 from autoall.report_store import RunStore, headline
 from autoall.report_types import ArchReport, Report, RunRecord, Selection
 from autoall.report_variants import arch_variants
 from autoall.selection import finished_trials, select
 from autoall.stats import time_to_target
-from autoall.storage import DEFAULT_STORAGE, make_storage, sqlite_file
+from autoall.storage import make_storage, sqlite_file
 from autoall.study import count_trials
 from autoall.train import resolve_device
 from autoall.urls import mask_secrets
@@ -57,24 +59,8 @@ TARGET_FRACTION = 0.99  # efficiency target: 99 % of the weaker winner's mean se
 _OUTPUTS = frozenset({".md", ".html", ".csv", ".png"})  # what a report folder holds
 
 
-class ReportError(RuntimeError):
+class ReportError(UserError, RuntimeError):
     """A report cannot start: a missing study file or study, or one without COMPLETE trials."""
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    seeds: int = 5  # K: evaluation runs per variant
-    selection_seeds: int = 3  # seeds each top-k trial is re-evaluated on (validation)
-    top_k: int = 3
-    fractions: tuple[float, ...] = (0.1, 0.3)  # of the train split, for generalisation
-    target_acc: float | None = None  # None: TARGET_FRACTION of the weaker winner (validation)
-    out: Path | None = None  # None: reports/<name>
-    storage: str = DEFAULT_STORAGE
-    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
-    device: str | None = None  # None: cuda, then mps, then cpu
-    run_baseline: bool = True  # run missing tuned-baseline trials (equal budget) first
-    alpha: float = 0.05
-    cohorts: bool = True  # a variant's missing seeds train together (autoall/cohort.py)
 
 
 def resolve_study_file(target: str) -> StudyConfig:
@@ -154,7 +140,7 @@ def baseline_studies(
 
 
 def _run_baseline_study(cfg: StudyConfig, arch: str, n_trials: int, opts: ReportOptions) -> None:
-    from autoall.workers import RunOptions, run_study
+    from autoall.workers import run_study
 
     run_study(
         cfg.with_architectures([arch]),

@@ -79,7 +79,8 @@ def _experiment_links(uri: str, port: int) -> list[str]:
 def optuna_dashboard(port: int, storage: str | None) -> Server:
     """optuna-dashboard on 127.0.0.1:`port` for the study storage (checked reachable first:
     a wrong URL or password is one line, not a server that fails later)."""
-    from autoall.storage import DEFAULT_STORAGE, StorageError, make_storage
+    from autoall.options import DEFAULT_STORAGE
+    from autoall.storage import StorageError, make_storage
     from autoall.urls import mask_secrets, storage_url
 
     exe = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")

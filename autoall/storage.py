@@ -56,6 +56,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled  # private: not re-e
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from autoall.errors import UserError
 from autoall.urls import mask_secrets, storage_url
 
 if TYPE_CHECKING:
@@ -212,9 +213,6 @@ class NoStorageError(ValueError):
     """An inspecting command was pointed at a SQLite file that does not exist."""
 
 
-DEFAULT_STORAGE = "sqlite:///autoall.db"
-
-
 def make_storage(url: str, cfg: StudyConfig | None = None, *, create: bool = True) -> RDBStorage:
     """Optuna RDB storage with heartbeat and retry of stale trials, and a bounded connection pool.
 
@@ -270,7 +268,7 @@ _SCHEMA_RACE_ATTEMPTS = 5
 _RACE_WORDS = ("already exists", "locked", "duplicate", "unique constraint", "alembic")
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """The Optuna storage cannot be opened (wrong URL, server down, bad password); no secrets."""
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import optuna
 
 from autoall.config import BASELINE_SUFFIX, load_study_file
-from autoall.storage import DEFAULT_STORAGE, make_storage
+from autoall.options import DEFAULT_STORAGE
+from autoall.storage import make_storage
 from autoall.study import Counts, best_trial, count_trials
 from autoall.urls import mask_secrets
 

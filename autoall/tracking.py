@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from autoall.errors import UserError
+from autoall.options import DEFAULT_TRACKING_URI
 from autoall.urls import mask_secrets, storage_url
 
 if TYPE_CHECKING:
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
     from autoall.train import RunResult
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 TRIAL_STATES: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL")
 _RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 _HEALTH_TIMEOUT = 5.0  # seconds for GET /health at start
@@ -136,7 +137,7 @@ class StudyTracker(Protocol):
     def close(self) -> None: ...
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store could not be reached or set up when the study started."""
 
 

@@ -14,15 +14,15 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import optuna
 import torch
 
-from autoall.config import KINDS, StudyConfig
+from autoall.config import StudyConfig
 from autoall.host import WorkerRegistry
+from autoall.options import RunOptions
 from autoall.preflight import SMALL_STEP_FLOPS, step_flops
 from autoall.storage import make_storage
 from autoall.study import (
@@ -46,23 +46,6 @@ from autoall.tracking import (
 )
 from autoall.tracking_writer import TrackingWriter
 from autoall.urls import install_log_masking
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    storage: str
-    n_trials: int  # target per architecture: COMPLETE + PRUNED across workers and restarts
-    n_jobs: int = 1
-    device: str | None = None  # None: cuda, then mps, then cpu
-    tracking_uri: str | None = None
-    tracking: bool = True
-    gpus: int = 0  # > 0 with several workers: worker i sees only GPU i % gpus
-    checkpoint_dir: str = ".autoall/checkpoints"  # mid-trial checkpoints; shared across hosts
-    checkpoint_every: float = 30.0  # seconds between a trial's checkpoints (0: every epoch)
-    kinds: tuple[str, ...] = KINDS  # the ALL studies, their equal-budget tuned baselines, or both
-    system_metrics: bool = False  # MLflow's system metrics in every trial's run
-    log_models: bool = False  # a trial's model into its run when it becomes its study's best
-    cohort: int = 1  # trials a worker asks at once and trains together (autoall/study_cohort.py)
 
 
 def default_n_jobs(trials_per_gpu: int = 1) -> int:

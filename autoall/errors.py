@@ -1,0 +1,75 @@
+"""What a failure means to the user: one mapping from exceptions to exit codes and messages.
+
+| exception                                   | exit code | printed                             |
+|---------------------------------------------|-----------|-------------------------------------|
+| `UserError`, `ValueError` (bad input)       | 2         | `Error: <message>` (click's usage)  |
+| `RuntimeError` (a run failed: NaN loss, OOM)| 1         | `Error: <message>` and the hints    |
+| `KeyboardInterrupt` (Ctrl-C)                | 130       | `Interrupted; <hint>`               |
+| anything else (`KeyError`, ...)             | traceback | a bug in autoall                    |
+
+A command adds what the user should do next with `hint(...)`: the hint rides on the exception
+as a PEP 678 note. Every message goes through `mask_secrets`, so no password reaches the
+terminal. A leaf module: the library's exception classes derive from `UserError` without
+importing anything heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+USAGE = 2  # click's exit code for usage errors
+FAILED = 1
+_INTERRUPT_NOTE = "autoall-interrupted: "  # prefix of the note shown on Ctrl-C only
+
+
+class UserError(Exception):
+    """Input or an environment the user can fix: a file, a key, a URL, a password, a folder.
+
+    Library errors that mean this derive from it (`StorageError(UserError, RuntimeError)`), so
+    they keep their place in Python's hierarchy and still exit with code 2."""
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code for `exc`, or None when it is a bug (the traceback is the message)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return INTERRUPTED
+    if isinstance(exc, UserError | ValueError):
+        return USAGE
+    if isinstance(
+        exc, RuntimeError | FloatingPointError
+    ):  # NonFiniteLossError: a FloatingPointError
+        return FAILED
+    return None
+
+
+def message(exc: BaseException) -> str:
+    """What the user reads for `exc` (secrets masked), hints included."""
+    from autoall.urls import mask_secrets
+
+    notes = [str(n) for n in getattr(exc, "__notes__", ())]
+    if isinstance(exc, KeyboardInterrupt):
+        said = [n.removeprefix(_INTERRUPT_NOTE) for n in notes if n.startswith(_INTERRUPT_NOTE)]
+        text = "\nInterrupted" + ("; " + " ".join(said) if said else ".")
+    else:
+        shown = [n for n in notes if not n.startswith(_INTERRUPT_NOTE)]
+        text = "Error: " + "\n".join([str(exc), *shown])
+    return mask_secrets(text)
+
+
+@contextlib.contextmanager
+def hint(*, failed: str | None = None, interrupted: str | None = None) -> Iterator[None]:
+    """Tell the user what to do next when the block fails (`failed`: a run failed, exit code 1)
+    or is interrupted (`interrupted`, after "Interrupted; "). Input errors get no hint: the
+    message itself says what to fix."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if interrupted:
+            exc.add_note(_INTERRUPT_NOTE + interrupted)
+        raise
+    except Exception as exc:
+        if failed and exit_code(exc) == FAILED:
+            exc.add_note(failed)
+        raise

@@ -1,0 +1,53 @@
+"""The options of `autoall study run` and `autoall report`, with their defaults declared once.
+
+A leaf module (no torch, no Optuna, no MLflow): the CLI reads its defaults from these
+dataclasses, so `autoall --help` says what the library does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STORAGE = (
+    "sqlite:///autoall.db"  # the Optuna storage when neither --storage nor $AUTOALL_STORAGE
+)
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # MLflow 3's file store is in maintenance mode
+KINDS: tuple[str, ...] = ("all", "baseline")  # the ALL study; the equal-budget tuned baseline
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How `autoall study run` runs a study file (autoall/workers.py)."""
+
+    storage: str
+    n_trials: int  # target per architecture: COMPLETE + PRUNED across workers and restarts
+    n_jobs: int = 1
+    device: str | None = None  # None: cuda, then mps, then cpu
+    tracking_uri: str | None = None
+    tracking: bool = True
+    gpus: int = 0  # > 0 with several workers: worker i sees only GPU i % gpus
+    checkpoint_dir: str = ".autoall/checkpoints"  # mid-trial checkpoints; shared across hosts
+    checkpoint_every: float = 30.0  # seconds between a trial's checkpoints (0: every epoch)
+    kinds: tuple[str, ...] = KINDS  # the ALL studies, their equal-budget tuned baselines, or both
+    system_metrics: bool = False  # MLflow's system metrics in every trial's run
+    log_models: bool = False  # a trial's model into its run when it becomes its study's best
+    cohort: int = 1  # trials a worker asks at once and trains together (autoall/study_cohort.py)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How `autoall report` evaluates a study file (autoall/report.py)."""
+
+    seeds: int = 5  # K: evaluation runs per variant
+    selection_seeds: int = 3  # seeds each top-k trial is re-evaluated on (validation)
+    top_k: int = 3
+    fractions: tuple[float, ...] = (0.1, 0.3)  # of the train split, for generalisation
+    target_acc: float | None = None  # None: TARGET_FRACTION of the weaker winner (validation)
+    out: Path | None = None  # None: reports/<name>
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else DEFAULT_TRACKING_URI
+    device: str | None = None  # None: cuda, then mps, then cpu
+    run_baseline: bool = True  # run missing tuned-baseline trials (equal budget) first
+    alpha: float = 0.05
+    cohorts: bool = True  # a variant's missing seeds train together (autoall/cohort.py)
