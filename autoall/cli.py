@@ -121,6 +121,19 @@ _storage_option = click.option(
 )
 
 
+_architectures_option = click.option(
+    "--architectures", default=None, help="Comma-separated subset of the file's architectures."
+)
+_device_option = click.option(
+    "--device", default=None, help="cpu, cuda, mps [default: cuda, then mps, then cpu]."
+)
+_tracking_uri_option = click.option(
+    "--tracking-uri",
+    default=None,
+    help=f"MLflow tracking URI [default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}].",
+)
+
+
 @main.group("study", context_settings=_SETTINGS)
 def study_group() -> None:
     """Run and inspect Optuna studies of the ALL knobs."""
@@ -144,15 +157,9 @@ def study_group() -> None:
 @click.option(
     "--study-name", default=None, help="Overrides the file's name (studies are <name>/<arch>)."
 )
-@click.option(
-    "--architectures", default=None, help="Comma-separated subset of the file's architectures."
-)
-@click.option("--device", default=None, help="cpu, cuda, mps [default: cuda, then mps, then cpu].")
-@click.option(
-    "--tracking-uri",
-    default=None,
-    help=f"MLflow tracking URI [default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}].",
-)
+@_architectures_option
+@_device_option
+@_tracking_uri_option
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
 @click.option(
     "--baseline/--no-baseline",
@@ -345,15 +352,9 @@ def demo(n_trials: int, seeds: int) -> None:
     "folder, default reports/summary].",
 )
 @_storage_option
-@click.option(
-    "--tracking-uri",
-    default=None,
-    help=f"MLflow tracking URI [default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}].",
-)
-@click.option("--device", default=None, help="cpu, cuda, mps [default: cuda, then mps, then cpu].")
-@click.option(
-    "--architectures", default=None, help="Comma-separated subset of the file's architectures."
-)
+@_tracking_uri_option
+@_device_option
+@_architectures_option
 @click.option(
     "--run-baseline/--no-run-baseline",
     default=ReportOptions.run_baseline,
