@@ -165,7 +165,10 @@ def first_visible_gpu(env: dict[str, str]) -> str:
 
 
 class Report:
-    """Prints each line and keeps it; with ``out_dir``, rewrites the text and JSON files."""
+    """Prints each line and keeps it; with ``out_dir``, rewrites the text and JSON files
+    (``<stem>.txt``, ``<stem>.json``)."""
+
+    stem = "gpu_check"
 
     def __init__(self, out_dir: Path | None) -> None:
         self.lines: list[str] = []
@@ -194,8 +197,8 @@ class Report:
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "gpu_check.txt").write_text("\n".join(self.lines) + "\n")
-        (self.out_dir / "gpu_check.json").write_text(json.dumps(self.figures, indent=2) + "\n")
+        (self.out_dir / f"{self.stem}.txt").write_text("\n".join(self.lines) + "\n")
+        (self.out_dir / f"{self.stem}.json").write_text(json.dumps(self.figures, indent=2) + "\n")
 
 
 class GpuSampler:
@@ -335,16 +338,25 @@ def timing_figure(t: Timing) -> dict[str, Any]:
     }
 
 
-def synthetic_cifar(n_train: int, n_val: int, device: torch.device) -> DeviceData:
-    """CIFAR-10-shaped random uint8 images ``(N, 3, 32, 32)`` with random labels, on ``device``."""
+def synthetic_images(
+    name: str,
+    shape: tuple[int, int, int],
+    n_train: int,
+    n_val: int,
+    device: torch.device,
+    *,
+    augment: bool,
+) -> DeviceData:
+    """Random uint8 images ``(N, *shape)`` with random labels of 10 classes, on ``device``,
+    normalised as a uniform 0..255 pixel (mean 127.5, std 73.9); seeded, so every run alike."""
     g = torch.Generator(device=device).manual_seed(0)
     n = n_train + n_val
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g, device=device)
+    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g, device=device)
     y = torch.randint(0, 10, (n,), generator=g, device=device)
-    stat = torch.full((1, 3, 1, 1), 1.0, device=device)
+    stat = torch.full((1, shape[0], 1, 1), 1.0, device=device)
     return DeviceData(
-        name="cifar10-synthetic",
-        in_shape=(3, 32, 32),
+        name=name,
+        in_shape=shape,
         num_classes=10,
         train_x=x[:n_train],
         train_y=y[:n_train],
@@ -354,9 +366,15 @@ def synthetic_cifar(n_train: int, n_val: int, device: torch.device) -> DeviceDat
         test_y=y[:0],
         mean=stat * PIXEL_MEAN,
         std=stat * PIXEL_STD,
-        augment=True,
+        augment=augment,
         device=device,
     )
+
+
+def synthetic_cifar(n_train: int, n_val: int, device: torch.device) -> DeviceData:
+    """CIFAR-10-shaped random uint8 images ``(N, 3, 32, 32)`` with random labels, on ``device``."""
+    shape = (3, 32, 32)
+    return synthetic_images("cifar10-synthetic", shape, n_train, n_val, device, augment=True)
 
 
 def train_config(arch: str, sizes: Sizes, device: torch.device, *, amp: bool) -> TrainConfig:

@@ -85,6 +85,29 @@ def _autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def _step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    x: Tensor,
+    y: Tensor,
+    sums: tuple[Tensor, Tensor],
+) -> None:
+    """One training step of both hand-written loops: bf16 autocast forward, backward, optimizer
+    and per-step lr; the loss and the correct predictions summed into ``sums`` on the device
+    (no host sync)."""
+    loss_sum, correct = sums
+    with _autocast(x.device):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    loss_sum += loss.detach()
+    correct += (logits.argmax(dim=1) == y).sum()
+
+
 def _crop_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     """Per image: random 32x32 crop of the 4-pixel zero-padded image, then a coin-flip mirror.
 
@@ -139,16 +162,7 @@ def time_plain_loop(
                 idx = perm[i * bs : (i + 1) * bs]
                 x = _crop_flip(data.train_x[idx], gen)
                 x = ((x.float() - mean) / std).contiguous(memory_format=cl)
-                y = data.train_y[idx]
-                with _autocast(device):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits, y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach()
-                correct += (logits.argmax(dim=1) == y).sum()
+                _step(model, opt, sched, x, data.train_y[idx], (loss_sum, correct))
             model.eval()
             val_correct = torch.zeros((), device=device, dtype=torch.long)
             with torch.no_grad(), _autocast(device):
@@ -212,16 +226,7 @@ def time_dataloader_loop(
         correct = torch.zeros((), device=device, dtype=torch.long)
         for xb, yb in train_loader:
             x = xb.to(device, non_blocking=True).contiguous(memory_format=cl)
-            y = yb.to(device, non_blocking=True)
-            with _autocast(device):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach()
-            correct += (logits.argmax(dim=1) == y).sum()
+            _step(model, opt, sched, x, yb.to(device, non_blocking=True), (loss_sum, correct))
         model.eval()
         val_correct = torch.zeros((), device=device, dtype=torch.long)
         with torch.no_grad(), _autocast(device):
