@@ -27,6 +27,7 @@ import yaml
 from optuna.trial import TrialState
 
 import autoall
+from autoall import timing
 from autoall.host import share_cores
 from autoall.plan import fit, trial_plan
 from autoall.storage import _storage_error, storage_reason
@@ -118,18 +119,20 @@ class TrialRun:
         if ctx.registry is not None and ctx.data.device.type == "cpu":
             threads = share_cores(ctx.registry, small=ctx.small_model)
             trial.set_user_attr("torch_threads", threads)
-        self.params = params = suggest(trial, cfg.space(arch, ctx.kind))
+        with timing.span("trial.suggest"):
+            self.params = params = suggest(trial, cfg.space(arch, ctx.kind))
         self.plan = trial_plan(cfg, arch, ctx.kind, params, device=ctx.device)
         tcfg = self.plan.train
-        self.run = run = ctx.tracker.start_trial(  # first: a trial that fails from here has its run
-            parent_id=ctx.parent_run_id or "",
-            trial_number=trial.number,
-            params=flat_params(ctx, params, tcfg),
-            tags=_trial_tags(ctx, trial.number, retry_of),
-            config_yaml=yaml.safe_dump(resolved_config(ctx, params, tcfg), sort_keys=False),
-            run_name=f"{ctx.study_name}#{trial.number}",
-            system_metrics=ctx.system_metrics,
-        )
+        with timing.span("tracking.start_trial"):  # first: a trial that fails from here has its run
+            self.run = run = ctx.tracker.start_trial(
+                parent_id=ctx.parent_run_id or "",
+                trial_number=trial.number,
+                params=flat_params(ctx, params, tcfg),
+                tags=_trial_tags(ctx, trial.number, retry_of),
+                config_yaml=yaml.safe_dump(resolved_config(ctx, params, tcfg), sort_keys=False),
+                run_name=f"{ctx.study_name}#{trial.number}",
+                system_metrics=ctx.system_metrics,
+            )
         trial.set_user_attr("worker_host", socket.gethostname())
         trial.set_user_attr("worker_pid", os.getpid())
         self.linked = _link_run(trial, run, linked=False)
@@ -151,11 +154,16 @@ class TrialRun:
     def on_epoch(self, stats: Any) -> None:
         trial = self.trial
         self.last_epoch = stats.epoch
-        self.run.log_epoch(stats)
+        timing.add("epoch.compute", stats.epoch_seconds)
+        with timing.span("tracking.log_epoch"):
+            self.run.log_epoch(stats)
         self.linked = _link_run(trial, self.run, linked=self.linked)
         if not self.multi:
-            trial.report(stats.val_acc, stats.epoch)
-            if trial.should_prune():
+            with timing.span("epoch.optuna_report"):
+                trial.report(stats.val_acc, stats.epoch)
+            with timing.span("epoch.should_prune"):
+                prune = trial.should_prune()
+            if prune:
                 raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
         # a retry queued meanwhile (another host's worker died): checked every few seconds
         # (it reads every trial) and after the last epoch, so the target is never overshot
@@ -300,7 +308,8 @@ def _finish(
     """
     if checkpoint is not None:
         ctx.ended_checkpoint = (trial.number, checkpoint)
-    run.finish(state, **kw)
+    with timing.span("tracking.finish"):
+        run.finish(state, **kw)
     if run.lost:
         trial.set_user_attr("tracking_lost", "; ".join(run.lost)[:1000])
         log.warning("trial %d: MLflow logging lost: %s", trial.number, "; ".join(run.lost))

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from autoall import timing
 from autoall.config import KINDS, StudyConfig
 from autoall.data import DeviceData, train_subset
 from autoall.layer import ALLSpec
@@ -79,13 +80,14 @@ def build(plan: RunPlan, data: DeviceData) -> tuple[nn.Module, DeviceData]:
     if plan.train_fraction < 1:
         data = train_subset(data, plan.train_fraction, seed=seed)
     seed_everything(seed)
-    model = build_model(
-        plan.arch,
-        in_shape=data.in_shape,
-        num_classes=data.num_classes,
-        all_spec=plan.spec,
-        head_width=plan.head_width,
-    )
+    with timing.span("trial.build_model"):
+        model = build_model(
+            plan.arch,
+            in_shape=data.in_shape,
+            num_classes=data.num_classes,
+            all_spec=plan.spec,
+            head_width=plan.head_width,
+        )
     return model, data
 
 
@@ -106,9 +108,10 @@ def fit(
     """
     model, data = build(plan, data)
     cfg = replace(plan.train, evaluate_test=evaluate_test)
-    result = train(
-        model, data, cfg, on_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every
-    )
+    with timing.span("trial.train"):
+        result = train(
+            model, data, cfg, on_epoch, checkpoint=checkpoint, checkpoint_every=checkpoint_every
+        )
     if on_trained is not None:
         on_trained(model.eval())
     return result

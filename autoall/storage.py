@@ -56,6 +56,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled  # private: not re-e
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from autoall import timing
 from autoall.errors import UserError
 from autoall.urls import mask_secrets, storage_url
 
@@ -213,6 +214,7 @@ class NoStorageError(ValueError):
     """An inspecting command was pointed at a SQLite file that does not exist."""
 
 
+@timing.span("setup.storage")
 def make_storage(url: str, cfg: StudyConfig | None = None, *, create: bool = True) -> RDBStorage:
     """Optuna RDB storage with heartbeat and retry of stale trials, and a bounded connection pool.
 

@@ -22,6 +22,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from autoall import timing
 from autoall.config import KINDS, ParamSpec, StudyConfig
 from autoall.data import DeviceData, load_data
 from autoall.host import WorkerRegistry
@@ -104,6 +105,7 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+@timing.span("setup.create_studies")
 def create_studies(
     cfg: StudyConfig,
     storage: RDBStorage,
@@ -235,6 +237,7 @@ class WorkerContext:
         return self.checkpoint_dir / study / f"trial-{trial_key}.pt"
 
 
+@timing.span("loop.run_worker")
 def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float = 1.0) -> Counts:
     """Run trials until the study holds `n_trials` COMPLETE + PRUNED trials; return the counts.
 
@@ -322,13 +325,15 @@ def _step(
             ctx.tracker.check()
             return outcome
         try:
-            study.optimize(
-                guarded,
-                n_trials=1,
-                catch=(Exception,),
-                callbacks=[_after_trial(ctx)],
-                gc_after_trial=False,
-            )
+            clock = _OptunaClock(guarded)
+            with timing.span("trial.optimize"):
+                study.optimize(
+                    clock.objective,
+                    n_trials=1,
+                    catch=(Exception,),
+                    callbacks=[clock.told, _after_trial(ctx)],
+                    gc_after_trial=False,
+                )
         finally:
             start_lock.release()
             _drop_ended_checkpoint(ctx, study)
@@ -342,6 +347,29 @@ def _step(
             and not reason.startswith("surplus")  # not this worker's failure
         )
         return Step(failed=failed, last=last)
+
+
+class _OptunaClock:
+    """Times Optuna's own work around the objective of one `study.optimize` call, which
+    autoall does not call itself: from the call to the objective (Optuna's stale-trial check,
+    `ask` with the sampler, the heartbeat's start) as `trial.optuna_ask`, and from the
+    objective's end to the first callback (the heartbeat's stop, `tell`) as `trial.optuna_tell`
+    (autoall/timing.py)."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], float | tuple[float, float]]) -> None:
+        self._objective = objective
+        self.mark = time.perf_counter()
+
+    def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        timing.since("trial.optuna_ask", self.mark)
+        try:
+            return self._objective(trial)
+        finally:
+            self.mark = time.perf_counter()
+
+    def told(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """An Optuna callback: the first after `tell`."""
+        timing.since("trial.optuna_tell", self.mark)
 
 
 def _drop_ended_checkpoint(
@@ -363,6 +391,7 @@ def _drop_ended_checkpoint(
 
 
 def _after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], None]:
+    @timing.span("trial.after_trial")
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         _drop_ended_checkpoint(ctx, study, trial)
         trials = study.get_trials(deepcopy=False)  # one snapshot: counts and best agree
@@ -370,16 +399,17 @@ def _after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], No
         best = best_trial(trials)
         if ctx.parent_run_id:
             new_best = best is not None and best.number == trial.number
-            ctx.tracker.update_parent(
-                ctx.parent_run_id,
-                best_value=best.values[0] if best is not None else None,
-                n_complete=counts.complete,
-                n_pruned=counts.pruned,
-                n_failed=counts.failed,
-                step=counts.complete + counts.pruned + counts.failed,  # grows across workers
-                best_trial=best.number if new_best and best is not None else None,
-                best_params=dict(best.params) if new_best and best is not None else None,
-            )
+            with timing.span("tracking.update_parent"):
+                ctx.tracker.update_parent(
+                    ctx.parent_run_id,
+                    best_value=best.values[0] if best is not None else None,
+                    n_complete=counts.complete,
+                    n_pruned=counts.pruned,
+                    n_failed=counts.failed,
+                    step=counts.complete + counts.pruned + counts.failed,  # grows across workers
+                    best_trial=best.number if new_best and best is not None else None,
+                    best_params=dict(best.params) if new_best and best is not None else None,
+                )
         if ctx.on_trial_end is not None:
             ctx.on_trial_end(trial)
 
@@ -392,6 +422,7 @@ def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
     return max(complete, key=lambda t: (t.values[0], -t.number)) if complete else None
 
 
+@timing.span("setup.data")
 def load_study_data(cfg: StudyConfig, device: str | None) -> DeviceData:
     """The study's data with the test split removed: searching must never see it."""
     from autoall.train import resolve_device

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoall import timing
 from autoall.data import DeviceData, augment_batch, iterate_batches
 from autoall.layer import all_layers, auxiliary_loss, param_groups
 from autoall.models import count_parameters
@@ -305,6 +306,7 @@ def lr_factor(cfg: TrainConfig, *, steps_per_epoch: int) -> Callable[[int], floa
     return factor
 
 
+@timing.span("epoch.checkpoint")
 def _save(
     path: str | Path,
     epoch: int,

@@ -20,6 +20,7 @@ from typing import IO, Any
 import optuna
 import torch
 
+from autoall import timing
 from autoall.config import StudyConfig
 from autoall.host import WorkerRegistry
 from autoall.options import RunOptions
@@ -90,9 +91,11 @@ def run_study(
         counts = {name: count_trials(s.get_trials(deepcopy=False)) for name, s in studies.items()}
         for name, c in counts.items():
             if c.done >= opts.n_trials and parents[name]:
-                tracker.finish_parent(parents[name])
+                with timing.span("tracking.finish_parent"):
+                    tracker.finish_parent(parents[name])
     finally:
-        tracker.close()  # waits for the last trial's logging
+        with timing.span("tracking.close"):
+            tracker.close()  # waits for the last trial's logging
     for message in tracker.lost:
         print(f"warning: {message}", file=out)
     tracker.check()
@@ -112,21 +115,23 @@ def _summarise_parents(
             table = study.trials_dataframe().to_csv(index=False)
             c = count_trials(trials)
             best = best_trial(trials)
-            tracker.update_parent(
-                parents[name],
-                best_value=best.values[0] if best is not None else None,
-                n_complete=c.complete,
-                n_pruned=c.pruned,
-                n_failed=c.failed,
-                step=c.complete + c.pruned + c.failed,
-                best_trial=best.number if best is not None else None,
-                best_params=dict(best.params) if best is not None else None,
-            )
+            with timing.span("tracking.update_parent"):
+                tracker.update_parent(
+                    parents[name],
+                    best_value=best.values[0] if best is not None else None,
+                    n_complete=c.complete,
+                    n_pruned=c.pruned,
+                    n_failed=c.failed,
+                    step=c.complete + c.pruned + c.failed,
+                    best_trial=best.number if best is not None else None,
+                    best_params=dict(best.params) if best is not None else None,
+                )
             tracker.log_parent_text(parents[name], table, "trials.csv")
         except Exception:  # never hides why the workers stopped (this runs in a `finally`)
             continue
 
 
+@timing.span("tracking.connect")
 def _connect(cfg: StudyConfig, opts: RunOptions) -> StudyTracker:
     """MLflow tracking in a writer process (see autoall.tracking_writer), or none."""
     if not opts.tracking:
@@ -141,6 +146,7 @@ def _parents(tracker: StudyTracker, cfg: StudyConfig, opts: RunOptions) -> dict[
     }
 
 
+@timing.span("tracking.parent_run")
 def _parent(
     tracker: StudyTracker,
     cfg: StudyConfig,
@@ -183,7 +189,8 @@ def _work(
         try:
             return _work(cfg, opts, index, tracker=tracker)
         finally:
-            tracker.close()
+            with timing.span("tracking.close"):
+                tracker.close()
     if parents is None:  # keys; the writer finds or creates the runs
         parents = _parents(tracker, cfg, opts)
     registry = WorkerRegistry()
@@ -303,6 +310,7 @@ class _Monitor:
             except Exception:  # a busy database must not kill the progress display
                 continue
 
+    @timing.span("monitor.draw")  # in the monitor's thread, and once at the end
     def _draw(self) -> None:
         lines = []
         for arch, kind in self.cfg.studies(self.opts.kinds):

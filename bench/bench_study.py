@@ -1,13 +1,20 @@
 """Platform overhead of `autoall study run` (issue 3) and MLflow tracking overhead (issue 4).
 
+Claims: the platform costs <= 10 % of a study's wall time over its training (issue 3, the
+default command, tracking on); MLflow tracking with the SQLite store costs <= 5 % (issue 4).
+One experiment serves both: the same paired runs give the platform overhead (of the tracking-on
+runs) and the tracking overhead (on vs off). Writes the ``bench_study`` section of
+``bench/RESULTS.md`` (machine, versions, runs and spread; every run listed).
+
 Runs ``autoall study run studies/digits.yaml --architectures mlp --n-trials 20`` with the
 SQLite defaults (``sqlite:///autoall.db``, ``sqlite:///mlruns/mlflow.db``), each run a fresh
 process in a fresh temporary directory, as a user types it. Tracking on and off alternate in
 pairs (on/off, then off/on, ...) with the same seeds, so background load hits both alike.
 
-Each run's process is this file in child mode: it wraps a few functions of autoall and Optuna
-with wall-clock timers (a ``perf_counter`` pair per call, negligible next to what they time),
-then calls the CLI's ``main``. From the timers and the Optuna storage:
+Each run's process is ``bench/_study_child.py``: it installs a recorder of autoall's named
+spans (autoall/timing.py: a ``perf_counter`` pair per call, negligible next to what they time;
+nothing of autoall or Optuna is replaced), then calls the CLI's ``main``. From the spans and
+the Optuna storage:
 
 - study wall time: process start to the end of ``main`` (interpreter start and imports included);
 - training time: the ``train()`` calls of every trial, pruned ones included (the brief's user
@@ -48,7 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +66,7 @@ from _common import machine_header, markdown_table, median, spread, write_sectio
 
 SECTION = "bench_study"
 STUDY = ROOT / "studies" / "digits.yaml"
-CHILD = "_child"  # argv[1] of a run's process
-HAND = "_hand"  # argv[1] of a run of the hand-written reference loop
+CHILD = HERE / "_study_child.py"  # the measured process of each run
 DISTURBED = 1.25  # a run whose compute exceeds the fastest run's by more was disturbed
 TRACKING_CALLS = (  # autoall's own tracking work, timed in the child; nested calls not listed
     "tracking.connect",
@@ -72,256 +78,6 @@ TRACKING_CALLS = (  # autoall's own tracking work, timed in the child; nested ca
     "tracking.finish_parent",
     "tracking.close",
 )
-
-
-# --------------------------------------------------------------------------- child process
-
-
-def _child(
-    out_path: Path, profile_path: Path | None, threads: int | None, cli_args: list[str]
-) -> int:
-    """One study run: timers in place, then `autoall study run ...` exactly as the CLI does it."""
-    code_start = time.time()
-    import contextlib
-
-    import autoall.cli  # click only; `study run` loads torch, optuna, ... itself
-    from autoall.tracking_writer import prestarted
-
-    # as `study run` does first thing: the MLflow writer process starts before torch loads
-    # (the timers below need autoall.study, so torch loads here, before the CLI's main)
-    writer = prestarted() if "--no-tracking" not in cli_args else contextlib.nullcontext()
-    writer.__enter__()
-
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-    timers: dict[str, list[float]] = {}
-    compute: list[float] = []  # epoch_seconds of every epoch, tracking on or off
-    _install_timers(timers, compute)
-    imported = time.time()
-    profiler = None
-    if profile_path is not None:
-        import cProfile
-
-        profiler = cProfile.Profile()
-        profiler.enable()
-    try:
-        autoall.cli.main(["study", "run", *cli_args], standalone_mode=False)
-        exit_code = 0
-    except SystemExit as exc:
-        exit_code = exc.code if isinstance(exc.code, int) else 1
-    main_end = time.time()
-    writer.__exit__(None, None, None)
-    cpu_seconds = time.process_time()  # every thread of this process, since it started
-    if profiler is not None and profile_path is not None:
-        profiler.disable()
-        profiler.dump_stats(profile_path)
-    _write_report(
-        out_path,
-        exit_code=exit_code,
-        times=(code_start, imported, main_end, cpu_seconds),
-        timers=timers,
-        compute=compute,
-    )
-    return exit_code
-
-
-def _write_report(
-    out_path: Path,
-    *,
-    exit_code: int,
-    times: tuple[float, float, float, float],
-    timers: dict[str, list[float]],
-    compute: list[float],
-) -> None:
-    """One run's figures as JSON: (process start, imports done, `main` end, CPU seconds),
-    summed timers, compute (sum of epoch_seconds) and the trials from the storage."""
-    code_start, imported, main_end, cpu_seconds = times
-    report = {
-        "exit_code": exit_code,
-        "code_start": code_start,
-        "imported": imported,
-        "main_end": main_end,
-        "cpu_seconds": cpu_seconds,
-        "timers": {k: [sum(v), len(v)] for k, v in timers.items()},
-        "compute_seconds": sum(compute),
-        "epochs": len(compute),
-        "trials": _trials(),
-    }
-    out_path.write_text(json.dumps(report))
-
-
-def _hand_child(out_path: Path, threads: int | None, n_trials: int) -> int:
-    """The reference: the same study written by hand with Optuna and autoall's `train()`.
-
-    What an Optuna user writes without autoall: the study file's sampler and pruner, a plain
-    SQLite storage, an objective that reports every epoch; no heartbeat, no checkpoints, no
-    tracking, no progress display, no target across restarts.
-    """
-    code_start = time.time()
-    import optuna
-    import torch
-
-    from autoall.data import load_data
-    from autoall.layer import ALLSpec
-    from autoall.models import build_model
-    from autoall.train import TrainConfig, seed_everything, train
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    imported = time.time()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = load_data("digits", val_fraction=0.1, split_seed=0)
-    data = replace(data, test_x=data.test_x[:0], test_y=data.test_y[:0])  # as the workers do
-    train_seconds: list[float] = []
-    compute: list[float] = []
-
-    def objective(trial: optuna.Trial) -> float:
-        hidden = trial.suggest_int("hidden_size", 8, 256, log=True)
-        all_lr = trial.suggest_float("all_lr", 1e-4, 3e-2, log=True)
-        aux_weight = trial.suggest_float("aux_weight", 1e-4, 1.0, log=True)
-        aux_loss = trial.suggest_categorical(
-            "aux_loss", ["reconstruction", "sparsity", "orthogonality", "none"]
-        )
-        cfg = TrainConfig(epochs=20, batch_size=64, seed=0, all_lr=all_lr)  # the mlp baseline
-        seed_everything(0)
-        spec = ALLSpec(hidden_size=hidden, aux_loss=aux_loss, aux_weight=aux_weight)
-        model = build_model("mlp", in_shape=data.in_shape, num_classes=10, all_spec=spec)
-
-        def on_epoch(stats: Any) -> None:
-            compute.append(stats.epoch_seconds)
-            trial.report(stats.val_acc, stats.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-
-        start = time.perf_counter()
-        try:
-            result = train(model, data, cfg, on_epoch=on_epoch)
-        finally:
-            train_seconds.append(time.perf_counter() - start)
-        return result.final_val_acc
-
-    study = optuna.create_study(
-        study_name="digits/mlp",
-        storage="sqlite:///autoall.db",
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(
-            seed=0, n_startup_trials=5, multivariate=True, constant_liar=True
-        ),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
-    )
-    study.optimize(objective, n_trials=n_trials)
-    main_end = time.time()
-    _write_report(
-        out_path,
-        exit_code=0,
-        times=(code_start, imported, main_end, time.process_time()),
-        timers={"trial.train": train_seconds},
-        compute=compute,
-    )
-    return 0
-
-
-def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> None:
-    import optuna
-    import optuna.study._optimize
-
-    import autoall.objective
-    import autoall.plan
-    import autoall.study
-    import autoall.tracking
-    import autoall.tracking_writer
-    import autoall.train
-    import autoall.workers
-
-    def timed(owner: Any, attr: str, key: str) -> None:
-        fn = getattr(owner, attr)
-
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                timers.setdefault(key, []).append(time.perf_counter() - start)
-
-        setattr(owner, attr, wrapper)
-
-    for owner, attr, key in (
-        (autoall.workers, "make_storage", "setup.storage"),
-        (autoall.workers, "create_studies", "setup.create_studies"),
-        (autoall.workers, "_connect", "tracking.connect"),
-        (autoall.workers, "_parent", "tracking.parent_run"),
-        (autoall.workers, "load_study_data", "setup.data"),
-        (autoall.workers, "run_worker", "loop.run_worker"),
-        (autoall.workers._Monitor, "_draw", "monitor.draw (thread)"),
-        (optuna.study.Study, "optimize", "trial.optimize"),
-        (optuna.study.Study, "ask", "trial.optuna_ask"),
-        (optuna.study._optimize, "_tell_with_warning", "trial.optuna_tell"),
-        (autoall.objective, "suggest", "trial.suggest"),  # where TrialRun looks it up
-        (autoall.plan, "build_model", "trial.build_model"),
-        (autoall.plan, "train", "trial.train"),
-        (autoall.study, "_after_trial", "_after_trial factory"),
-        (optuna.Trial, "report", "epoch.optuna_report"),
-        (autoall.train, "_save", "epoch.checkpoint"),
-        (optuna.Trial, "should_prune", "epoch.should_prune"),
-        (optuna.Trial, "set_user_attr", "trial.set_user_attr"),
-        (autoall.tracking_writer.TrackingWriter, "start_trial", "tracking.start_trial"),
-        (autoall.tracking_writer.WriterRun, "log_epoch", "tracking.log_epoch"),
-        (autoall.tracking_writer.WriterRun, "finish", "tracking.finish"),
-        (autoall.tracking_writer.TrackingWriter, "update_parent", "tracking.update_parent"),
-        (autoall.tracking_writer.TrackingWriter, "finish_parent", "tracking.finish_parent"),
-        (autoall.tracking_writer.TrackingWriter, "close", "tracking.close"),
-    ):
-        timed(owner, attr, key)
-
-    # the callback run after each trial (parent summary + counts), not its factory
-    factory = autoall.study._after_trial
-
-    def after_trial(ctx: Any) -> Callable[..., None]:
-        callback = factory(ctx)
-
-        def timed_callback(*args: Any) -> None:
-            start = time.perf_counter()
-            try:
-                callback(*args)
-            finally:
-                timers.setdefault("trial.after_trial callback", []).append(
-                    time.perf_counter() - start
-                )
-
-        return timed_callback
-
-    autoall.study._after_trial = after_trial
-
-    for cls in (autoall.tracking_writer.WriterRun, autoall.tracking.NullRun):
-        log_epoch = cls.log_epoch
-
-        def recording(self: Any, stats: Any, _log_epoch: Any = log_epoch) -> None:
-            compute.append(stats.epoch_seconds)
-            _log_epoch(self, stats)
-
-        cls.log_epoch = recording  # type: ignore[method-assign]
-
-
-def _trials() -> list[dict[str, Any]]:
-    import optuna
-
-    study = optuna.load_study(study_name="digits/mlp", storage="sqlite:///autoall.db")
-    return [
-        {
-            "number": t.number,
-            "state": t.state.name,
-            "params": t.params,
-            "value": t.value if t.values else None,
-            "train_seconds": t.user_attrs.get("train_seconds"),
-            "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete and t.datetime_start
-            else None,
-        }
-        for t in study.get_trials(deepcopy=False)
-    ]
 
 
 # --------------------------------------------------------------------------- parent process
@@ -399,7 +155,7 @@ def run_study(
         args += ["--no-baseline"]  # the ALL study alone, as measured before the baseline study
         if not tracking:
             args.append("--no-tracking")
-        cmd = [sys.executable, str(Path(__file__).resolve()), CHILD, str(work / "report.json")]
+        cmd = [sys.executable, str(CHILD), "autoall", str(work / "report.json")]
         cmd += [str(profile) if profile else "-", str(threads) if threads else "-", "--", *args]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         load = os.getloadavg()[0]
@@ -417,7 +173,7 @@ def run_hand(*, n_trials: int, threads: int | None = None) -> Run:
     """One run of the hand-written reference loop in a fresh temporary directory."""
     with tempfile.TemporaryDirectory(prefix="bench-study-hand-") as tmp:
         work = Path(tmp)
-        cmd = [sys.executable, str(Path(__file__).resolve()), HAND, str(work / "report.json")]
+        cmd = [sys.executable, str(CHILD), "hand", str(work / "report.json")]
         cmd += [str(threads) if threads else "-", str(n_trials)]
         load = os.getloadavg()[0]
         start = time.time()
@@ -514,7 +270,7 @@ def _spread_pct(values: list[float]) -> str:
 
 
 def _startup(r: Run) -> float:
-    """Interpreter start, imports and CLI module load, until the timers were in place."""
+    """Interpreter start, imports and CLI module load, until `main` was called."""
     return r.wall - (r.report["main_end"] - r.report["imported"])
 
 
@@ -528,7 +284,7 @@ def _objective_rest(r: Run) -> float:
         "trial.build_model",
         "tracking.start_trial",
         "tracking.finish",
-        "trial.after_trial callback",
+        "trial.after_trial",
     )
     return r.timer("trial.optimize") - sum(r.timer(k) for k in parts)
 
@@ -559,18 +315,18 @@ _PARTS: tuple[tuple[str, Callable[[Run], float]], ...] = (
     ("&nbsp;&nbsp;of which Optuna `trial.should_prune` (reads the trials)", lambda r: r.timer("epoch.should_prune")),
     ("&nbsp;&nbsp;of which MLflow `log_epoch` (hand one epoch to the writer)", lambda r: r.timer("tracking.log_epoch")),
     ("&nbsp;&nbsp;of which mid-trial checkpoints (`torch.save`, every 30 s)", lambda r: r.timer("epoch.checkpoint")),
-    ("trials: Optuna ask (TPE) + suggest", lambda r: r.timer("trial.optuna_ask") + r.timer("trial.suggest")),
-    ("trials: Optuna tell", lambda r: r.timer("trial.optuna_tell")),
+    ("trials: Optuna ask (stale-trial check, TPE, heartbeat start) + suggest", lambda r: r.timer("trial.optuna_ask") + r.timer("trial.suggest")),
+    ("trials: Optuna tell (heartbeat stop, tell)", lambda r: r.timer("trial.optuna_tell")),
     ("trials: build_model", lambda r: r.timer("trial.build_model")),
     ("trials: MLflow start_trial (hand it to the writer)", lambda r: r.timer("tracking.start_trial")),
     ("trials: MLflow finish (wait until the writer has ended the run; the PNG comes after)", lambda r: r.timer("tracking.finish")),
-    ("trials: after-trial callback (counts, parent summary)", lambda r: r.timer("trial.after_trial callback")),
-    ("trials: rest (stale-trial check, heartbeat thread, user attrs, tags)", _objective_rest),
+    ("trials: after-trial callback (counts, parent summary)", lambda r: r.timer("trial.after_trial")),
+    ("trials: rest (surplus check, user attrs, tags)", _objective_rest),
     ("worker loop between trials (counting, locks)", lambda r: r.timer("loop.run_worker") - r.timer("trial.optimize")),
     ("MLflow: wait for the writer to drain at the end (last PNG, parent status)", lambda r: r.timer("tracking.close")),
     ("rest of `main` (CLI, monitor start/stop)", _main_rest),
     ("**study wall time**", lambda r: r.wall),
-    ("(progress monitor thread, concurrent with the above)", lambda r: r.timer("monitor.draw (thread)")),
+    ("(progress monitor thread, concurrent with the above)", lambda r: r.timer("monitor.draw")),
 )  # fmt: skip
 
 
@@ -580,20 +336,6 @@ def _breakdown(runs: list[Run]) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == HAND:
-        out, threads, n_trials = argv[1:]
-        return _hand_child(Path(out), None if threads == "-" else int(threads), int(n_trials))
-    if argv and argv[0] == CHILD:
-        out, profile, threads, sep, *cli_args = argv[1:]
-        assert sep == "--", argv
-        return _child(
-            Path(out),
-            None if profile == "-" else Path(profile),
-            None if threads == "-" else int(threads),
-            cli_args,
-        )
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=3, help="undisturbed on/off pairs [3]")
     parser.add_argument(

@@ -3,7 +3,8 @@
 #
 #   bench/gpu_check.sh [--device cuda|cpu] [--quick]      (default: --device cuda, full)
 #
-# Prints five labelled sections (bench/gpu_check.py says what each measures): 1. environment,
+# Prints five labelled sections (bench/gpu_check.py runs them; each experiment has its file,
+# bench/gpu_precision.py, gpu_paths.py, gpu_trials.py, gpu_utilisation.py): 1. environment,
 # 2. fp32 vs bf16 + channels_last through train() for cnn and resnet18 on CIFAR-10-shaped
 # synthetic data, 3. autoall's trial path vs a hand-written loop vs the article's DataLoader
 # loop (cnn), 4. trials per hour of the digits mlp with 1, 2 and 4 trials per GPU, 5. GPU

@@ -24,8 +24,6 @@ and says so.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import statistics
 import sys
@@ -41,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _cohort_plans import draw_plans  # noqa: E402
+from _gpu_common import Report as CheckReport  # noqa: E402
+from _gpu_common import synthetic_images  # noqa: E402
 
 from autoall.cohort import fit_cohort  # noqa: E402
 from autoall.config import load_study_file  # noqa: E402
@@ -48,8 +48,6 @@ from autoall.data import DeviceData  # noqa: E402
 from autoall.plan import RunPlan, fit  # noqa: E402
 from autoall.train import RunResult  # noqa: E402
 
-_PIXEL_MEAN = 127.5  # uniform uint8 0..255
-_PIXEL_STD = math.sqrt((256**2 - 1) / 12)
 TARGET = ("mlp", 16, 8.0)  # architecture, cohort size, speed-up over one trial at a time
 
 
@@ -66,53 +64,21 @@ FULL = Sizes({"mlp": 60_000, "cnn": 12_000}, 10_000, 3, (1, 4, 16, 64), 150.0)
 QUICK = Sizes({"mlp": 512, "cnn": 256}, 128, 2, (1, 2), 300.0)
 
 
-class Report:
-    """Prints each line and keeps it; with ``out_dir``, rewrites the text and JSON files."""
+class Report(CheckReport):
+    """The check's report, written to ``gpu_cohort.txt`` and ``.json``, figures under flat keys
+    (``"mlp.K16"``)."""
 
-    def __init__(self, out_dir: Path | None) -> None:
-        self.lines: list[str] = []
-        self.figures: dict[str, Any] = {}
-        self.out_dir = out_dir
-
-    def line(self, text: str = "") -> None:
-        print(text, flush=True)
-        self.lines.append(text)
-        self._write()
+    stem = "gpu_cohort"
 
     def figure(self, key: str, value: Any) -> None:
         self.figures[key] = value
         self._write()
 
-    def _write(self) -> None:
-        if self.out_dir is None:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "gpu_cohort.txt").write_text("\n".join(self.lines) + "\n")
-        (self.out_dir / "gpu_cohort.json").write_text(json.dumps(self.figures, indent=2) + "\n")
-
 
 def synthetic_mnist(n_train: int, n_val: int, device: torch.device) -> DeviceData:
     """MNIST-shaped random uint8 images ``(N, 1, 28, 28)`` with random labels, on ``device``."""
-    g = torch.Generator(device=device).manual_seed(0)
-    n = n_train + n_val
-    x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g, device=device)
-    y = torch.randint(0, 10, (n,), generator=g, device=device)
-    stat = torch.ones((1, 1, 1, 1), device=device)
-    return DeviceData(
-        name="mnist-synthetic",
-        in_shape=(1, 28, 28),
-        num_classes=10,
-        train_x=x[:n_train],
-        train_y=y[:n_train],
-        val_x=x[n_train:],
-        val_y=y[n_train:],
-        test_x=x[:0],
-        test_y=y[:0],
-        mean=stat * _PIXEL_MEAN,
-        std=stat * _PIXEL_STD,
-        augment=False,
-        device=device,
-    )
+    shape = (1, 28, 28)
+    return synthetic_images("mnist-synthetic", shape, n_train, n_val, device, augment=False)
 
 
 def steady_per_hour(results: Sequence[RunResult], trial_epochs: int) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -24,16 +24,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+def _load(name: str) -> ModuleType:
+    """A script of bench/ (no package: its files import each other by name from bench/)."""
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module(name)
 
 
-gc = _load()
+gc = _load("gpu_check")  # the driver: every section in one run
+common = _load("_gpu_common")
+paths = _load("gpu_paths")
+trials = _load("gpu_trials")
+utilisation = _load("gpu_utilisation")
 
 SECTIONS = (
     "== 1. environment ==",
@@ -153,66 +155,66 @@ def test_skip_6_leaves_the_cohort_section_out(tmp_path: Path) -> None:
 
 
 def test_median_after_warmup_drops_the_first_epoch() -> None:
-    assert gc.median_after_warmup([9.0, 1.0, 3.0, 2.0]) == 2.0
-    assert gc.median_after_warmup([9.0, 1.0]) == 1.0
-    assert gc.median_after_warmup([4.0]) == 4.0
+    assert common.median_after_warmup([9.0, 1.0, 3.0, 2.0]) == 2.0
+    assert common.median_after_warmup([9.0, 1.0]) == 1.0
+    assert common.median_after_warmup([4.0]) == 4.0
     with pytest.raises(ValueError, match="at least one"):
-        gc.median_after_warmup([])
+        common.median_after_warmup([])
 
 
 def test_format_ratio_states_value_meaning_and_verdict() -> None:
-    at_least_3 = gc.Target(">=", 3.0)
+    at_least_3 = common.Target(">=", 3.0)
     assert (
-        gc.format_ratio("DataLoader vs autoall", 3.456, meaning="a / b", target=at_least_3)
+        common.format_ratio("DataLoader vs autoall", 3.456, meaning="a / b", target=at_least_3)
         == "ratio DataLoader vs autoall: 3.46x (a / b; target >= 3x: met)"
     )
-    assert "target >= 3x: MISSED)" in gc.format_ratio("x", 2.9, meaning="m", target=at_least_3)
-    at_most = gc.Target("<=", 1.10)
-    assert "target <= 1.1x: met)" in gc.format_ratio("x", 1.05, meaning="m", target=at_most)
-    assert "MISSED" in gc.format_ratio("x", 1.2, meaning="m", target=at_most)
-    unjudged = gc.format_ratio("x", 0.5, meaning="m", target=at_least_3, judged=False)
+    assert "target >= 3x: MISSED)" in common.format_ratio("x", 2.9, meaning="m", target=at_least_3)
+    at_most = common.Target("<=", 1.10)
+    assert "target <= 1.1x: met)" in common.format_ratio("x", 1.05, meaning="m", target=at_most)
+    assert "MISSED" in common.format_ratio("x", 1.2, meaning="m", target=at_most)
+    unjudged = common.format_ratio("x", 0.5, meaning="m", target=at_least_3, judged=False)
     assert unjudged == "ratio x: 0.50x (m; target >= 3x: not judged on cpu)"
-    assert gc.format_ratio("x", 1.0, meaning="m") == "ratio x: 1.00x (m)"
+    assert common.format_ratio("x", 1.0, meaning="m") == "ratio x: 1.00x (m)"
 
 
 def test_trials_per_hour() -> None:
-    assert gc.trials_per_hour(10, 60.0) == pytest.approx(600.0)
+    assert trials.trials_per_hour(10, 60.0) == pytest.approx(600.0)
     with pytest.raises(ValueError, match="positive"):
-        gc.trials_per_hour(1, 0.0)
+        trials.trials_per_hour(1, 0.0)
 
 
 def test_steady_rate_leaves_out_worker_start_up_and_sums_workers() -> None:
     # one worker: 3 trials of 10 s back to back -> 3 per 30 s
     one = [("a", 0.0, 10.0), ("a", 10.0, 20.0), ("a", 20.0, 30.0)]
-    assert gc.steady_trials_per_hour(one) == pytest.approx(360.0)
+    assert trials.steady_trials_per_hour(one) == pytest.approx(360.0)
     # two workers, the second starting 100 s late: each 2 per 20 s, the lag does not count
     two = [("a", 0, 10), ("a", 10, 20), ("b", 100, 110), ("b", 110, 120)]
-    assert gc.steady_trials_per_hour(two) == pytest.approx(720.0)
+    assert trials.steady_trials_per_hour(two) == pytest.approx(720.0)
     with pytest.raises(ValueError, match="at least one"):
-        gc.steady_trials_per_hour([])
+        trials.steady_trials_per_hour([])
 
 
 def test_parse_smi_line() -> None:
-    when, util, memory = gc.parse_smi_line("2026/11/27 08:10:41.250, 87, 1234\n")
+    when, util, memory = common.parse_smi_line("2026/11/27 08:10:41.250, 87, 1234\n")
     assert (util, memory) == (87.0, 1234.0)
     assert when == pytest.approx(dt.datetime(2026, 11, 27, 8, 10, 41, 250_000).timestamp())
-    assert gc.parse_smi_line("garbage, 87, 1234") == (None, 87.0, 1234.0)
-    assert gc.parse_smi_line("2026/11/27 08:10:41.250, [N/A], 1234") is None
-    assert gc.parse_smi_line("87, 1234") is None
-    assert gc.parse_smi_line("") is None
+    assert common.parse_smi_line("garbage, 87, 1234") == (None, 87.0, 1234.0)
+    assert common.parse_smi_line("2026/11/27 08:10:41.250, [N/A], 1234") is None
+    assert common.parse_smi_line("87, 1234") is None
+    assert common.parse_smi_line("") is None
 
 
 def test_summarise_util() -> None:
-    stats = gc.summarise_util([(0.0, 50.0, 100.0), (0.2, 100.0, 300.0), (0.4, 0.0, 200.0)])
-    assert stats == gc.UtilStats(samples=3, mean=50.0, max=100.0, max_memory_mib=300.0)
-    assert gc.summarise_util([]) is None
+    stats = utilisation.summarise_util([(0.0, 50.0, 100.0), (0.2, 100.0, 300.0), (0.4, 0.0, 200.0)])
+    assert stats == utilisation.UtilStats(samples=3, mean=50.0, max=100.0, max_memory_mib=300.0)
+    assert utilisation.summarise_util([]) is None
 
 
 def test_first_visible_gpu() -> None:
-    assert gc.first_visible_gpu({}) == "0"
-    assert gc.first_visible_gpu({"CUDA_VISIBLE_DEVICES": "3,1"}) == "3"
-    assert gc.first_visible_gpu({"CUDA_VISIBLE_DEVICES": " GPU-abc , 1"}) == "GPU-abc"
-    assert gc.first_visible_gpu({"CUDA_VISIBLE_DEVICES": ""}) == "0"
+    assert common.first_visible_gpu({}) == "0"
+    assert common.first_visible_gpu({"CUDA_VISIBLE_DEVICES": "3,1"}) == "3"
+    assert common.first_visible_gpu({"CUDA_VISIBLE_DEVICES": " GPU-abc , 1"}) == "GPU-abc"
+    assert common.first_visible_gpu({"CUDA_VISIBLE_DEVICES": ""}) == "0"
 
 
 def test_gpu_sampler_files_samples_under_their_phase(
@@ -226,7 +228,7 @@ def test_gpu_sampler_files_samples_under_their_phase(
     )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    sampler = gc.GpuSampler(torch.device("cpu"), "0")
+    sampler = common.GpuSampler(torch.device("cpu"), "0")
     sampler.start()
     try:
         time.sleep(0.3)  # outside any phase: not reported
@@ -238,7 +240,7 @@ def test_gpu_sampler_files_samples_under_their_phase(
     assert sampler.source.startswith("nvidia-smi")
     phases = sampler.by_phase()
     assert list(phases) == ["run a"]
-    stats = gc.summarise_util(phases["run a"])
+    stats = utilisation.summarise_util(phases["run a"])
     assert stats is not None and stats.samples >= 3
     assert (stats.mean, stats.max_memory_mib) == (60.0, 512.0)
     assert len(sampler.raw) > stats.samples
@@ -251,9 +253,9 @@ def test_gpu_sampler_falls_back_when_nvidia_smi_gives_nothing(
     fake.write_text("#!/usr/bin/env bash\nexit 9\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(gc.torch.cuda, "utilization", lambda device: 42)
-    monkeypatch.setattr(gc.torch.cuda, "device_memory_used", lambda device: 2**30)
-    sampler = gc.GpuSampler(torch.device("cpu"), "0")
+    monkeypatch.setattr(common.torch.cuda, "utilization", lambda device: 42)
+    monkeypatch.setattr(common.torch.cuda, "device_memory_used", lambda device: 2**30)
+    sampler = common.GpuSampler(torch.device("cpu"), "0")
     sampler.start()
     try:
         with sampler.phase("run b"):
@@ -261,12 +263,12 @@ def test_gpu_sampler_falls_back_when_nvidia_smi_gives_nothing(
     finally:
         sampler.stop()
     assert "nvidia-smi gave nothing" in sampler.source and sampler.error is None
-    stats = gc.summarise_util(sampler.by_phase()["run b"])
+    stats = utilisation.summarise_util(sampler.by_phase()["run b"])
     assert stats is not None and (stats.mean, stats.max_memory_mib) == (42.0, 1024.0)
 
 
 def test_report_writes_text_and_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    report = gc.Report(tmp_path / "out")
+    report = common.Report(tmp_path / "out")
     report.section("1. environment")
     report.line("torch: x")
     report.figure("precision.cnn.speedup", 2.5)
@@ -280,16 +282,16 @@ def test_report_writes_text_and_figures(tmp_path: Path, capsys: pytest.CaptureFi
 def test_trials_section_skips_with_a_clear_message_without_optuna(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(gc, "_TRIAL_MODULES", ("optuna", "no_such_module_for_gpu_check"))
-    report = gc.Report(None)
-    gc.section_trials(report, torch.device("cpu"), gc.QUICK, gc._NoSampler())
+    monkeypatch.setattr(trials, "_TRIAL_MODULES", ("optuna", "no_such_module_for_gpu_check"))
+    report = common.Report(None)
+    trials.section_trials(report, torch.device("cpu"), common.QUICK, common.NoSampler())
     assert report.lines[-1].startswith("skipped: no_such_module_for_gpu_check not importable")
     assert "bench/gpu_check.sh" in report.lines[-1]
 
 
 def test_crop_flip_is_a_padded_crop_then_a_mirror_per_image() -> None:
     x = torch.randint(1, 256, (16, 3, 8, 8), dtype=torch.uint8)  # no zeros: padding shows
-    out = gc._crop_flip(x, torch.Generator().manual_seed(0))
+    out = paths._crop_flip(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     seen = set()
@@ -312,14 +314,14 @@ def test_crop_flip_is_a_padded_crop_then_a_mirror_per_image() -> None:
 
 
 def test_the_three_loops_time_every_epoch_on_tiny_data() -> None:
-    data = gc.synthetic_cifar(24, 8, torch.device("cpu"))
+    data = common.synthetic_cifar(24, 8, torch.device("cpu"))
     assert data.train_x.shape == (24, 3, 32, 32) and data.val_y.shape == (8,)
     assert data.train_x.dtype == torch.uint8 and data.augment
     cfg = replace(baseline("mlp", "cifar10").config, epochs=2, batch_size=8, device="cpu")
     for timing in (
-        gc.time_autoall("mlp", data, cfg, "a", checkpoint=True),
-        gc.time_plain_loop("mlp", data, cfg, "p", cudnn_benchmark=True),
-        gc.time_dataloader_loop("mlp", data, cfg, "d", num_workers=0),
+        common.time_autoall("mlp", data, cfg, "a", checkpoint=True),
+        paths.time_plain_loop("mlp", data, cfg, "p", cudnn_benchmark=True),
+        paths.time_dataloader_loop("mlp", data, cfg, "d", num_workers=0),
     ):
         assert len(timing.epoch_seconds) == 2 and min(timing.epoch_seconds) > 0
         assert timing.images == 24
@@ -333,7 +335,9 @@ def test_a_command_past_its_time_is_stopped_with_its_children(tmp_path: Path) ->
     command = ["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"]
     start = time.monotonic()
     with pytest.raises(TimeoutError, match="ran past 1 s"):
-        gc._run_group(command, cwd=tmp_path, env=dict(os.environ), log=tmp_path / "log", timeout=1)
+        trials._run_group(
+            command, cwd=tmp_path, env=dict(os.environ), log=tmp_path / "log", timeout=1
+        )
     assert time.monotonic() - start < 20
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 10
