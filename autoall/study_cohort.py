@@ -42,7 +42,7 @@ from autoall.storage import (
     fail_stale_trials_as_optuna,
     stored_trial,
 )
-from autoall.study import Step, WorkerContext, _after_trial, _drop_ended_checkpoint, count_trials
+from autoall.study import Step, WorkerContext, after_trial, count_trials, drop_ended_checkpoint
 from autoall.tracking import mask_secrets
 from autoall.train import TrainingOOMError
 
@@ -177,6 +177,6 @@ class _Cohort:
                 trial.number, frozen.params, mask_secrets(repr(error)),
             )  # fmt: skip
         if isinstance(error, KeyboardInterrupt):
-            _drop_ended_checkpoint(self.ctx, self.study, frozen)
+            drop_ended_checkpoint(self.ctx, self.study, frozen)
         else:
-            _after_trial(self.ctx)(self.study, frozen)
+            after_trial(self.ctx)(self.study, frozen)

@@ -23,6 +23,7 @@ import torch
 from autoall import timing
 from autoall.config import StudyConfig
 from autoall.host import WorkerRegistry
+from autoall.optimize import run_worker
 from autoall.options import RunOptions
 from autoall.preflight import SMALL_STEP_FLOPS, step_flops
 from autoall.storage import make_storage
@@ -35,7 +36,6 @@ from autoall.study import (
     load_study_data,
     make_pruner,
     make_sampler,
-    run_worker,
     search_space_summary,
 )
 from autoall.tracking import (

@@ -54,8 +54,9 @@ from _common import machine_header, markdown_table, median, write_section  # noq
 import autoall.objective  # noqa: E402
 import autoall.storage  # noqa: E402
 from autoall.config import StudyConfig, load_study_file  # noqa: E402
+from autoall.optimize import run_worker  # noqa: E402
 from autoall.storage import make_storage  # noqa: E402
-from autoall.study import WorkerContext, create_studies, run_worker, suggest  # noqa: E402
+from autoall.study import WorkerContext, create_studies, suggest  # noqa: E402
 from autoall.tracking import NullTracker  # noqa: E402
 
 SECTION = "bench_distributed"
