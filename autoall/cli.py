@@ -31,7 +31,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 @click.version_option(package_name="autoall")
 def main() -> None:
     """autoall: find out, with evidence, whether an Auto-Learning Layer improves a network."""
-    from autoall.tracking import quiet_mlflow  # no torch, no MLflow imported here
+    from autoall.tracking_store import quiet_mlflow  # no torch, no MLflow imported here
 
     quiet_mlflow()  # MLflow's INFO lines would land among the progress lines
     from autoall.urls import install_log_masking
@@ -417,7 +417,7 @@ def _preflight(
     every output location (`folders`, the SQLite files' folders). Returns the model sizes."""
     from autoall.preflight import PreflightError, check_model_size, check_writable
     from autoall.storage import sqlite_file
-    from autoall.tracking import tracking_sqlite_file
+    from autoall.tracking_store import tracking_sqlite_file
     from autoall.train import resolve_device
 
     try:

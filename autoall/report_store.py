@@ -27,7 +27,9 @@ from autoall.cohort import Outcome, fit_cohort, group_plans
 from autoall.data import DeviceData
 from autoall.plan import RunPlan, fit
 from autoall.report_types import FINAL_METRICS, SELECTION_METRICS, Report, RunRecord
-from autoall.tracking import Tracker, client_uri, final_metrics, flatten, mask_secrets
+from autoall.tracking import Tracker, mask_secrets
+from autoall.tracking_run import final_metrics
+from autoall.tracking_store import client_uri, flatten
 from autoall.train import RunResult
 from autoall.version import code_version
 

@@ -37,19 +37,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from autoall.tracking import (
-    TRIAL_STATES,
-    Epoch,
-    EpochPoint,
-    Tracker,
-    TrackingError,
-    TrialRun,
-    check_server,
-    client_uri,
-    final_metrics,
-    quiet_mlflow,
-    resolve_tracking_uri,
-)
+from autoall.tracking import Epoch, Tracker, TrackingError, check_server
+from autoall.tracking_run import TRIAL_STATES, EpochPoint, TrialRun, final_metrics
+from autoall.tracking_store import client_uri, quiet_mlflow, resolve_tracking_uri
 from autoall.urls import install_log_masking
 
 if TYPE_CHECKING:

@@ -231,7 +231,7 @@ def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> Non
     import autoall.objective
     import autoall.plan
     import autoall.study
-    import autoall.tracking
+    import autoall.tracking_run
     import autoall.tracking_writer
     import autoall.train
     import autoall.workers
@@ -295,7 +295,7 @@ def _install_timers(timers: dict[str, list[float]], compute: list[float]) -> Non
 
     autoall.study._after_trial = after_trial
 
-    for cls in (autoall.tracking_writer.WriterRun, autoall.tracking.NullRun):
+    for cls in (autoall.tracking_writer.WriterRun, autoall.tracking_run.NullRun):
         log_epoch = cls.log_epoch
 
         def recording(self: Any, stats: Any, _log_epoch: Any = log_epoch) -> None:
