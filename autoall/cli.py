@@ -43,7 +43,7 @@ class _Group(click.Group):
 @click.version_option(package_name="autoall")
 def main() -> None:
     """autoall: find out, with evidence, whether an Auto-Learning Layer improves a network."""
-    from autoall.tracking import quiet_mlflow  # no torch, no MLflow imported here
+    from autoall.tracking_store import quiet_mlflow  # no torch, no MLflow imported here
 
     quiet_mlflow()  # MLflow's INFO lines would land among the progress lines
     from autoall.urls import install_log_masking

@@ -58,7 +58,7 @@ def preflight(
     every output location (`folders`, the SQLite files' folders). Returns the model sizes."""
     from autoall.preflight import check_model_size, check_writable
     from autoall.storage import sqlite_file
-    from autoall.tracking import tracking_sqlite_file
+    from autoall.tracking_store import tracking_sqlite_file
     from autoall.train import resolve_device
 
     dev = resolve_device(device)

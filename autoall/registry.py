@@ -226,7 +226,8 @@ def load_best(
     from mlflow import MlflowClient
 
     from autoall.data import load_data
-    from autoall.tracking import client_uri, mask_secrets, resolve_tracking_uri
+    from autoall.tracking_store import client_uri, resolve_tracking_uri
+    from autoall.urls import mask_secrets
 
     uri = client_uri(resolve_tracking_uri(tracking_uri))
     client = MlflowClient(uri)

@@ -32,7 +32,7 @@ from autoall.registry import (
 )
 from autoall.report_store import OnTrained, RunStore
 from autoall.report_types import RunRecord, Selection
-from autoall.tracking import final_metrics
+from autoall.tracking_run import final_metrics
 from autoall.train import RunResult
 
 PUBLISHED: dict[str, str] = {"all": "all", "tuned-baseline": "baseline"}  # variant -> study kind

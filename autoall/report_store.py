@@ -7,6 +7,10 @@ child with the same key is read back instead of trained, so a rerun costs nothin
 interrupted report continues where it stopped, while a code change trains everything again.
 Runs that evaluate the test split keep the predicted class of every test example as the
 artifact `test_predictions.npy` (the statistics of the test set's own noise need them).
+
+Every MLflow call goes through the tracker's retry (`autoall.tracking_store._Logger`): a
+transient error is tried again, any other is raised. Params and the tags set later are masked,
+and params go in batches of MLflow's 100 a call.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +30,17 @@ from autoall.cohort import Outcome, fit_cohort, group_plans
 from autoall.data import DeviceData
 from autoall.plan import RunPlan, fit
 from autoall.report_types import FINAL_METRICS, SELECTION_METRICS, Report, RunRecord
-from autoall.tracking import Tracker, client_uri, final_metrics, flatten, mask_secrets
+from autoall.tracking import Tracker
+from autoall.tracking_run import final_metrics
+from autoall.tracking_store import (
+    _MAX_METRICS_PER_BATCH,
+    _MAX_TAG_LENGTH,
+    _log_params,
+    _Logger,
+    _masked,
+    _metrics,
+    client_uri,
+)
 from autoall.train import RunResult
 from autoall.version import code_version
 
@@ -36,8 +49,6 @@ if TYPE_CHECKING:
 
 # called with (run id, trained model, result) while the run is still RUNNING
 OnTrained = Callable[[str, "nn.Module", RunResult], None]
-_BATCH = 1000  # mlflow.utils.validation.MAX_ENTITIES_PER_BATCH (metrics)
-_PARAMS_PER_BATCH = 100  # MLflow's limit of params per log_batch
 _PREDICTIONS = "test_predictions.npy"
 
 
@@ -66,7 +77,7 @@ def config_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class RunStore:
+class RunStore(_Logger):
     """A report's parent run and its children: find a finished run, or train and log one."""
 
     def __init__(self, name: str, tracking_uri: str | None) -> None:
@@ -75,16 +86,19 @@ class RunStore:
         # Tracker.connect checks that the store answers and gets or creates the experiment
         tracker = Tracker.connect(tracking_uri, experiment=name)
         self.uri, self.name, self.experiment_id = tracker.uri, name, tracker.experiment_id
+        self.retries, self.retry_wait = tracker.retries, tracker.retry_wait
         self.client = MlflowClient(client_uri(tracker.uri))
         report = f"tags.\"autoall.report\" = '{name}' and tags.\"autoall.role\" = 'report'"
         parents = self._search(report)
         if parents:
             oldest = min(parents, key=lambda r: (r.info.start_time, r.info.run_id))
             self.parent_id = oldest.info.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
+            self._retrying(self.client.update_run, self.parent_id, status="RUNNING")
         else:
             tags = {"autoall.report": name, "autoall.role": "report"}
-            run = self.client.create_run(self.experiment_id, tags=tags, run_name=f"{name} report")
+            run = self._retrying(
+                self.client.create_run, self.experiment_id, tags=tags, run_name=f"{name} report"
+            )
             self.parent_id = run.info.run_id
         self.children: dict[str, list[Any]] = {}
         for run in self._search(f"tags.\"mlflow.parentRunId\" = '{self.parent_id}'"):
@@ -93,7 +107,9 @@ class RunStore:
     def _search(self, filter_string: str) -> list[Any]:
         runs, token = [], None
         while True:
-            page = self.client.search_runs([self.experiment_id], filter_string, page_token=token)
+            page = self._retrying(
+                self.client.search_runs, [self.experiment_id], filter_string, page_token=token
+            )
             runs += list(page)
             token = page.token
             if not token:
@@ -182,7 +198,7 @@ class RunStore:
                     continue
         for run in earlier:  # left RUNNING by a report that was killed
             if run.info.status == "RUNNING":
-                self.client.set_terminated(run.info.run_id, "KILLED")
+                self._retrying(self.client.set_terminated, run.info.run_id, "KILLED")
         return None
 
     def _train(
@@ -206,12 +222,14 @@ class RunStore:
             tags = {"mlflow.parentRunId": self.parent_id, "autoall.report": self.name}
             tags |= {"autoall.role": role, "arch": plan.arch, "variant": variant}
             tags |= {"seed": str(seed), "config_hash": chash, "cohort_size": str(len(plans))}
-            run_ids.append(
-                self.client.create_run(
-                    self.experiment_id, tags=tags, run_name=f"{plan.arch}/{variant}/seed{seed}"
-                ).info.run_id
+            created = self._retrying(
+                self.client.create_run,
+                self.experiment_id,
+                tags=tags,
+                run_name=f"{plan.arch}/{variant}/seed{seed}",
             )
-            self._log_params(run_ids[-1], flatten(settings))
+            run_ids.append(created.info.run_id)
+            self._retrying(_log_params, self.client, run_ids[-1], settings)
         records: list[RunRecord | None] = [None] * len(plans)
         kept: list[nn.Module] = []
         failures: list[Exception] = []
@@ -220,13 +238,13 @@ class RunStore:
         def on_end(j: int, outcome: Outcome) -> None:
             ended.add(j)
             if not isinstance(outcome, RunResult):
-                self.client.set_terminated(run_ids[j], "FAILED")
+                self._retrying(self.client.set_terminated, run_ids[j], "FAILED")
                 failures.append(outcome)
                 return
             self._log_result(run_ids[j], outcome)
             if on_trained is not None and kept:
                 on_trained(run_ids[j], kept.pop(), outcome)
-            self.client.set_terminated(run_ids[j], "FINISHED")
+            self._retrying(self.client.set_terminated, run_ids[j], "FINISHED")
             metrics = {k: float(v) for k, v in final_metrics(outcome).items() if k in wanted}
             records[j] = RunRecord(
                 arch=plans[j].arch,
@@ -249,50 +267,41 @@ class RunStore:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             for j, run_id in enumerate(run_ids):
                 if j not in ended:
-                    self.client.set_terminated(run_id, status)
+                    self._retrying(self.client.set_terminated, run_id, status)
             raise
         if failures:
             raise failures[0]
         return [r for r in records if r is not None]
 
-    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, mask_secrets(str(v))[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), _PARAMS_PER_BATCH):
-            batch = items[i : i + _PARAMS_PER_BATCH]
-            self.client.log_batch(run_id, params=batch, synchronous=True)
-
     def _log_result(self, run_id: str, result: RunResult) -> None:
         """Per-epoch metrics (step = epoch), the final ones, and the test predictions."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(k, v, now, s.epoch) for s in result.history for k, v in s.metrics().items()
-        ]
-        final = final_metrics(result)
-        metrics += [Metric(k, float(v), now, result.epochs_run) for k, v in final.items()]
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH], synchronous=True)
+        metrics = [m for s in result.history for m in _metrics(s.metrics(), step=s.epoch)]
+        self._log_metrics(run_id, metrics + _metrics(final_metrics(result), step=result.epochs_run))
         if result.test_predictions is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / _PREDICTIONS
                 np.save(path, result.test_predictions)
-                self.client.log_artifact(run_id, str(path))
+                self._retrying(self.client.log_artifact, run_id, str(path))
+
+    def _log_metrics(self, run_id: str, metrics: list[Any]) -> None:
+        """`metrics` in batches of MLflow's most per call."""
+        for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+            batch = metrics[i : i + _MAX_METRICS_PER_BATCH]
+            self._retrying(self.client.log_batch, run_id, metrics=batch, synchronous=True)
 
     def _read(self, plan: RunPlan, variant: str, run: Any, *, evaluate_test: bool) -> RunRecord:
         """A finished run read back: final metrics, per-epoch history, test predictions."""
         run_id = run.info.run_id
 
         def history(key: str) -> list[float]:
-            points = sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)
+            found = self._retrying(self.client.get_metric_history, run_id, key)
+            points = sorted(found, key=lambda m: m.step)
             return [m.value for m in points]
 
         predictions = None
         if evaluate_test:
             with tempfile.TemporaryDirectory() as tmp:
-                path = self.client.download_artifacts(run_id, _PREDICTIONS, tmp)
+                path = self._retrying(self.client.download_artifacts, run_id, _PREDICTIONS, tmp)
                 predictions = np.load(path)
         wanted = FINAL_METRICS if evaluate_test else SELECTION_METRICS
         return RunRecord(
@@ -310,29 +319,22 @@ class RunStore:
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, mask_secrets(str(v))[:8000]) for k, v in tags.items()]
-        self.client.log_batch(run_id, tags=items, synchronous=True)
+        items = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
+        self._retrying(self.client.log_batch, run_id, tags=items, synchronous=True)
 
     def finish(
         self, out: Path, *, tags: dict[str, str], metrics: Mapping[str, float] | None = None
     ) -> None:
         """The report's headline `metrics` and `tags` on the parent run, every output file as its
         artifact (report.html among them); then it ends FINISHED."""
-        from mlflow.entities import Metric
-
         self.set_tags(self.parent_id, tags)
         if metrics:
-            now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-            for i in range(0, len(batch), _BATCH):
-                self.client.log_batch(
-                    self.parent_id, metrics=batch[i : i + _BATCH], synchronous=True
-                )
-        self.client.log_artifacts(self.parent_id, str(out))
+            self._log_metrics(self.parent_id, _metrics(metrics, step=0))
+        self._retrying(self.client.log_artifacts, self.parent_id, str(out))
         self.end_parent("FINISHED")
 
     def end_parent(self, status: str) -> None:
-        self.client.set_terminated(self.parent_id, status)
+        self._retrying(self.client.set_terminated, self.parent_id, status)
 
 
 def headline(report: Report) -> dict[str, float]:

@@ -45,7 +45,7 @@ class Server:
 def mlflow_ui(port: int, tracking_uri: str | None) -> Server:
     """The MLflow UI on 127.0.0.1:`port` for the project's tracking store, with a link to each
     experiment's runs table."""
-    from autoall.tracking import resolve_tracking_uri
+    from autoall.tracking_store import resolve_tracking_uri
     from autoall.urls import mask_secrets
 
     check_port(port)

@@ -1,7 +1,8 @@
 """MLflow tracking off the trial's path: a writer process owns the MLflow client.
 
 `autoall study run` hands every tracking call to a child process (`python -m
-autoall.tracking_writer`) through a pipe and goes on training. The child imports MLflow, opens
+autoall.tracking_writer`) through a pipe (a `multiprocessing.connection.Connection` each way,
+on the child's stdin and stdout) and goes on training. The child imports MLflow, opens
 the store and makes the calls in order, with the retries of `autoall.tracking`; on a machine
 with a spare core that work costs the trials nothing. A worker waits for the child only where
 it needs an answer:
@@ -16,40 +17,30 @@ is checked before the child starts, so a server that is down still fails the stu
 trial; a store that fails later in the child (a broken SQLite file, a parent run that cannot
 be made) is raised by `check()` as a `TrackingError`, at the latest a few epochs in.
 
-If the worker dies, the child sees its pipe close, finishes what it got and exits.
+If the worker dies, the child sees its pipe close, finishes what it got and exits. What the
+child does with each call: autoall/tracking_child.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
-import pickle
-import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
 
-from autoall.tracking import (
-    TRIAL_STATES,
-    Epoch,
-    EpochPoint,
-    Tracker,
-    TrackingError,
-    TrialRun,
-    check_server,
-    client_uri,
-    final_metrics,
-    quiet_mlflow,
-    resolve_tracking_uri,
-)
+from autoall.tracking import Epoch, TrackingError, check_server
+from autoall.tracking_child import _Child, _receive, _send
+from autoall.tracking_run import TRIAL_STATES, EpochPoint, final_metrics
+from autoall.tracking_store import client_uri, quiet_mlflow, resolve_tracking_uri
 from autoall.urls import install_log_masking
 
 if TYPE_CHECKING:
@@ -57,27 +48,37 @@ if TYPE_CHECKING:
     from autoall.train import RunResult
 
 log = logging.getLogger("autoall.tracking")
-_HEADER = struct.Struct("!I")
 _WAIT_SLICE = 1.0  # seconds between checks that the child is still alive while waiting
 
 
-def _write_frame(stream: IO[bytes], message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
+@dataclass
+class _Process:
+    """The child and the two ends of its pipes that the worker holds."""
+
+    proc: subprocess.Popen[bytes]
+    to_child: Connection
+    from_child: Connection
+
+    def close(self) -> None:
+        self.to_child.close()
+        self.from_child.close()
 
 
-def _spawn() -> subprocess.Popen[bytes]:
+def _spawn() -> _Process:
     """The child; it imports MLflow at once, then waits for its calls."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "autoall.tracking_writer"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        start_new_session=True,  # Ctrl-C reaches the worker only; the child drains, then exits
-    )
+    requests, to_child = multiprocessing.Pipe(duplex=False)
+    from_child, answers = multiprocessing.Pipe(duplex=False)
+    with requests, answers:  # the child's ends: its stdin and stdout
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autoall.tracking_writer"],
+            stdin=requests.fileno(),
+            stdout=answers.fileno(),
+            start_new_session=True,  # Ctrl-C reaches the worker only; the child drains, exits
+        )
+    return _Process(proc, to_child, from_child)
 
 
-_prestarted: subprocess.Popen[bytes] | None = None
+_prestarted: _Process | None = None
 
 
 @contextlib.contextmanager
@@ -94,14 +95,12 @@ def prestarted(enabled: bool = True) -> Iterator[None]:
     finally:
         unused, _prestarted = _prestarted, None
         if unused is not None:
-            unused.kill()
-            unused.wait()
-            for pipe in (unused.stdin, unused.stdout):
-                if pipe is not None:
-                    pipe.close()
+            unused.proc.kill()
+            unused.proc.wait()
+            unused.close()
 
 
-def _take_prestarted() -> subprocess.Popen[bytes] | None:
+def _take_prestarted() -> _Process | None:
     global _prestarted
     proc, _prestarted = _prestarted, None
     return proc
@@ -114,13 +113,11 @@ class TrackingWriter:
     the run); child runs by the `WriterRun` that `start_trial` returns.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes], *, uri: str, experiment: str) -> None:
-        assert proc.stdin is not None and proc.stdout is not None
+    def __init__(self, child: _Process, *, uri: str, experiment: str) -> None:
         self.uri = uri
         self.experiment = experiment
-        self._proc = proc
-        self._to_child = proc.stdin
-        self._from_child = proc.stdout
+        self._child = child
+        self._proc = child.proc
         self._lost: list[str] = []
         self._fatal: str | None = None
         self._pending: dict[int, Future[Any]] = {}
@@ -223,14 +220,14 @@ class TrackingWriter:
             pass  # already reported (or the child died: said in `lost`)
         finally:
             with contextlib.suppress(OSError):
-                self._to_child.close()
+                self._child.to_child.close()
             try:
                 self._proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
             self._reader.join(timeout=5)
-            self._from_child.close()
+            self._child.from_child.close()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -252,7 +249,7 @@ class TrackingWriter:
             raise TrackingError("the MLflow tracking writer is closed")
         try:
             with self._write_lock:
-                _write_frame(self._to_child, message)
+                _send(self._child.to_child, message)
         except (BrokenPipeError, ValueError, OSError):
             self._child_died()
 
@@ -267,12 +264,8 @@ class TrackingWriter:
                         self._child_died()
 
     def _read_answers(self) -> None:
-        answers = _FrameReader(self._from_child.fileno())
         while True:
-            try:
-                message = answers.read(timeout=None)
-            except (OSError, ValueError, pickle.UnpicklingError):
-                message = None
+            message = _receive(self._child.from_child)
             if message is None:
                 break
             call_id, kind, value = message
@@ -362,211 +355,20 @@ class WriterRun:
         return self._started.call_id  # type: ignore[attr-defined,no-any-return]
 
 
-# -- the child -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Child:
-    """The writer process: one Tracker, the runs of this worker's trials by start-call id."""
-
-    answers: IO[bytes]
-    tracker: Tracker | None = None
-
-    def __post_init__(self) -> None:
-        self.parents: dict[str, str] = {}
-        self.runs: dict[int, TrialRun] = {}
-        self.held: dict[int, list[EpochPoint]] = {}  # epochs not written yet, by run
-        self.flushed: dict[int, float] = {}  # when each run's epochs were last written
-        self.reported = 0  # how much of tracker.lost went to the worker
-
-    def answer(self, call_id: int | None, kind: str, value: Any) -> None:
-        _write_frame(self.answers, (call_id, kind, value))
-
-    def serve(self, requests: _FrameReader) -> None:
-        """Carry out the calls in order until the worker closes (or is gone).
-
-        Epochs are held back up to `_EPOCH_FLUSH_SECONDS` and go in one log_batch per run: a
-        study of short epochs writes a batch per second, not per epoch; anything else that
-        comes (a trial's end, a new run) first writes what is held.
-        """
-        while True:
-            held = any(self.held.values())
-            message = requests.read(timeout=_EPOCH_FLUSH_SECONDS if held else None)
-            if message is _IDLE:
-                self.flush_epochs()
-                continue
-            if message is None:  # the worker is gone: what came is done, nothing more will
-                self.flush_epochs()
-                return
-            op, call_id, *args = message
-            try:
-                if op == "epoch":
-                    self.hold_epoch(*args)
-                    continue
-                # a trial's end takes its own held epochs into its final batch (one write less)
-                self.flush_epochs(but=args[0] if op == "finish" else None)
-                if self.handle(op, call_id, args):
-                    return
-            except Exception as exc:  # a bug here must not leave the worker waiting
-                log.exception("tracking writer: %s failed", op)
-                if call_id is not None:
-                    self.answer(call_id, "error", f"{type(exc).__name__}: {exc}")
-            self.report_lost()
-
-    def hold_epoch(self, start_id: int, point: EpochPoint) -> None:
-        if start_id not in self.runs:
-            return
-        self.held.setdefault(start_id, []).append(point)
-        now = time.monotonic()
-        if now - self.flushed.get(start_id, 0.0) >= _EPOCH_FLUSH_SECONDS:
-            self.flush_epochs()
-
-    def flush_epochs(self, *, but: int | None = None) -> None:
-        """Write every run's held epochs (except run `but`'s: its end writes them)."""
-        for start_id, points in list(self.held.items()):
-            if start_id == but:
-                continue
-            if points and start_id in self.runs:
-                self.runs[start_id].log_epochs(points)
-                self.flushed[start_id] = time.monotonic()
-            del self.held[start_id]
-        self.report_lost()
-
-    def handle(self, op: str, call_id: int | None, args: list[Any]) -> bool:
-        """Carry out one call; True when the worker asked to close."""
-        if op == "connect":
-            uri, experiment, retries, retry_wait = args
-            try:
-                self.tracker = Tracker(
-                    uri, experiment=experiment, retries=retries, retry_wait=retry_wait
-                )
-                self.tracker._open()
-            except TrackingError as exc:
-                self.answer(call_id, "ok", str(exc))  # the worker raises it at check()
-                return False
-            self.answer(call_id, "ok", (self.tracker.experiment_id,))
-            return False
-        if op == "close":
-            self.answer(call_id, "ok", None)
-            return True
-        tracker = self.tracker
-        if tracker is None:  # could not connect: the worker raises at its next check
-            if call_id is not None:
-                self.answer(call_id, "ok", self._nothing(op))
-            return False
-        if op == "parent":
-            key, study_name, arch, params, tags = args
-            try:
-                self.parents[key] = tracker.parent_run(
-                    study_name=study_name, arch=arch, params=params, tags=tags
-                )
-            except TrackingError as exc:
-                self.answer(None, "fatal", str(exc))
-        elif op == "start":
-            parent_key, number, params, tags, config_yaml, run_name, system_metrics = args
-            run = tracker.start_trial(
-                parent_id=self.parents.get(parent_key, ""),
-                trial_number=number,
-                params=params,
-                tags=tags,
-                config_yaml=config_yaml,
-                run_name=run_name,
-                system_metrics=system_metrics,
-            )
-            self.runs[call_id] = run  # type: ignore[index]
-            self.answer(call_id, "ok", (run.run_id,))
-        elif op == "finish":
-            start_id, state, final, history, reason, epoch = args
-            ending = self.runs.pop(start_id, None)
-            if ending is None:
-                self.answer(call_id, "ok", [])
-                return False
-            held = self.held.pop(start_id, [])
-            ending.end(state, final=final, reason=reason, epoch=epoch, epochs=held)
-            # the PNG before the answer: a PNG that cannot be stored is in the trial's
-            # tracking_lost like any other logging (~50 ms a trial waits for it)
-            ending.log_curve(history or ending.history)
-            self.answer(call_id, "ok", list(ending.lost))
-        elif op == "update_parent":
-            key, summary = args
-            if key in self.parents:
-                tracker.update_parent(self.parents[key], **summary)
-        elif op == "parent_text":
-            key, text, artifact_file = args
-            if key in self.parents:
-                tracker.log_parent_text(self.parents[key], text, artifact_file)
-        elif op == "log_model":
-            run_id, model, example, num_classes, tags = args
-            tracker.log_model(run_id, model, example=example, num_classes=num_classes, tags=tags)
-        elif op == "finish_parent":
-            (key,) = args
-            if key in self.parents:
-                tracker.finish_parent(self.parents[key])
-        elif op == "fail_run":
-            tracker.fail_run(*args)
-        elif op == "find_trial_run":
-            parent_key, number = args
-            parent = self.parents.get(parent_key, "")
-            self.answer(call_id, "ok", tracker.find_trial_run(parent, number) if parent else None)
-        else:
-            raise ValueError(f"unknown tracking call {op!r}")
-        return False
-
-    @staticmethod
-    def _nothing(op: str) -> Any:
-        return {"start": ("",), "finish": [], "find_trial_run": None}.get(op)
-
-    def report_lost(self) -> None:
-        if self.tracker is not None and len(self.tracker.lost) > self.reported:
-            for message in self.tracker.lost[self.reported :]:
-                self.answer(None, "lost", message)
-            self.reported = len(self.tracker.lost)
-
-
-_IDLE = object()  # no call within the timeout
-_EPOCH_FLUSH_SECONDS = 1.0  # epochs are written at least this often (and at a trial's end)
-
-
-class _FrameReader:
-    """Messages from a file descriptor, with a timeout (select) for writing held epochs."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = bytearray()
-
-    def read(self, timeout: float | None) -> Any:
-        """The next message; `_IDLE` if none came within `timeout`; None at the end."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if len(self.buffer) >= _HEADER.size:
-                (size,) = _HEADER.unpack_from(self.buffer)
-                if len(self.buffer) >= _HEADER.size + size:
-                    data = bytes(self.buffer[_HEADER.size : _HEADER.size + size])
-                    del self.buffer[: _HEADER.size + size]
-                    return pickle.loads(data)
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self.fd], [], [], wait)
-            if not ready:
-                return _IDLE
-            chunk = os.read(self.fd, 1 << 16)
-            if not chunk:
-                return None
-            self.buffer += chunk
-
-
 def main() -> None:
     """`python -m autoall.tracking_writer`: serve the calls on stdin, answer on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
     with contextlib.suppress(OSError):
         os.nice(10)  # training first: this process uses what the worker leaves idle
-    answers = os.fdopen(os.dup(1), "wb")
+    requests = Connection(0, writable=False)
+    answers = Connection(os.dup(1), readable=False)
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
     logging.basicConfig(format="autoall tracking: %(message)s", level=logging.WARNING)
     quiet_mlflow()  # no INFO lines ("Creating initial MLflow database tables...") on stderr
     install_log_masking()  # MLflow's own warnings may quote a tracking URI
     import mlflow  # noqa: F401  (now, while the worker starts; the calls come later)
 
-    _Child(answers).serve(_FrameReader(sys.stdin.fileno()))
+    _Child(answers).serve(requests)
     answers.close()
     sys.stderr.flush()
     # every call is written (MLflow's synchronous calls): skip the interpreter's teardown of

@@ -38,13 +38,9 @@ from autoall.study import (
     make_sampler,
     search_space_summary,
 )
-from autoall.tracking import (
-    NullTracker,
-    StudyTracker,
-    check_server,
-    mask_secrets,
-    resolve_tracking_uri,
-)
+from autoall.tracking import StudyTracker, check_server, mask_secrets
+from autoall.tracking_run import NullTracker
+from autoall.tracking_store import resolve_tracking_uri
 from autoall.tracking_writer import TrackingWriter
 from autoall.urls import install_log_masking
 

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="publishing / load_best calls")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args(argv)
-    from autoall.tracking import quiet_mlflow
+    from autoall.tracking_store import quiet_mlflow
 
     quiet_mlflow()  # as the CLI: no MLflow INFO lines among the figures
     header = machine_header(threads=args.threads)

@@ -237,8 +237,9 @@ def top_profile(path: Path, *, n: int = 12) -> tuple[list[list[str]], list[list[
     own = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
     own_rows = [[label(f), f"{v[2]:.2f}", str(v[1])] for f, v in own]
     wanted = (
-        "autoall/tracking.py",
+        "autoall/tracking",  # tracking.py, tracking_store.py, tracking_run.py, ...
         "autoall/study.py",
+        "autoall/optimize.py",
         "mlflow/tracking/client.py",
         "sqlalchemy_store.py",
         "optuna/study/_optimize.py",

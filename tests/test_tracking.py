@@ -22,14 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
 from autoall.models import ParamCount
-from autoall.tracking import (
-    DEFAULT_TRACKING_URI,
-    NullTracker,
-    Tracker,
-    TrackingError,
-    mask_secrets,
-    resolve_tracking_uri,
-)
+from autoall.tracking import Tracker, TrackingError, mask_secrets
+from autoall.tracking_run import NullTracker
+from autoall.tracking_store import DEFAULT_TRACKING_URI, resolve_tracking_uri
 from autoall.train import EpochStats, RunResult
 
 SECRET_URL = "postgresql+psycopg2://alice:s3cret@db.example:5432/optuna"

@@ -1,0 +1,187 @@
+"""The MLflow tracking store and the calls made to it: where the store is (URI, SQLite file,
+its start-up lock and write-ahead log), how MLflow logs (`quiet_mlflow`), and how a call is
+made (`_Logger`: retried on transient errors, a failure kept in `lost`), with the masking and
+the batch limits MLflow imposes on params, tags and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from autoall.options import DEFAULT_TRACKING_URI
+from autoall.urls import mask_secrets, storage_url
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+_MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+_MAX_TAG_LENGTH = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+_MAX_PARAMS_PER_BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
+_MAX_METRICS_PER_BATCH = 1000  # mlflow.utils.validation.MAX_METRICS_PER_BATCH
+
+log = logging.getLogger("autoall.tracking")
+T = TypeVar("T")
+
+
+def quiet_mlflow() -> None:
+    """MLflow and alembic log at WARNING and above: their INFO lines ("Creating initial MLflow
+    database tables...", "Context impl SQLiteImpl.") would land among the progress lines.
+
+    Sets `MLFLOW_LOGGING_LEVEL` (unless the user did), which MLflow reads when it is imported
+    and child processes (the tracking writer, `mlflow ui`) inherit, and the loggers themselves
+    in case MLflow is imported already.
+    """
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    level = logging.getLevelName(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    level = level if isinstance(level, int) else logging.WARNING
+    logging.getLogger("mlflow").setLevel(level)
+    logging.getLogger("alembic").setLevel(max(level, logging.WARNING))  # as MLflow sets it
+
+
+def resolve_tracking_uri(uri: str | None = None, *, create: bool = True) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else `DEFAULT_TRACKING_URI`; a plain `postgresql://`
+    backend gets the installed driver (`autoall.urls.storage_url`).
+
+    With `create`, makes the folder of a SQLite file (./mlruns/ for the default).
+    """
+    resolved = storage_url(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    db_path = _sqlite_path(resolved)
+    if db_path is not None and create:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    return resolved
+
+
+def tracking_sqlite_file(uri: str | None = None) -> Path | None:
+    """The SQLite file of the tracking store `uri` resolves to (None: not SQLite)."""
+    return _sqlite_path(resolve_tracking_uri(uri, create=False))
+
+
+class _Logger:
+    """Retrying client calls; failures after the retries are appended to `lost`."""
+
+    retries: int
+    retry_wait: float
+    lost: list[str]
+
+    def _retrying(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == self.retries or not _is_transient(exc):
+                    raise
+                log.info("MLflow call failed (%s); retry %d", _reason(exc), attempt + 1)
+                time.sleep(self.retry_wait * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        try:
+            return self._retrying(fn, *args, **kwargs)
+        except Exception as exc:
+            message = f"MLflow: {what} failed: {_reason(exc)}"
+            log.warning(message)
+            self.lost.append(message)
+            return None
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """5xx/429, connection or timeout errors, a locked SQLite database: worth another try."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if "database is locked" in str(exc):
+        return True
+    if isinstance(exc, MlflowException):  # its connection errors come as INTERNAL_ERROR (500)
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    return isinstance(
+        exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError
+    )
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[bool]:
+    """An exclusive lock on `<db>.lock` (POSIX) while a process creates or checks the tables or
+    a parent run; yields whether it holds one (not for servers, not on Windows)."""
+    path = _sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        path = None
+    if path is None:
+        yield False
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield True
+
+
+def _write_ahead_log(uri: str) -> None:
+    """Switch a SQLite store to SQLite's write-ahead log (kept in the file): a commit is one
+    append (~1-2 ms instead of ~5), and the MLflow UI reading it never blocks a writer."""
+    path = _sqlite_path(uri)
+    if path is None:
+        return
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+
+
+def client_uri(uri: str) -> str:
+    """Absolute SQLite paths: a relative one would follow later chdirs (MLflow caches stores)."""
+    path = _sqlite_path(uri)
+    return uri if path is None or path.is_absolute() else "sqlite:///" + str(path.resolve())
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return mask_secrets(f"{type(exc).__name__}: {text[0] if text else ''}")[:500]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 0.1}} -> {"train.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _masked(values: Mapping[str, Any], limit: int) -> dict[str, str]:
+    return {k: mask_secrets(str(v))[:limit] for k, v in values.items()}
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """`params` flattened and masked, in batches of MLflow's most per call: none is dropped."""
+    from mlflow.entities import Param
+
+    items = list(_masked(flatten(params), _MAX_PARAM_LENGTH).items())
+    for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):  # one call unless > 100 params
+        batch = [Param(k, v) for k, v in items[i : i + _MAX_PARAMS_PER_BATCH]]
+        client.log_batch(run_id, params=batch, synchronous=True)
+
+
+def _metrics(values: Mapping[str, float], *, step: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    timestamp = _now_ms()
+    return [Metric(k, float(v), timestamp, step) for k, v in values.items()]
