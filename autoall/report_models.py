@@ -100,7 +100,7 @@ class Publisher:
     def _reused(self, arch: str, variant: str, selection: Selection, run: RunRecord) -> Published:
         pub = self._new(arch, variant, selection, run.run_id, run.metrics.get("test_acc"))
         try:
-            found = self.store.client.get_run(run.run_id).data
+            found = self.store.run_data(run.run_id)
         except Exception as exc:
             pub.problem = f"its run could not be read: {_reason(exc)}"
             return pub

@@ -316,6 +316,10 @@ class RunStore(_Logger):
             reused=True,
         )
 
+    def run_data(self, run_id: str) -> Any:
+        """A run's params, metrics and tags (`mlflow.entities.RunData`), read with the retry."""
+        return self._retrying(self.client.get_run, run_id).data
+
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
