@@ -7,12 +7,14 @@ benchmarks can be rerun independently without touching each other's figures.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
 import statistics
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -101,3 +103,16 @@ def write_section(name: str, body: str, *, path: Path = RESULTS) -> None:
             raise ValueError(f"{path}: unbalanced markers for section {name!r}; fix them by hand.")
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+@contextlib.contextmanager
+def checkout(rev: str, path: Path) -> Iterator[Path]:
+    """The project at commit `rev` as a git worktree in `path` (the "before" code of a
+    benchmark: run it with this venv and `PYTHONPATH=path`); removed afterwards."""
+    root = Path(__file__).resolve().parent.parent
+    git = ["git", "-C", str(root), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(path), rev], check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run([*git, "remove", "--force", str(path)], check=False, capture_output=True)

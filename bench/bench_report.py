@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_header, markdown_table, median, spread, write_section  # noqa: E402
+from _common import checkout, machine_header, markdown_table, median, spread, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,12 +96,7 @@ def main() -> int:
     runs: dict[str, list[Demo]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         base = Path(tmp)
-        old = base / "before"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.before],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        try:
+        with checkout(args.before, base / "before") as old:
             for i in range(args.pairs):
                 for label, code, seeds in (("before", old, 3), ("after", ROOT, 10)):
                     folder = base / f"{label}-{i}"
@@ -114,11 +109,6 @@ def main() -> int:
                         f"{result.selection_runs} selection runs)",
                         flush=True,
                     )
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
-                check=False, capture_output=True,
-            )  # fmt: skip
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     before, after = runs["before"], runs["after"]
     ratio = [a.total / b.total for a, b in zip(after, before, strict=True)]

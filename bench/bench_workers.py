@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_header, markdown_table, median, spread, write_section  # noqa: E402
+from _common import checkout, machine_header, markdown_table, median, spread, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,12 +128,7 @@ def main() -> int:
     results: dict[tuple[str, int], list[Measurement]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         base = Path(tmp)
-        old = base / "before"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.before],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        try:
+        with checkout(args.before, base / "before") as old:
             for run in range(args.runs):  # interleaved, so drifts in load hit every cell alike
                 for workers in counts:
                     for label, code in (("before", old), ("after", ROOT)):
@@ -148,11 +143,6 @@ def main() -> int:
                             f"({m.per_minute_wall:.1f}/min over {m.wall_seconds:.1f} s wall)",
                             flush=True,
                         )
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
-                check=False, capture_output=True,
-            )  # fmt: skip
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     rows, verdicts = [], []
     for label in ("before", "after"):
