@@ -141,7 +141,9 @@ def test_a_batchnorm_cnn_cohort_matches_each_run_within_training_noise(
         assert isinstance(member, RunResult)
         assert [s.epoch for s in member.history] == [1, 2]
         for a, c in zip(alone.history, member.history, strict=True):
-            assert c.val_acc == pytest.approx(a.val_acc, abs=3 / 360)  # up to 3 images of 360
+            # Up to 9 images of 360: after epoch 1 (about 70%, small margins) the float order of
+            # another CPU's kernels moved 5 images while the losses agreed within 0.3%.
+            assert c.val_acc == pytest.approx(a.val_acc, abs=9 / 360)
             assert c.val_loss == pytest.approx(a.val_loss, rel=0.02)
             assert c.train_loss == pytest.approx(a.train_loss, rel=0.02)
         assert member.final_val_acc > 0.8  # the running statistics were learnt
