@@ -49,7 +49,7 @@ from sqlalchemy import event
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
-from _common import machine_header, markdown_table, median, write_section  # noqa: E402
+from _common import machine_header, markdown_table, median, publish  # noqa: E402
 
 import autoall.objective  # noqa: E402
 import autoall.storage  # noqa: E402
@@ -57,7 +57,7 @@ from autoall.config import StudyConfig, load_study_file  # noqa: E402
 from autoall.optimize import run_worker  # noqa: E402
 from autoall.storage import make_storage  # noqa: E402
 from autoall.study import WorkerContext, create_studies, suggest  # noqa: E402
-from autoall.tracking import NullTracker  # noqa: E402
+from autoall.tracking_run import NullTracker  # noqa: E402
 
 SECTION = "bench_distributed"
 WORKER_COUNTS = (1, 2, 4)
@@ -422,10 +422,7 @@ NullPool) adds round trips.
 
 {table_overhead}
 """
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
-    return 0
+    return publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":
