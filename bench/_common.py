@@ -105,6 +105,15 @@ def write_section(name: str, body: str, *, path: Path = RESULTS) -> None:
     path.write_text(text)
 
 
+def publish(name: str, body: str, *, write: bool = True) -> int:
+    """Print ``body`` and, unless ``write`` is false, put it in section ``name`` of
+    bench/RESULTS.md; return 0, a bench script's exit status."""
+    print(body)
+    if write:
+        write_section(name, body)
+    return 0
+
+
 @contextlib.contextmanager
 def checkout(rev: str, path: Path) -> Iterator[Path]:
     """The project at commit `rev` as a git worktree in `path` (the "before" code of a

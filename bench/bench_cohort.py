@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's autoall, first
 sys.path.insert(1, str(ROOT / "bench"))
 from _cohort_plans import draw_plans, seed_plans  # noqa: E402
-from _common import machine_header, markdown_table, median, spread, write_section  # noqa: E402
+from _common import machine_header, markdown_table, median, publish, spread  # noqa: E402
 
 from autoall.cohort import fit_cohort  # noqa: E402
 from autoall.config import StudyConfig, load_study_file  # noqa: E402
@@ -177,12 +177,9 @@ def main() -> int:
 
 {markdown_table(["command", "wall", "finished trials", "best value", "speed-up"], study_rows)}
 """
-    print(body)
     if tmp is not None:
         tmp.cleanup()
-        return 0
-    write_section("bench_cohort", body)
-    return 0
+    return publish("bench_cohort", body, write=tmp is None)
 
 
 if __name__ == "__main__":

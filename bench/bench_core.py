@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_header, markdown_table, median, spread, write_section  # noqa: E402
+from _common import machine_header, markdown_table, median, publish, spread  # noqa: E402
 
 from autoall.baselines import baseline  # noqa: E402
 from autoall.data import DeviceData, iterate_batches, load_data  # noqa: E402
@@ -325,12 +325,7 @@ warm-up run, then {args.train_reps} runs:
 - Target (under 1 s): **{train_verdict}**
 """
     body = body.replace("\n\n\n", "\n\n")
-    if args.no_write:
-        print(body)
-    else:
-        write_section(SECTION, body)
-        print("wrote the bench_core section of bench/RESULTS.md")
-    return 0
+    return publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]  # this checkout's autoall, also in-process
-from _common import machine_header, markdown_table, median, spread, write_section  # noqa: E402
+from _common import machine_header, markdown_table, median, publish, spread  # noqa: E402
 
 SECTION = "bench_models"
 STUDY = ROOT / "studies" / "digits.yaml"
@@ -198,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{spread(cold, digits=1)} over {len(cold)} runs.",
         ]
     )
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
-    return 0
+    return publish(SECTION, body, write=not args.no_write)
 
 
 if __name__ == "__main__":

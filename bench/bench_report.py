@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import checkout, machine_header, markdown_table, median, spread, write_section  # noqa: E402
+from _common import checkout, machine_header, markdown_table, median, publish, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,9 +140,7 @@ baselines, the ALL, the controls, four reduced-data runs, x 10 seeds, the fewest
 claims be decided) and {after[0].selection_runs} selection runs (top-3 trials of both studies on 3
 seeds, ties at the cut included), against {before[0].evaluation_runs} before.
 """
-    write_section("bench_report", body)
-    print(body)
-    return 0
+    return publish("bench_report", body)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from _common import machine_header, markdown_table, median, spread, write_section  # noqa: E402
+from _common import machine_header, markdown_table, median, publish, spread  # noqa: E402
 
 SECTION = "bench_study"
 STUDY = ROOT / "studies" / "digits.yaml"
@@ -414,10 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     load_end = os.getloadavg()
 
     body = _render(args, header, load_start, load_end, store_seconds, pairs, hand, profile_rows)
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
-    return 0
+    return publish(SECTION, body, write=not args.no_write)
 
 
 def _render(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import checkout, machine_header, markdown_table, median, spread, write_section  # noqa: E402
+from _common import checkout, machine_header, markdown_table, median, publish, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,10 +179,7 @@ def main() -> int:
 Target (after): total trials per minute with 2 and 4 workers not below one worker's:
 **{"met" if after_ok else "NOT met"}** ({"; ".join(verdicts)}).
 """
-    if not args.no_write:
-        write_section("bench_workers", body)
-    print(body)
-    return 0
+    return publish("bench_workers", body, write=not args.no_write)
 
 
 if __name__ == "__main__":
