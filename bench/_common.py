@@ -105,12 +105,12 @@ def write_section(name: str, body: str, *, path: Path = RESULTS) -> None:
     path.write_text(text)
 
 
-def publish(name: str, body: str, *, write: bool = True) -> int:
+def publish(name: str, body: str, *, write: bool = True, path: Path = RESULTS) -> int:
     """Print ``body`` and, unless ``write`` is false, put it in section ``name`` of
-    bench/RESULTS.md; return 0, a bench script's exit status."""
+    ``path`` (bench/RESULTS.md); return 0, a bench script's exit status."""
     print(body)
     if write:
-        write_section(name, body)
+        write_section(name, body, path=path)
     return 0
 
 
