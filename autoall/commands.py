@@ -57,9 +57,9 @@ def preflight(
     (exit code 2): the device, the largest model of the search space against its memory, and
     every output location (`folders`, the SQLite files' folders). Returns the model sizes."""
     from autoall.preflight import check_model_size, check_writable
-    from autoall.storage import sqlite_file
     from autoall.tracking_store import tracking_sqlite_file
     from autoall.train import resolve_device
+    from autoall.urls import sqlite_file
 
     dev = resolve_device(device)
     sizes = check_model_size(cfg, dev)

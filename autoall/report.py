@@ -48,10 +48,10 @@ from autoall.report_types import ArchReport, Report, RunRecord, Selection
 from autoall.report_variants import arch_variants
 from autoall.selection import finished_trials, select
 from autoall.stats import time_to_target
-from autoall.storage import make_storage, sqlite_file
+from autoall.storage import make_storage
 from autoall.study import count_trials
 from autoall.train import resolve_device
-from autoall.urls import mask_secrets
+from autoall.urls import mask_secrets, sqlite_file
 
 EVAL_SEED_OFFSET = 1000  # evaluation seed i is search seed + 1000 + i
 SELECTION_SEED_OFFSET = 2000  # selection seed j is search seed + 2000 + j

@@ -47,7 +47,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
@@ -58,7 +57,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from autoall import timing
 from autoall.errors import UserError
-from autoall.urls import mask_secrets, storage_url
+from autoall.urls import mask_secrets, sqlite_file, storage_url
 
 if TYPE_CHECKING:
     from autoall.config import StudyConfig
@@ -202,14 +201,6 @@ def set_state_through_outage(
     return ride_out(once, seconds=seconds, what="set_trial_state_values")
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The file of a `sqlite:///` URL (None for other URLs and in-memory databases)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    path = url.removeprefix("sqlite:///").split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
 class NoStorageError(ValueError):
     """An inspecting command was pointed at a SQLite file that does not exist."""
 
@@ -304,7 +295,7 @@ for _name in RETRIED:  # the calls that are safe to repeat, each ridden through 
 
 def _rdb_storage(url: str, engine_kwargs: dict[str, Any], hb: Any) -> _Storage:
     storage = _new_storage(url, engine_kwargs, hb)
-    if url.startswith("sqlite:///") and ":memory:" not in url:
+    if sqlite_file(url) is not None:
         # write-ahead log: a commit is one append (trial.report ~1 ms instead of ~3-10), readers
         # never block the writer; durable as before (synchronous stays FULL). Stored in the file.
         with storage.engine.connect() as connection:
@@ -339,8 +330,8 @@ class _StartLock:
     def __init__(self, study: optuna.Study) -> None:
         storage = study._storage  # private in Optuna: no public accessor
         url = getattr(getattr(storage, "_backend", storage), "url", "")  # unwrap Optuna's cache
-        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else None
-        self._path = f"{path}.lock" if path and path != ":memory:" else None
+        path = sqlite_file(url)
+        self._path = f"{path}.lock" if path is not None else None
         self._fd: int | None = None
 
     def acquire(self) -> None:

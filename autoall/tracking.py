@@ -33,12 +33,11 @@ from autoall.tracking_store import (
     _now_ms,
     _reason,
     _sqlite_init_lock,
-    _sqlite_path,
     _write_ahead_log,
     client_uri,
     resolve_tracking_uri,
 )
-from autoall.urls import mask_secrets
+from autoall.urls import mask_secrets, sqlite_file
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -228,7 +227,7 @@ class Tracker(_Logger):
 
         experiment = self._client.get_experiment_by_name(self.experiment)
         if experiment is None:
-            db_path = _sqlite_path(self.uri)
+            db_path = sqlite_file(self.uri)
             location = (db_path.parent / "artifacts").resolve().as_uri() if db_path else None
             try:
                 return self._client.create_experiment(self.experiment, artifact_location=location)

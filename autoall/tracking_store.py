@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from autoall.options import DEFAULT_TRACKING_URI
-from autoall.urls import mask_secrets, storage_url
+from autoall.urls import mask_secrets, sqlite_file, storage_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,7 +51,7 @@ def resolve_tracking_uri(uri: str | None = None, *, create: bool = True) -> str:
     With `create`, makes the folder of a SQLite file (./mlruns/ for the default).
     """
     resolved = storage_url(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    db_path = _sqlite_path(resolved)
+    db_path = sqlite_file(resolved)
     if db_path is not None and create:
         db_path.parent.mkdir(parents=True, exist_ok=True)
     return resolved
@@ -59,7 +59,7 @@ def resolve_tracking_uri(uri: str | None = None, *, create: bool = True) -> str:
 
 def tracking_sqlite_file(uri: str | None = None) -> Path | None:
     """The SQLite file of the tracking store `uri` resolves to (None: not SQLite)."""
-    return _sqlite_path(resolve_tracking_uri(uri, create=False))
+    return sqlite_file(resolve_tracking_uri(uri, create=False))
 
 
 class _Logger:
@@ -105,17 +105,11 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
-        return None
-    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-
-
 @contextlib.contextmanager
 def _sqlite_init_lock(uri: str) -> Iterator[bool]:
     """An exclusive lock on `<db>.lock` (POSIX) while a process creates or checks the tables or
     a parent run; yields whether it holds one (not for servers, not on Windows)."""
-    path = _sqlite_path(uri)
+    path = sqlite_file(uri)
     try:
         import fcntl
     except ImportError:  # Windows: no lock
@@ -131,7 +125,7 @@ def _sqlite_init_lock(uri: str) -> Iterator[bool]:
 def _write_ahead_log(uri: str) -> None:
     """Switch a SQLite store to SQLite's write-ahead log (kept in the file): a commit is one
     append (~1-2 ms instead of ~5), and the MLflow UI reading it never blocks a writer."""
-    path = _sqlite_path(uri)
+    path = sqlite_file(uri)
     if path is None:
         return
     import sqlite3
@@ -142,7 +136,7 @@ def _write_ahead_log(uri: str) -> None:
 
 def client_uri(uri: str) -> str:
     """Absolute SQLite paths: a relative one would follow later chdirs (MLflow caches stores)."""
-    path = _sqlite_path(uri)
+    path = sqlite_file(uri)
     return uri if path is None or path.is_absolute() else "sqlite:///" + str(path.resolve())
 
 

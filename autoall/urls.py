@@ -13,7 +13,8 @@ string:
 
 `install_log_masking()` applies it to every log record of the process (Optuna's failed-trial
 warnings, MLflow's and SQLAlchemy's messages, their tracebacks) and to uncaught tracebacks.
-`storage_url` names the driver PostgreSQL URLs need with the drivers installed here.
+`storage_url` names the driver PostgreSQL URLs need with the drivers installed here;
+`sqlite_file` is the file of a SQLite URL (Optuna's storage and MLflow's store alike).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import re
 import sys
 import traceback
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -112,6 +114,16 @@ def _masked_excepthook(
 
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_SQLITE = "sqlite:///"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a `sqlite:///` URL, query string cut (None for other URLs and in-memory
+    databases): `sqlite:///mlruns/mlflow.db?timeout=30` -> `mlruns/mlflow.db`."""
+    if not url.startswith(_SQLITE):
+        return None
+    path = url.removeprefix(_SQLITE).split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
 
 
 def storage_url(url: str) -> str:

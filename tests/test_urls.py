@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from autoall.urls import install_log_masking, mask_secrets, storage_url
+from autoall.urls import install_log_masking, mask_secrets, sqlite_file, storage_url
 
 SECRET = "S3cr3t-Pa55"
 
@@ -142,3 +143,21 @@ def test_plain_postgresql_urls_get_the_installed_driver() -> None:
     assert storage_url("postgres://u:p@h:5432/d") == "postgresql+psycopg2://u:p@h:5432/d"
     for kept in ("postgresql+psycopg2://u@h/d", "sqlite:///autoall.db", "mysql://u@h/d"):
         assert storage_url(kept) == kept
+
+
+@pytest.mark.parametrize(
+    ("url", "file"),
+    [
+        ("sqlite:///autoall.db", "autoall.db"),
+        ("sqlite:///mlruns/mlflow.db?timeout=30", "mlruns/mlflow.db"),
+        ("sqlite:////abs/path/s.db", "/abs/path/s.db"),
+        ("sqlite:///:memory:", None),
+        ("sqlite://", None),
+        ("postgresql://alice@db/optuna", None),
+        ("http://127.0.0.1:5000", None),
+    ],
+)
+def test_sqlite_file_is_the_database_file_of_optuna_and_mlflow_urls(
+    url: str, file: str | None
+) -> None:
+    assert sqlite_file(url) == (None if file is None else Path(file))
