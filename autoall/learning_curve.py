@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autoall.tracking import Epoch
+    from autoall.tracking_roles import Epoch
 
 _CURVE_LOCK = threading.Lock()
 _curve: tuple[Any, dict[str, tuple[Any, Any, Any]]] | None = None  # (figure, name -> axes, lines)

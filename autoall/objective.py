@@ -32,9 +32,10 @@ from autoall.host import share_cores
 from autoall.plan import fit, trial_plan
 from autoall.storage import _storage_error, storage_reason
 from autoall.study import WorkerContext, best_trial, suggest
-from autoall.tracking import TrackedRun, mask_secrets
+from autoall.tracking_roles import TrackedRun
 from autoall.tracking_store import flatten
 from autoall.train import NonFiniteLossError, RunResult, TrainingOOMError
+from autoall.urls import mask_secrets
 from autoall.version import git_commit
 
 log = logging.getLogger("autoall.study")

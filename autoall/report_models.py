@@ -234,7 +234,7 @@ def _pct(value: float | None) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    from autoall.tracking import mask_secrets
+    from autoall.urls import mask_secrets
 
     text = str(exc).strip().splitlines()
     return mask_secrets(f"{type(exc).__name__}: {text[0] if text else ''}")[:400]

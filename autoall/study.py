@@ -29,7 +29,7 @@ from autoall.config import KINDS, ParamSpec, StudyConfig
 from autoall.data import DeviceData, load_data
 from autoall.host import WorkerRegistry
 from autoall.samplers import per_trial
-from autoall.tracking import StudyTracker
+from autoall.tracking_roles import StudyTracker
 
 log = logging.getLogger("autoall.study")
 

@@ -43,8 +43,8 @@ from autoall.storage import (
     stored_trial,
 )
 from autoall.study import Step, WorkerContext, after_trial, count_trials, drop_ended_checkpoint
-from autoall.tracking import mask_secrets
 from autoall.train import TrainingOOMError
+from autoall.urls import mask_secrets
 
 log = logging.getLogger("autoall.study")
 _optuna_log = optuna.logging.get_logger("optuna.study._optimize")  # where optimize says it

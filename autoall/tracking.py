@@ -8,9 +8,10 @@ still fails is recorded in `lost` and logged as a warning on the "autoall.tracki
 never dropped silently. Only `Tracker.connect` raises (`TrackingError`): a store that is down
 fails the study at start, not an hour into it.
 
-Here: the roles (`StudyTracker`, `TrackedRun`, `Epoch`), the start-up check and the study's
-`Tracker`. The store's URI and the retried call: autoall/tracking_store.py; a trial's run and
-the trackers that log nothing: autoall/tracking_run.py.
+Here: the start-up check and the study's `Tracker`. The roles it plays (`StudyTracker`,
+`TrackedRun`, `Epoch`): autoall/tracking_roles.py; the store's URI and the retried call:
+autoall/tracking_store.py; a trial's run and the trackers that log nothing:
+autoall/tracking_run.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from autoall.errors import UserError
@@ -43,8 +44,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
+    from autoall.tracking_roles import StudyTracker, TrackedRun
     from autoall.tracking_run import NullRun, NullTracker
-    from autoall.train import RunResult
 
 _HEALTH_TIMEOUT = 5.0  # seconds for GET /health at start
 _SETTLE_SECONDS = 0.5  # longer than one create_run takes: lets a concurrent parent show up
@@ -56,91 +57,6 @@ _HTTP_DEFAULTS = {
 }
 
 log = logging.getLogger("autoall.tracking")
-
-
-class Epoch(Protocol):
-    """An epoch's figures: `autoall.train.EpochStats`, or an `EpochPoint`."""
-
-    @property
-    def epoch(self) -> int: ...
-
-    def metrics(self) -> dict[str, float]: ...
-
-
-class TrackedRun(Protocol):
-    """A trial's run as the objective logs to it: `TrialRun` (MLflow directly), `WriterRun`
-    (through the writer process, autoall/tracking_writer.py) or `NullRun` (--no-tracking)."""
-
-    @property
-    def run_id(self) -> str: ...  # "" until the run exists (the writer creates it later)
-
-    @property
-    def lost(self) -> list[str]: ...  # logging calls that failed after their retries
-
-    def log_epoch(self, stats: Epoch) -> None: ...
-
-    def finish(
-        self,
-        state: str,
-        *,
-        result: RunResult | None = None,
-        reason: str | None = None,
-        epoch: int | None = None,
-    ) -> None: ...
-
-
-class StudyTracker(Protocol):
-    """What a study's workers log through: `Tracker` (MLflow directly), `TrackingWriter` (a
-    writer process) or `NullTracker` (--no-tracking). Parent runs are named by the id this
-    returns from `parent_run`."""
-
-    def parent_run(
-        self, *, study_name: str, arch: str, params: dict[str, Any], tags: dict[str, str]
-    ) -> str: ...
-
-    def start_trial(
-        self,
-        *,
-        parent_id: str,
-        trial_number: int,
-        params: dict[str, Any],
-        tags: dict[str, str],
-        config_yaml: str,
-        run_name: str | None = None,
-        system_metrics: bool = False,
-    ) -> TrackedRun: ...
-
-    def update_parent(
-        self,
-        parent_id: str,
-        *,
-        best_value: float | None,
-        n_complete: int,
-        n_pruned: int,
-        n_failed: int,
-        step: int,
-        best_trial: int | None = None,
-        best_params: Mapping[str, Any] | None = None,
-    ) -> None: ...
-
-    def log_parent_text(self, parent_id: str, text: str, artifact_file: str) -> None: ...
-
-    def log_model(
-        self, run_id: str, model: Any, *, example: Any, num_classes: int, tags: dict[str, str]
-    ) -> str | None: ...
-
-    def finish_parent(self, parent_id: str) -> None: ...
-
-    def fail_run(self, run_id: str, reason: str) -> None: ...
-
-    def find_trial_run(self, parent_id: str, trial_number: int) -> str | None: ...
-
-    @property
-    def lost(self) -> list[str]: ...  # parent-run bookkeeping that failed after its retries
-
-    def check(self) -> None: ...  # raises TrackingError once the store is known to be lost
-
-    def close(self) -> None: ...
 
 
 class TrackingError(UserError, RuntimeError):

@@ -24,7 +24,7 @@ from autoall.tracking_store import (
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from autoall.tracking import Epoch
+    from autoall.tracking_roles import Epoch
     from autoall.train import RunResult
 
 TRIAL_STATES: tuple[str, ...] = ("COMPLETE", "PRUNED", "FAIL")

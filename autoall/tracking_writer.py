@@ -37,14 +37,15 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from autoall.tracking import Epoch, TrackingError, check_server
+from autoall.tracking import TrackingError, check_server
 from autoall.tracking_child import _Child, _receive, _send
+from autoall.tracking_roles import Epoch
 from autoall.tracking_run import TRIAL_STATES, EpochPoint, final_metrics
 from autoall.tracking_store import client_uri, quiet_mlflow, resolve_tracking_uri
 from autoall.urls import install_log_masking
 
 if TYPE_CHECKING:
-    from autoall.tracking import StudyTracker, TrackedRun
+    from autoall.tracking_roles import StudyTracker, TrackedRun
     from autoall.train import RunResult
 
 log = logging.getLogger("autoall.tracking")

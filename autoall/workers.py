@@ -38,11 +38,12 @@ from autoall.study import (
     make_sampler,
     search_space_summary,
 )
-from autoall.tracking import StudyTracker, check_server, mask_secrets
+from autoall.tracking import check_server
+from autoall.tracking_roles import StudyTracker
 from autoall.tracking_run import NullTracker
 from autoall.tracking_store import resolve_tracking_uri
 from autoall.tracking_writer import TrackingWriter
-from autoall.urls import install_log_masking
+from autoall.urls import install_log_masking, mask_secrets
 
 
 def default_n_jobs(trials_per_gpu: int = 1) -> int:
