@@ -2,12 +2,12 @@
 
 `objective` trains one model with the trial's knobs (autoall/plan.py) and reports validation
 accuracy every epoch; `TrialRun` holds what a trial owns (its plan, its MLflow run, its retry
-links and checkpoint) and decides its end (`TrialRun.conclude`): COMPLETE with its value,
-PRUNED (the pruner, or a non-finite loss), or FAIL with the reason in the user attribute
-`fail_reason`, queued again when the GPU ran out of memory. A fresh trial that turns out beyond
-the study's target (a retry took its place) fails as surplus. A single trial and a cohort's
-members (autoall/study_cohort.py) both go through `TrialRun`. The objective never sees the test
-split.
+links and checkpoint) and decides its end (`TrialRun.conclude`, through one failure table,
+`_ending`): COMPLETE with its value, PRUNED (the pruner, or a non-finite loss), or FAIL with the
+reason in the user attribute `fail_reason`, queued again when the GPU ran out of memory. A fresh
+trial that turns out beyond the study's target (a retry took its place) fails as surplus. A
+single trial and a cohort's members (autoall/study_cohort.py) both go through `TrialRun`. The
+objective never sees the test split.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,46 +179,31 @@ class TrialRun:
         _finish(self.ctx, self.run, self.trial, state, self.checkpoint, **kw)
         _link_run(self.trial, self.run, linked=self.linked)
 
+    def _requeue(self) -> None:
+        """The same knobs queued again (at most _MAX_OOM_RETRIES times), GPU memory freed."""
+        oom_retries = int(self.frozen.user_attrs.get("oom_retries", 0))
+        if oom_retries < _MAX_OOM_RETRIES:
+            self.trial.study.enqueue_trial(
+                self.params,
+                user_attrs={"retry_of": self.trial.number, "oom_retries": oom_retries + 1},
+            )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def conclude(self, outcome: RunResult | BaseException) -> float | tuple[float, float]:
         """The trial's end from its training's outcome: its run finished, the value returned,
         or what Optuna must see raised (TrialPruned; the error that failed it)."""
         trial, finish = self.trial, self._finish
         if isinstance(outcome, BaseException):
-            try:
-                raise outcome
-            except optuna.TrialPruned:
-                trial.set_user_attr("pruned_epoch", self.last_epoch)
-                finish("PRUNED", epoch=self.last_epoch, reason=f"pruner at epoch {self.last_epoch}")
-                raise
-            except NonFiniteLossError as exc:
-                trial.set_user_attr("pruned_reason", str(exc))
-                trial.set_user_attr("pruned_epoch", exc.epoch)
-                finish("PRUNED", epoch=exc.epoch, reason=str(exc))
-                if self.multi:  # Optuna cannot prune a multi-objective trial: it fails
-                    trial.set_user_attr("fail_reason", str(exc))
-                    raise
-                raise optuna.TrialPruned(str(exc)) from None
-            except TrainingOOMError as exc:  # not the knobs' fault: rerun the same knobs later
-                trial.set_user_attr("fail_reason", str(exc))
-                finish("FAIL", reason=str(exc))
-                oom_retries = int(self.frozen.user_attrs.get("oom_retries", 0))
-                if oom_retries < _MAX_OOM_RETRIES:
-                    trial.study.enqueue_trial(
-                        self.params,
-                        user_attrs={"retry_of": trial.number, "oom_retries": oom_retries + 1},
-                    )
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise
-            except BaseException as exc:  # KeyboardInterrupt included: never left RUNNING
-                reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc)
-                if isinstance(exc, _SurplusTrial):
-                    reason = str(exc)
-                elif isinstance(exc, Exception):
-                    reason = _failure_reason(exc)
-                trial.set_user_attr("fail_reason", mask_secrets(reason)[:500])
-                finish("FAIL", reason=reason)
-                raise
+            end = _ending(outcome, last_epoch=self.last_epoch, multi=self.multi)
+            for key, value in end.attrs.items():
+                trial.set_user_attr(key, value)
+            finish(end.state, reason=end.reason, epoch=end.epoch)
+            if end.requeue:
+                self._requeue()
+            if end.raises is not None:
+                raise end.raises from None
+            raise outcome
         result = outcome
         if result.extra.get("resumed_from_epoch"):
             trial.set_user_attr("resumed_from_epoch", result.extra["resumed_from_epoch"])
@@ -235,6 +220,49 @@ class TrialRun:
             else result.median_epoch_seconds
         )
         return result.final_val_acc, second
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a trial ends when its training raised: one row of the failure table."""
+
+    state: str  # its MLflow run's end: PRUNED or FAIL
+    reason: str
+    attrs: dict[str, Any]  # the user attributes the trial keeps: fail_reason, pruned_*
+    epoch: int | None = None  # the epoch it stopped after (pruned)
+    requeue: bool = False  # not the knobs' fault (out of memory): the same knobs queued again
+    raises: BaseException | None = None  # what Optuna sees instead (None: the exception itself)
+
+
+def _ending(exc: BaseException, *, last_epoch: int, multi: bool) -> _Ending:
+    """The failure table: from what a trial's training raised to (state, reason, requeue).
+
+    | raised | run | Optuna | requeue |
+    | TrialPruned (the pruner) | PRUNED | PRUNED | no |
+    | NonFiniteLossError | PRUNED | PRUNED (FAIL if multi-objective: Optuna cannot prune it) | no |
+    | TrainingOOMError | FAIL | FAIL | yes |
+    | anything else, Ctrl-C and surplus included | FAIL | FAIL (never left RUNNING) | no |
+    """
+    if isinstance(exc, optuna.TrialPruned):
+        reason = f"pruner at epoch {last_epoch}"
+        return _Ending("PRUNED", reason, {"pruned_epoch": last_epoch}, epoch=last_epoch)
+    if isinstance(exc, NonFiniteLossError):
+        attrs: dict[str, Any] = {"pruned_reason": str(exc), "pruned_epoch": exc.epoch}
+        if multi:
+            return _Ending("PRUNED", str(exc), {**attrs, "fail_reason": str(exc)}, epoch=exc.epoch)
+        pruned = optuna.TrialPruned(str(exc))
+        return _Ending("PRUNED", str(exc), attrs, epoch=exc.epoch, raises=pruned)
+    if isinstance(exc, TrainingOOMError):
+        return _Ending("FAIL", str(exc), {"fail_reason": str(exc)}, requeue=True)
+    if isinstance(exc, KeyboardInterrupt):
+        reason = "interrupted (Ctrl-C)"
+    elif isinstance(exc, _SurplusTrial):
+        reason = str(exc)
+    elif isinstance(exc, Exception):
+        reason = _failure_reason(exc)
+    else:
+        reason = repr(exc)
+    return _Ending("FAIL", reason, {"fail_reason": mask_secrets(reason)[:500]})
 
 
 def _beats_the_best(study: optuna.Study, value: float) -> bool:
