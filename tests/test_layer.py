@@ -37,6 +37,18 @@ def _fixed_layer(
     return layer.train()
 
 
+def _dead_input(
+    layer: AutoLearningLayer, shape: tuple[int, ...], *, zero_bias: bool = False
+) -> torch.Tensor:
+    """Inputs of -10 that give every code 0: down weights made positive (bias 0 if `zero_bias`)."""
+    dead = torch.full(shape, -10.0, requires_grad=True)
+    with torch.no_grad():
+        layer.down.weight.abs_()
+        if zero_bias:
+            layer.down.bias.zero_()
+    return dead
+
+
 def _hand_codes(activation: str) -> list[list[float]]:
     """a[b][j] = act(sum_i W[j][i] x[b][i] + b[j]) with explicit loops."""
 
@@ -133,9 +145,7 @@ def test_reconstruction_target_is_detached() -> None:
     assert not torch.allclose(grad, with_target)
 
     # With every pre-activation negative the code is 0, so only the target could carry gradient.
-    dead = torch.full((2, 3), -10.0, requires_grad=True)
-    with torch.no_grad():
-        layer.down.weight.abs_()
+    dead = _dead_input(layer, (2, 3))
     layer(dead)
     assert layer.aux_value is not None and layer.aux_value.item() > 0
     (dead_grad,) = torch.autograd.grad(layer.aux_value, dead)
@@ -425,10 +435,7 @@ def test_channel_all_reconstruction_target_is_detached_and_all_parameters_get_gr
     for name, param in layer.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
-    dead = torch.full((2, 4, 3, 3), -10.0, requires_grad=True)
-    with torch.no_grad():
-        layer.down.weight.abs_()
-        layer.down.bias.zero_()
+    dead = _dead_input(layer, (2, 4, 3, 3), zero_bias=True)
     layer(dead)
     assert layer.aux_value is not None and layer.aux_value.item() > 0
     (grad,) = torch.autograd.grad(layer.aux_value, dead)
