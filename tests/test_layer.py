@@ -26,9 +26,16 @@ RECON_BIAS = [0.5, 0.0, -0.5]
 
 
 def _fixed_layer(
-    aux_loss: str, *, aux_weight: float = 0.1, activation: str = "relu"
+    aux_loss: str, *, aux_weight: float = 0.1, activation: str = "relu", channel_dim: int = -1
 ) -> AutoLearningLayer:
-    layer = AutoLearningLayer(3, 2, aux_loss=aux_loss, aux_weight=aux_weight, activation=activation)
+    layer = AutoLearningLayer(
+        3,
+        2,
+        aux_loss=aux_loss,
+        aux_weight=aux_weight,
+        activation=activation,
+        channel_dim=channel_dim,
+    )
     with torch.no_grad():
         layer.down.weight.copy_(torch.tensor(W_DOWN))
         layer.down.bias.copy_(torch.tensor(B_DOWN))
@@ -329,13 +336,8 @@ def _map() -> torch.Tensor:
 
 
 def _fixed_map_layer(aux_loss: str) -> AutoLearningLayer:
-    layer = AutoLearningLayer(3, 2, aux_loss=aux_loss, channel_dim=1)
-    with torch.no_grad():
-        layer.down.weight.copy_(torch.tensor(W_DOWN))
-        layer.down.bias.copy_(torch.tensor(B_DOWN))
-        if aux_loss == "reconstruction":
-            layer.recon_bias.copy_(torch.tensor(RECON_BIAS))
-    return layer.train()
+    """_fixed_layer on the channels of (B, C, H, W) maps."""
+    return _fixed_layer(aux_loss, channel_dim=1)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
