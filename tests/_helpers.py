@@ -1,8 +1,10 @@
 """Set-up shared by several test files that is not a fixture: trial counts, study files that
-diverge or prune, patches that lose a stored end or make vmap fail."""
+diverge or prune, patches that lose a stored end or make vmap fail, the chromium binary."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,15 @@ def make_vmap_unbatchable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(autoall.cohort_loop.CohortLoop, "_member_loss", unbatchable)
     monkeypatch.setattr(autoall.cohort, "_cannot_batch", {})
     monkeypatch.setattr(autoall.cohort, "_said", set())
+
+
+def chromium() -> str:
+    """The chromium binary; a failure on CI without one, else a skip."""
+    found = shutil.which("chromium") or (
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+    )
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing; `make test` installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
+    return found
