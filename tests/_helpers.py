@@ -1,10 +1,12 @@
 """Set-up shared by several test files that is not a fixture: trial counts, study files that
-diverge or prune, patches that lose a stored end or make vmap fail, the chromium binary."""
+diverge or prune, patches that lose a stored end or make vmap fail, workers started at once,
+the chromium binary."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,27 @@ def make_vmap_unbatchable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(autoall.cohort_loop.CohortLoop, "_member_loss", unbatchable)
     monkeypatch.setattr(autoall.cohort, "_cannot_batch", {})
     monkeypatch.setattr(autoall.cohort, "_said", set())
+
+
+# Imports everything, then waits for the go file: the processes reach the study within
+# milliseconds of each other, as workers started by one `srun` or an ssh loop do.
+_AT_ONCE = """
+import pathlib, sys, time
+import {imports}
+import autoall.cli, autoall.study, autoall.workers
+go = pathlib.Path(sys.argv[1])
+pathlib.Path(f"{{go}}.{{sys.argv[2]}}").touch()
+while not go.exists():
+    time.sleep(0.002)
+sys.argv = ["autoall", *sys.argv[3:]]
+autoall.cli.main()
+"""
+
+
+def at_once(go: Path, index: int, imports: str = "optuna, torch") -> list[str]:
+    """A Python command that imports `imports`, touches go.INDEX, waits for `go`, then runs
+    `autoall ARGS` (its ARGS follow)."""
+    return [sys.executable, "-c", _AT_ONCE.format(imports=imports), str(go), str(index)]
 
 
 def chromium() -> str:
