@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,6 +88,14 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def study_file(workdir: Path) -> Path:
     return write_study(workdir / "study.yaml")
+
+
+@pytest.fixture
+def tracked(workdir: Path, empty_store: Path) -> Path:
+    """The test's working directory with the default store, ./mlruns/mlflow.db, in place."""
+    (workdir / "mlruns").mkdir()
+    shutil.copyfile(empty_store, workdir / "mlruns" / "mlflow.db")
+    return workdir
 
 
 def free_port() -> int:

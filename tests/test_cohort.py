@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 import torch
+from _helpers import make_vmap_unbatchable
 
-import autoall.cohort
-import autoall.cohort_loop
 from autoall.baselines import baseline
 from autoall.cohort import cohort_blocker, fit_cohort, group_plans
 from autoall.data import DeviceData, load_data
@@ -219,12 +218,7 @@ def test_checkpoints_move_between_a_cohort_and_train(digits: DeviceData, tmp_pat
 def test_what_vmap_cannot_batch_trains_one_by_one_with_one_line(
     digits: DeviceData, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def unbatchable(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Batching rule not implemented for aten::something")
-
-    monkeypatch.setattr(autoall.cohort_loop.CohortLoop, "_member_loss", unbatchable)
-    monkeypatch.setattr(autoall.cohort, "_cannot_batch", {})
-    monkeypatch.setattr(autoall.cohort, "_said", set())
+    make_vmap_unbatchable(monkeypatch)
     plans = [RunPlan("mlp", _cfg(seed=s, epochs=2)) for s in (0, 1)]
     with caplog.at_level(logging.WARNING, logger="autoall.cohort"):
         outcomes = fit_cohort(plans, digits)

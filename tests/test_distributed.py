@@ -23,6 +23,8 @@ from typing import Any
 
 import optuna
 import pytest
+from _helpers import at_once
+from _helpers import trial_states as _states
 from click.testing import CliRunner
 from conftest import PostgresCluster, write_study
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -121,16 +123,6 @@ def fleet(workdir: Path, postgres_db: str, postgres: PostgresCluster) -> Iterato
         assert postgres.password not in w.output(), f"{w.log.name} shows the password"
 
 
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite store with its tables made once (the migrations take seconds)."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 def _tracking_store(workdir: Path, template: Path) -> str:
     """A copy of the template store in `workdir`, as an absolute URI every process shares."""
     (workdir / "mlruns").mkdir()
@@ -145,13 +137,6 @@ def _storage(url: str) -> RDBStorage:
 
 def _trials(storage: RDBStorage) -> list[FrozenTrial]:
     return optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
-
-
-def _states(trials: list[FrozenTrial]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in trials:
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
 
 
 def _done(trials: list[FrozenTrial]) -> int:
@@ -271,13 +256,13 @@ def _create(study_file: Path, url: str) -> None:
 
 @pytest.mark.slow
 def test_three_workers_meet_the_target_exactly_with_one_mlflow_parent(
-    fleet: Fleet, workdir: Path, postgres: PostgresCluster, mlflow_template: Path
+    fleet: Fleet, workdir: Path, postgres: PostgresCluster, empty_store: Path
 ) -> None:
     """(a) 3 processes, 12 trials, one MLflow store: one parent, 12 finished children."""
     from mlflow import MlflowClient
 
     path = write_study(workdir / "s.yaml", n_trials=12, train={"epochs": 3})
-    tracking = _tracking_store(workdir, mlflow_template)
+    tracking = _tracking_store(workdir, empty_store)
     _create(path, fleet.url)
     workers = [fleet.start(path, "--tracking-uri", tracking) for _ in range(3)]
     assert fleet.wait(workers) == [0, 0, 0], fleet.logs()
@@ -311,14 +296,14 @@ def test_three_workers_meet_the_target_exactly_with_one_mlflow_parent(
 
 @pytest.mark.slow
 def test_a_killed_worker_s_trial_fails_by_heartbeat_and_resumes_from_its_checkpoint(
-    fleet: Fleet, workdir: Path, mlflow_template: Path
+    fleet: Fleet, workdir: Path, empty_store: Path
 ) -> None:
     """(b) SIGKILL one of 3 workers mid-trial; another worker retries it from its checkpoint."""
     from mlflow import MlflowClient
 
     epochs = 12
     path = write_study(workdir / "s.yaml", n_trials=6, train={"epochs": epochs})
-    tracking = _tracking_store(workdir, mlflow_template)
+    tracking = _tracking_store(workdir, empty_store)
     _create(path, fleet.url)
     workers = [fleet.start(path, "--tracking-uri", tracking) for _ in range(3)]
     storage = _storage(fleet.url)
@@ -447,6 +432,34 @@ def test_killing_every_worker_and_starting_again_keeps_the_finished_trials(
     assert {t.user_attrs["worker_pid"] for t in new} <= {w.pid for w in second}
 
 
+def _restart_postgres_mid_study(
+    fleet: Fleet,
+    postgres: PostgresCluster,
+    path: Path,
+    *,
+    workers: int,
+    finished: int,
+    what: str,
+    max_epochs: float = math.inf,
+) -> tuple[list[Worker], RDBStorage]:
+    """Creates the study and starts `workers` workers; once `finished` trials are done and one
+    runs with 2 to `max_epochs` epochs, restarts PostgreSQL (2 s down)."""
+    _create(path, fleet.url)
+    started = [fleet.start(path, "--no-tracking") for _ in range(workers)]
+    storage = _storage(fleet.url)
+    pids = {w.pid for w in started}
+    _wait_for(
+        storage,
+        lambda trials: (
+            _done(trials) >= finished and _running(2, pids, max_epochs=max_epochs)(trials)
+        ),
+        fleet=fleet,
+        what=what,
+    )
+    postgres.restart(down_seconds=2.0)
+    return started, storage
+
+
 @pytest.mark.slow
 def test_a_database_restart_mid_study_is_survived(
     fleet: Fleet, workdir: Path, postgres: PostgresCluster
@@ -458,16 +471,9 @@ def test_a_database_restart_mid_study_is_survived(
     the documented recovery.
     """
     path = write_study(workdir / "s.yaml", n_trials=6, train={"epochs": 8})
-    _create(path, fleet.url)
-    workers = [fleet.start(path, "--no-tracking") for _ in range(3)]
-    storage = _storage(fleet.url)
-    _wait_for(
-        storage,
-        lambda trials: _done(trials) >= 2 and _running(2, {w.pid for w in workers})(trials),
-        fleet=fleet,
-        what="2 finished trials and one running",
+    workers, storage = _restart_postgres_mid_study(
+        fleet, postgres, path, workers=3, finished=2, what="2 finished trials and one running"
     )
-    postgres.restart(down_seconds=2.0)
     codes = fleet.wait(workers)
     if any(codes):
         print(f"exit codes after the restart: {codes}; rerunning once")
@@ -494,16 +500,9 @@ def test_workers_ride_out_a_database_restart_without_exiting(
 ) -> None:
     """(d) as users want it: no worker exits; a trial cut short is rerun, the target exact."""
     path = write_study(workdir / "s.yaml", n_trials=4, train={"epochs": 8})
-    _create(path, fleet.url)
-    workers = [fleet.start(path, "--no-tracking") for _ in range(2)]
-    storage = _storage(fleet.url)
-    _wait_for(
-        storage,
-        lambda trials: _done(trials) >= 1 and _running(2, {w.pid for w in workers})(trials),
-        fleet=fleet,
-        what="a finished trial and one running",
+    workers, storage = _restart_postgres_mid_study(
+        fleet, postgres, path, workers=2, finished=1, what="a finished trial and one running"
     )
-    postgres.restart(down_seconds=2.0)
     assert fleet.wait(workers) == [0, 0], fleet.logs()
     _assert_exact(_trials(storage), 4)
 
@@ -521,17 +520,15 @@ def test_a_short_database_restart_fails_no_live_trial(
         train={"epochs": 20},
         heartbeat={"interval": 1, "grace_period": 15, "max_retry": 2},
     )
-    _create(path, fleet.url)
-    workers = [fleet.start(path, "--no-tracking") for _ in range(2)]
-    storage = _storage(fleet.url)
-    pids = {w.pid for w in workers}
-    _wait_for(
-        storage,
-        lambda trials: _done(trials) >= 1 and _running(2, pids, max_epochs=15)(trials),
-        fleet=fleet,
+    workers, storage = _restart_postgres_mid_study(
+        fleet,
+        postgres,
+        path,
+        workers=2,
+        finished=1,
         what="a finished trial and one mid-training",
+        max_epochs=15,
     )
-    postgres.restart(down_seconds=2.0)
     assert fleet.wait(workers) == [0, 0], fleet.logs()
     trials = _trials(storage)
     assert _states(trials) == {"COMPLETE": 4}, (_states(trials), fleet.logs())  # no FAIL at all
@@ -665,21 +662,6 @@ def test_a_plain_postgresql_url_works_with_psycopg2(
     assert _states(_trials(_storage(postgres_db))) == {"COMPLETE": 1}
 
 
-# Imports everything first, then waits for the go file: both processes then reach the empty
-# database within milliseconds of each other, as workers started by one `srun` do.
-_AT_ONCE = """
-import pathlib, sys, time
-import optuna, psycopg2, sqlalchemy, torch
-import autoall.cli, autoall.study, autoall.workers
-go = pathlib.Path(sys.argv[1])
-pathlib.Path(f"{go}.{sys.argv[2]}").touch()
-while not go.exists():
-    time.sleep(0.002)
-sys.argv = ["autoall", *sys.argv[3:]]
-autoall.cli.main()
-"""
-
-
 @pytest.mark.slow
 def test_two_workers_started_at_once_on_an_empty_database_both_succeed(
     fleet: Fleet, workdir: Path
@@ -687,10 +669,8 @@ def test_two_workers_started_at_once_on_an_empty_database_both_succeed(
     """No `autoall study create`: both make the schema and the study at the same moment."""
     path = write_study(workdir / "s.yaml", n_trials=4, train={"epochs": 2})
     go = workdir / "go"
-    workers = [
-        fleet.start(path, "--no-tracking", prefix=[sys.executable, "-c", _AT_ONCE, str(go), str(i)])
-        for i in range(2)
-    ]
+    preload = "optuna, psycopg2, sqlalchemy, torch"  # then both reach the empty database at once
+    workers = [fleet.start(path, "--no-tracking", prefix=at_once(go, i, preload)) for i in range(2)]
     deadline = time.monotonic() + 120
     while not all(Path(f"{go}.{i}").exists() for i in range(2)):
         assert time.monotonic() < deadline, fleet.logs()

@@ -26,15 +26,34 @@ RECON_BIAS = [0.5, 0.0, -0.5]
 
 
 def _fixed_layer(
-    aux_loss: str, *, aux_weight: float = 0.1, activation: str = "relu"
+    aux_loss: str, *, aux_weight: float = 0.1, activation: str = "relu", channel_dim: int = -1
 ) -> AutoLearningLayer:
-    layer = AutoLearningLayer(3, 2, aux_loss=aux_loss, aux_weight=aux_weight, activation=activation)
+    layer = AutoLearningLayer(
+        3,
+        2,
+        aux_loss=aux_loss,
+        aux_weight=aux_weight,
+        activation=activation,
+        channel_dim=channel_dim,
+    )
     with torch.no_grad():
         layer.down.weight.copy_(torch.tensor(W_DOWN))
         layer.down.bias.copy_(torch.tensor(B_DOWN))
         if aux_loss == "reconstruction":
             layer.recon_bias.copy_(torch.tensor(RECON_BIAS))
     return layer.train()
+
+
+def _dead_input(
+    layer: AutoLearningLayer, shape: tuple[int, ...], *, zero_bias: bool = False
+) -> torch.Tensor:
+    """Inputs of -10 that give every code 0: down weights made positive (bias 0 if `zero_bias`)."""
+    dead = torch.full(shape, -10.0, requires_grad=True)
+    with torch.no_grad():
+        layer.down.weight.abs_()
+        if zero_bias:
+            layer.down.bias.zero_()
+    return dead
 
 
 def _hand_codes(activation: str) -> list[list[float]]:
@@ -133,9 +152,7 @@ def test_reconstruction_target_is_detached() -> None:
     assert not torch.allclose(grad, with_target)
 
     # With every pre-activation negative the code is 0, so only the target could carry gradient.
-    dead = torch.full((2, 3), -10.0, requires_grad=True)
-    with torch.no_grad():
-        layer.down.weight.abs_()
+    dead = _dead_input(layer, (2, 3))
     layer(dead)
     assert layer.aux_value is not None and layer.aux_value.item() > 0
     (dead_grad,) = torch.autograd.grad(layer.aux_value, dead)
@@ -319,13 +336,8 @@ def _map() -> torch.Tensor:
 
 
 def _fixed_map_layer(aux_loss: str) -> AutoLearningLayer:
-    layer = AutoLearningLayer(3, 2, aux_loss=aux_loss, channel_dim=1)
-    with torch.no_grad():
-        layer.down.weight.copy_(torch.tensor(W_DOWN))
-        layer.down.bias.copy_(torch.tensor(B_DOWN))
-        if aux_loss == "reconstruction":
-            layer.recon_bias.copy_(torch.tensor(RECON_BIAS))
-    return layer.train()
+    """_fixed_layer on the channels of (B, C, H, W) maps."""
+    return _fixed_layer(aux_loss, channel_dim=1)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -425,10 +437,7 @@ def test_channel_all_reconstruction_target_is_detached_and_all_parameters_get_gr
     for name, param in layer.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
 
-    dead = torch.full((2, 4, 3, 3), -10.0, requires_grad=True)
-    with torch.no_grad():
-        layer.down.weight.abs_()
-        layer.down.bias.zero_()
+    dead = _dead_input(layer, (2, 4, 3, 3), zero_bias=True)
     layer(dead)
     assert layer.aux_value is not None and layer.aux_value.item() > 0
     (grad,) = torch.autograd.grad(layer.aux_value, dead)

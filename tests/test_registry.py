@@ -30,6 +30,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from _helpers import chromium
 from click.testing import CliRunner
 from conftest import free_port, write_study
 from mlflow import MlflowClient
@@ -267,17 +268,6 @@ def test_importing_autoall_loads_neither_torch_nor_mlflow() -> None:
 # -- the MLflow UI in a real browser ---------------------------------------------------------
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-    )
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing; `make test` installs it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
-    return found
-
-
 def _browse(url: str, profile: Path, *, screenshot: Path) -> str:
     """The DOM of `url` after MLflow's single-page app has rendered (20 s of virtual time),
     and a screenshot of it."""
@@ -287,10 +277,10 @@ def _browse(url: str, profile: Path, *, screenshot: Path) -> str:
         f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
     ]  # fmt: skip
     dom = subprocess.run(
-        [_chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=300
+        [chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=300
     ).stdout
     subprocess.run(
-        [_chromium(), *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=300
+        [chromium(), *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=300
     )
     return dom
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import os
 import re
 import shutil
 import sqlite3
@@ -23,6 +22,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from _helpers import chromium
 from click.testing import CliRunner
 from conftest import write_study
 from mlflow import MlflowClient
@@ -397,17 +397,6 @@ def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
     ]
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-    )
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is missing; `make test` installs it (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
-    return found
-
-
 _PROBE = (
     '<script>window.addEventListener("load", () => { document.title = "W:" + '
     'Array.from(document.images, i => i.naturalWidth).join(","); });</script>'
@@ -426,7 +415,7 @@ def test_report_html_opens_in_chromium_with_every_image_loaded(
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", _PROBE + "</body>"))
     command = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
         "--no-first-run", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri(),
     ]  # fmt: skip

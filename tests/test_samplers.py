@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from _helpers import at_once
 from conftest import write_study
 
 from autoall.config import load_study_file
@@ -89,21 +89,6 @@ def test_grid_workers_and_later_restarts_take_different_points(workdir: Path) ->
     assert len(set(first + restarted)) == 8  # of the 12 grid points, none twice
 
 
-# Imports everything, then waits for the go file: the processes reach the study within
-# milliseconds of each other, as workers started by one `srun` or an ssh loop do.
-_AT_ONCE = """
-import pathlib, sys, time
-import optuna, torch
-import autoall.cli, autoall.study, autoall.workers
-go = pathlib.Path(sys.argv[1])
-pathlib.Path(f"{go}.{sys.argv[2]}").touch()
-while not go.exists():
-    time.sleep(0.002)
-sys.argv = ["autoall", *sys.argv[3:]]
-autoall.cli.main()
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [2, 4])
 def test_study_runs_started_at_once_never_repeat_a_configuration(workdir: Path, n: int) -> None:
@@ -113,7 +98,7 @@ def test_study_runs_started_at_once_never_repeat_a_configuration(workdir: Path, 
     command = ["study", "run", str(path), "--no-tracking", "--checkpoint-every", "0"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _AT_ONCE, str(go), str(i), *command],
+            [*at_once(go, i), *command],  # the processes reach the study within milliseconds
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -11,6 +11,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _helpers import (
+    finished_and_running,
+    lose_first_complete,
+    write_diverging_study,
+    write_pruning_study,
+)
+from _helpers import trial_states as _states
 from click.testing import CliRunner
 from conftest import write_study
 from optuna.trial import TrialState
@@ -26,13 +33,6 @@ STORAGE = "sqlite:///autoall.db"
 
 def _trials(name: str = "t/mlp", storage: str = STORAGE) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-
-
-def _states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in trials:
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
 
 
 def _run(*args: str) -> tuple[int, str]:
@@ -125,12 +125,7 @@ def test_the_test_split_is_never_evaluated(
 
 
 def test_a_diverging_study_records_pruned_trials_with_the_reason(workdir: Path) -> None:
-    path = write_study(
-        workdir / "diverge.yaml",
-        train={"epochs": 3, "optimizer": "sgd", "warmup_epochs": 0},
-        search={"all_lr": {"type": "float", "low": 1e4, "high": 1e5, "log": True}},
-        n_trials=3,
-    )
+    path = write_diverging_study(workdir, n_trials=3)
     code, out = _run(str(path))
     assert code == 0, out
     trials = _trials()
@@ -141,14 +136,7 @@ def test_a_diverging_study_records_pruned_trials_with_the_reason(workdir: Path) 
 
 
 def test_median_pruner_prunes_and_pruned_trials_count_toward_the_target(workdir: Path) -> None:
-    path = write_study(
-        workdir / "prune.yaml",
-        train={"epochs": 6, "warmup_epochs": 0},
-        search={"all_lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}},
-        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
-        sampler={"name": "random", "seed": 3},
-        n_trials=8,
-    )
+    path = write_pruning_study(workdir)
     assert _run(str(path))[0] == 0
     states = _states(_trials())
     assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 8
@@ -169,12 +157,7 @@ def _wait_for_done(
         assert proc.poll() is None, f"the worker exited ({proc.returncode}) before {n} trials"
         try:
             trials = _trials()
-            done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-            running = [
-                t
-                for t in trials
-                if t.state == TrialState.RUNNING and len(t.intermediate_values) >= running_epochs
-            ]
+            done, running = finished_and_running(trials, running_epochs)
             if len(done) >= n and running:
                 return
             progress = sum(len(t.intermediate_values) for t in trials) + len(trials)
@@ -256,16 +239,7 @@ def test_a_trial_whose_end_was_not_stored_keeps_its_checkpoint_for_the_retry(
     """The database is lost at Optuna's `tell` (as for a worker killed just before it): the
     trial stays RUNNING, and its checkpoint stays until the heartbeat's retry resumes it."""
     path = write_study(workdir / "s.yaml", train={"epochs": 3}, n_trials=1)
-    store = optuna.storages.RDBStorage.set_trial_state_values
-    lost: list[int] = []
-
-    def lost_once(self: object, trial_id: int, state: TrialState, values: object = None) -> bool:
-        if state == TrialState.COMPLETE and not lost:
-            lost.append(trial_id)
-            raise optuna.exceptions.StorageInternalError("connection lost")
-        return store(self, trial_id, state, values)
-
-    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", lost_once)
+    lost = lose_first_complete(monkeypatch)
     code, out = _run(str(path), "--checkpoint-every", "0")
     assert code == 0, out
     assert len(lost) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +16,19 @@ from typing import Any
 import optuna
 import pytest
 import torch
+from _helpers import (
+    finished_and_running,
+    lose_first_complete,
+    make_vmap_unbatchable,
+    write_diverging_study,
+    write_pruning_study,
+)
+from _helpers import trial_states as _states
 from click.testing import CliRunner
 from conftest import write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-import autoall.cohort
 import autoall.cohort_loop
 import autoall.objective
 import autoall.study
@@ -44,13 +50,6 @@ def _one_thread() -> Any:
 
 def _trials(name: str = "t/mlp") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=STORAGE).get_trials(deepcopy=False)
-
-
-def _states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in trials:
-        out[t.state.name] = out.get(t.state.name, 0) + 1
-    return out
 
 
 def _run(*args: str, tracking: bool = False) -> tuple[int, str]:
@@ -93,12 +92,7 @@ def test_each_member_is_told_the_result_it_has_alone_and_the_target_is_exact(
 def test_what_vmap_cannot_batch_falls_back_to_single_trials_with_one_line(
     study_file: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def unbatchable(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Batching rule not implemented for aten::something")
-
-    monkeypatch.setattr(autoall.cohort_loop.CohortLoop, "_member_loss", unbatchable)
-    monkeypatch.setattr(autoall.cohort, "_cannot_batch", {})
-    monkeypatch.setattr(autoall.cohort, "_said", set())
+    make_vmap_unbatchable(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="autoall.cohort"):
         code, out = _run(str(study_file), "--cohort", "3")
     assert code == 0, out
@@ -110,12 +104,7 @@ def test_what_vmap_cannot_batch_falls_back_to_single_trials_with_one_line(
 
 
 def test_diverging_and_pruned_members_end_alone_and_count(workdir: Path) -> None:
-    path = write_study(
-        workdir / "diverge.yaml",
-        train={"epochs": 3, "optimizer": "sgd", "warmup_epochs": 0},
-        search={"all_lr": {"type": "float", "low": 1e4, "high": 1e5, "log": True}},
-        n_trials=3,
-    )
+    path = write_diverging_study(workdir, n_trials=3)
     code, out = _run(str(path), "--cohort", "3")
     assert code == 0, out
     trials = _trials()
@@ -123,15 +112,7 @@ def test_diverging_and_pruned_members_end_alone_and_count(workdir: Path) -> None
     for t in trials:
         assert "non-finite" in t.user_attrs["pruned_reason"] and t.user_attrs["pruned_epoch"] >= 1
 
-    pruned = write_study(
-        workdir / "prune.yaml",
-        train={"epochs": 6, "warmup_epochs": 0},
-        search={"all_lr": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}},
-        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
-        sampler={"name": "random", "seed": 3},
-        n_trials=8,
-        name="p",
-    )
+    pruned = write_pruning_study(workdir, name="p")
     code, out = _run(str(pruned), "--cohort", "4")
     assert code == 0, out
     states = _states(_trials("p/mlp"))
@@ -152,16 +133,7 @@ def test_a_member_whose_end_was_not_stored_is_retried_from_its_checkpoint(
     """The database is lost when the first member is told: the worker waits it out, both
     members (one told nothing, one never told) go stale and are retried, resuming every epoch."""
     path = write_study(workdir / "s.yaml", train={"epochs": 3}, n_trials=2)
-    store = optuna.storages.RDBStorage.set_trial_state_values
-    lost: list[int] = []
-
-    def lost_once(self: object, trial_id: int, state: TrialState, values: object = None) -> bool:
-        if state == TrialState.COMPLETE and not lost:
-            lost.append(trial_id)
-            raise optuna.exceptions.StorageInternalError("connection lost")
-        return store(self, trial_id, state, values)
-
-    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", lost_once)
+    lose_first_complete(monkeypatch)
     code, out = _run(str(path), "--cohort", "2", "--checkpoint-every", "0")
     assert code == 0, out
     assert "Optuna storage error (StorageInternalError: connection lost); retrying" in caplog.text
@@ -202,10 +174,8 @@ def test_a_member_failed_as_stale_meanwhile_is_not_told_and_keeps_its_checkpoint
 
 
 def test_member_runs_mirror_their_trials_in_mlflow(
-    workdir: Path, empty_store: Path, monkeypatch: pytest.MonkeyPatch
+    workdir: Path, tracked: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (workdir / "mlruns").mkdir()
-    shutil.copyfile(empty_store, workdir / "mlruns" / "mlflow.db")
     asked: dict[int, int] = {}
 
     def prune_trial_1_at_epoch_2(self: optuna.Trial) -> bool:
@@ -254,13 +224,7 @@ def _wait_for(done: int, running: int, epochs: int = 1, timeout: float = 180) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            trials = _trials()
-            finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-            live = [
-                t
-                for t in trials
-                if t.state == TrialState.RUNNING and len(t.intermediate_values) >= epochs
-            ]
+            finished, live = finished_and_running(_trials(), epochs)
             if len(finished) >= done and len(live) >= running:
                 return
         except (KeyError, optuna.exceptions.StorageInternalError):

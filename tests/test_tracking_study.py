@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from _helpers import write_diverging_study
 from click.testing import CliRunner
 from conftest import MlflowServer, free_port, write_study
 from mlflow import MlflowClient
@@ -67,22 +67,6 @@ def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
     assert multiprocessing.active_children() == [], "--n-jobs workers outlived the study run"
-
-
-@pytest.fixture(scope="session")
-def _empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite store with its tables made once (the migrations take seconds)."""
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def tracked(workdir: Path, _empty_store: Path) -> Path:
-    """The test's working directory with the default store, ./mlruns/mlflow.db, in place."""
-    (workdir / "mlruns").mkdir()
-    shutil.copyfile(_empty_store, workdir / "mlruns" / "mlflow.db")
-    return workdir
 
 
 def _run(*args: str) -> tuple[int, str]:
@@ -263,12 +247,7 @@ def test_pruned_and_failed_trials_end_their_runs_killed_and_failed(
 
 
 def test_a_diverging_trial_s_run_is_killed_with_the_reason(tracked: Path) -> None:
-    path = write_study(
-        tracked / "diverge.yaml",
-        train={"epochs": 3, "optimizer": "sgd", "warmup_epochs": 0},
-        search={"all_lr": {"type": "float", "low": 1e4, "high": 1e5, "log": True}},
-        n_trials=2,
-    )
+    path = write_diverging_study(tracked, n_trials=2)
     code, out = _run(str(path))
     assert code == 0, out
     trials = _trials("t/mlp")
