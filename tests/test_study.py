@@ -169,6 +169,23 @@ def _wait_for_done(
     raise AssertionError(f"the study stalled for {stall} s before {n} finished trials")
 
 
+def _kill_mid_trial(proc: subprocess.Popen[str], n: int, *, epochs: int) -> None:
+    """SIGKILL the worker once n trials are finished and a RUNNING one has `epochs` reported,
+    checked while the worker is stopped (SIGSTOP): that trial cannot end between check and kill."""
+    while True:
+        _wait_for_done(n, proc, running_epochs=epochs)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            done, running = finished_and_running(_trials(), epochs)
+        except (KeyError, optuna.exceptions.StorageInternalError):
+            done, running = [], []
+        if len(done) >= n and running:
+            proc.kill()
+            proc.wait(timeout=30)
+            return
+        proc.send_signal(signal.SIGCONT)
+
+
 def _start(study_file: Path, *args: str) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "autoall.cli", "study", "run", str(study_file), "--no-tracking"]
     cmd += ["--no-baseline"]
@@ -206,9 +223,7 @@ def test_ctrl_c_marks_the_running_trial_failed_and_prints_the_resume_command(
 def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried(workdir: Path) -> None:
     path = write_study(workdir / "s.yaml", train={"epochs": 12}, n_trials=6)
     proc = _start(path)
-    _wait_for_done(3, proc, running_epochs=2)
-    proc.kill()
-    proc.wait(timeout=30)
+    _kill_mid_trial(proc, 3, epochs=2)
     killed = [t for t in _trials() if t.state == TrialState.RUNNING]
     assert len(killed) == 1
 
