@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -63,8 +64,7 @@ def run_study(
     if opts.tracking:
         check_server(resolve_tracking_uri(opts.tracking_uri, create=False))
     storage = make_storage(opts.storage, cfg)
-    tracker = _connect(cfg, opts)  # the writer process opens the store meanwhile
-    try:
+    with _tracking(cfg, opts) as tracker:  # the writer process opens the store meanwhile
         studies = create_studies(cfg, storage, n_trials=opts.n_trials, kinds=opts.kinds)
         counts = {name: count_trials(s.get_trials(deepcopy=False)) for name, s in studies.items()}
         if all(c.done >= opts.n_trials for c in counts.values()):
@@ -79,7 +79,7 @@ def run_study(
         monitor.start()
         try:
             if opts.n_jobs == 1:
-                _work(cfg, opts, 0, tracker=tracker, parents=parents)
+                _work(cfg, opts, tracker=tracker, parents=parents)
             else:
                 _spawn_workers(cfg, opts)
         finally:
@@ -90,9 +90,6 @@ def run_study(
             if c.done >= opts.n_trials and parents[name]:
                 with timing.span("tracking.finish_parent"):
                     tracker.finish_parent(parents[name])
-    finally:
-        with timing.span("tracking.close"):
-            tracker.close()  # waits for the last trial's logging
     for message in tracker.lost:
         print(f"warning: {message}", file=out)
     tracker.check()
@@ -128,12 +125,21 @@ def _summarise_parents(
             continue
 
 
-@timing.span("tracking.connect")
-def _connect(cfg: StudyConfig, opts: RunOptions) -> StudyTracker:
-    """MLflow tracking in a writer process (see autoall.tracking_writer), or none."""
-    if not opts.tracking:
-        return NullTracker()
-    return TrackingWriter.connect(opts.tracking_uri, experiment=cfg.name)
+@contextlib.contextmanager
+def _tracking(cfg: StudyConfig, opts: RunOptions) -> Iterator[StudyTracker]:
+    """A worker's MLflow tracking: a writer process beside it (autoall/tracking_writer.py), or
+    nothing (--no-tracking); closed at the end, which waits for the last trial's logging."""
+    with timing.span("tracking.connect"):
+        tracker: StudyTracker = (
+            TrackingWriter.connect(opts.tracking_uri, experiment=cfg.name)
+            if opts.tracking
+            else NullTracker()
+        )
+    try:
+        yield tracker
+    finally:
+        with timing.span("tracking.close"):
+            tracker.close()
 
 
 def _parents(tracker: StudyTracker, cfg: StudyConfig, opts: RunOptions) -> dict[str, str]:
@@ -172,66 +178,41 @@ def _parent(
 
 
 def _work(
-    cfg: StudyConfig,
-    opts: RunOptions,
-    index: int,
-    *,
-    tracker: StudyTracker | None = None,
-    parents: dict[str, str] | None = None,
+    cfg: StudyConfig, opts: RunOptions, *, tracker: StudyTracker, parents: dict[str, str]
 ) -> None:
     """One worker: every study in turn (per architecture the ALL study, then its tuned
-    baseline), each until its target is met."""
-    if tracker is None:  # a spawned worker: its own writer process, the same parent runs
-        tracker = _connect(cfg, opts)
-        try:
-            return _work(cfg, opts, index, tracker=tracker)
-        finally:
-            with timing.span("tracking.close"):
-                tracker.close()
-    if parents is None:  # keys; the writer finds or creates the runs
-        parents = _parents(tracker, cfg, opts)
+    baseline), each until its target is met (autoall/optimize.py)."""
     registry = WorkerRegistry()
     registry.register()  # this host's workers share its cores (autoall/host.py)
     try:
-        _run_studies(cfg, opts, tracker=tracker, parents=parents, registry=registry)
+        storage = make_storage(opts.storage, cfg)
+        data = load_study_data(cfg, opts.device)
+        for arch, kind in cfg.studies(opts.kinds):
+            name = cfg.study_name(arch, kind)
+            sampler = make_sampler(cfg, space=cfg.space(arch, kind))  # a stream per trial number
+            study = optuna.load_study(
+                study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg)
+            )
+            ctx = WorkerContext(
+                cfg=cfg,
+                arch=arch,
+                kind=kind,
+                data=data,
+                device=opts.device,
+                tracker=tracker,
+                parent_run_id=parents.get(name),
+                n_trials=opts.n_trials,
+                checkpoint_dir=Path(opts.checkpoint_dir),
+                checkpoint_every=opts.checkpoint_every,
+                system_metrics=opts.system_metrics,
+                log_models=opts.log_models,
+                registry=registry,
+                small_model=step_flops(cfg, arch) < SMALL_STEP_FLOPS,
+                cohort=opts.cohort,
+            )
+            run_worker(ctx, study)
     finally:
         registry.unregister()
-
-
-def _run_studies(
-    cfg: StudyConfig,
-    opts: RunOptions,
-    *,
-    tracker: StudyTracker,
-    parents: dict[str, str],
-    registry: WorkerRegistry,
-) -> None:
-    storage = make_storage(opts.storage, cfg)
-    data = load_study_data(cfg, opts.device)
-    for arch, kind in cfg.studies(opts.kinds):
-        name = cfg.study_name(arch, kind)
-        sampler = make_sampler(cfg, space=cfg.space(arch, kind))  # a stream per trial number
-        study = optuna.load_study(
-            study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg)
-        )
-        ctx = WorkerContext(
-            cfg=cfg,
-            arch=arch,
-            kind=kind,
-            data=data,
-            device=opts.device,
-            tracker=tracker,
-            parent_run_id=parents.get(name),
-            n_trials=opts.n_trials,
-            checkpoint_dir=Path(opts.checkpoint_dir),
-            checkpoint_every=opts.checkpoint_every,
-            system_metrics=opts.system_metrics,
-            log_models=opts.log_models,
-            registry=registry,
-            small_model=step_flops(cfg, arch) < SMALL_STEP_FLOPS,
-            cohort=opts.cohort,
-        )
-        run_worker(ctx, study)
 
 
 def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int) -> None:
@@ -243,7 +224,9 @@ def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int) -> None:
     install_log_masking()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        _work(cfg, opts, index)  # torch's threads: this worker's share of the host's cores
+        with _tracking(cfg, opts) as tracker:  # its own writer process; the same parent runs
+            # torch's threads: this worker's share of the host's cores
+            _work(cfg, opts, tracker=tracker, parents=_parents(tracker, cfg, opts))
     except KeyboardInterrupt:  # the trial is already marked FAIL by Optuna
         sys.exit(130)
     except Exception:  # multiprocessing would print the traceback unmasked
