@@ -12,8 +12,10 @@ from typing import Any
 import optuna
 import pytest
 from _helpers import at_once
+from click.testing import CliRunner
 from conftest import write_study
 
+from autoall.cli import main
 from autoall.config import load_study_file
 from autoall.samplers import PerTrialSeed, reseed
 from autoall.study import make_sampler, suggest
@@ -96,6 +98,10 @@ def test_study_runs_started_at_once_never_repeat_a_configuration(workdir: Path, 
     go = workdir / "go"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = ["study", "run", str(path), "--no-tracking", "--checkpoint-every", "0"]
+    # the schema and the studies first, as a cluster's job script does (README): the workers
+    # then race for trials only, not for the schema (test_distributed covers that race)
+    created = CliRunner().invoke(main, ["study", "create", str(path)])
+    assert created.exit_code == 0, created.output
     procs = [
         subprocess.Popen(
             [*at_once(go, i), *command],  # the processes reach the study within milliseconds
