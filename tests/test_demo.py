@@ -1,0 +1,50 @@
+"""`make demo`, the README's first command: a small digits study and its tuned baseline, their
+summary, then the report, in an empty folder (here with 2 trials and 2 seeds to stay short)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_the_demo_runs_both_studies_and_writes_an_honest_report(workdir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoall.cli", "demo", "--n-trials", "2", "--seeds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "demo finished in" in out and "autoall ui" in out
+
+    for name in ("digits/mlp", "digits/mlp/tuned-baseline"):  # the equal budget, both met
+        trials = optuna.load_study(study_name=name, storage="sqlite:///autoall.db").trials
+        assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], name
+
+    report = workdir / "reports" / "digits"
+    markdown = (report / "report.md").read_text()
+    assert "## Verdicts" in markdown
+    assert "**With 2 seeds no claim can be supported**" in markdown  # never overclaims at n = 2
+    assert (report / "report.html").is_file() and (report / "results.csv").is_file()
+    with (report / "claims.csv").open() as f:
+        claims = list(csv.DictReader(f))
+    assert len(claims) >= 10 and {c["arch"] for c in claims} == {"mlp"}
+    assert {c["verdict"] for c in claims} == {"undetermined"}
+    assert {c["n"] for c in claims if c["claim"] == "accuracy"} == {"2"}
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    registered = {m.name for m in client.search_registered_models()}
+    assert {"digits-mlp-all", "digits-mlp-baseline"} <= registered
