@@ -33,6 +33,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from autoall import timing
 from autoall.cohort import Outcome, cohort_blocker, fit_cohort, group_plans
 from autoall.objective import TrialRun, noting_failure
 from autoall.storage import (
@@ -89,7 +90,7 @@ def run_cohort(ctx: WorkerContext, study: optuna.Study, start_lock: _StartLock) 
 def _ask(study: optuna.Study) -> optuna.Trial:
     """`study.ask()`; its heartbeats are this module's (`Heartbeats`), so Optuna's warning
     that heartbeats are meant for `optimize` does not apply."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), timing.span("trial.optuna_ask"):
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
         return study.ask()
 
@@ -117,14 +118,15 @@ class _Cohort:
                 def on_end(i: int, outcome: Outcome, members: list[TrialRun] = members) -> None:
                     self._end(members[i].trial, members[i], outcome)
 
-                fit_cohort(
-                    [r.plan for r in members],
-                    self.ctx.data,
-                    on_epoch=[r.on_epoch for r in members],
-                    on_end=on_end,
-                    checkpoints=[r.checkpoint for r in members],
-                    checkpoint_every=self.ctx.checkpoint_every,
-                )
+                with timing.span("cohort.train"):
+                    fit_cohort(
+                        [r.plan for r in members],
+                        self.ctx.data,
+                        on_epoch=[r.on_epoch for r in members],
+                        on_end=on_end,
+                        checkpoints=[r.checkpoint for r in members],
+                        checkpoint_every=self.ctx.checkpoint_every,
+                    )
                 if cohort_blocker([r.plan for r in members]) is not None:
                     self.ctx.cohort = 1  # fit_cohort said why; the next trials run alone
         except BaseException as exc:
@@ -169,7 +171,8 @@ class _Cohort:
             log.warning("trial %d was failed as stale before its end was told; its retry "
                         "resumes it", trial.number)  # fmt: skip
             return
-        self.study.tell(trial, values, state=state)
+        with timing.span("trial.optuna_tell"):
+            self.study.tell(trial, values, state=state)
         frozen = stored_trial(self.study, trial)
         if error is not None:
             _optuna_log.warning(

@@ -22,7 +22,7 @@ into their own, which nothing installs. Like `torch.profiler.record_function`, a
 names a region; what it costs is measured with `time.perf_counter`.
 
 Names and where they are set (autoall/objective.py, optimize.py, plan.py, storage.py, study.py,
-train.py, workers.py):
+study_cohort.py, train.py, workers.py):
 
 - setup: `setup.storage` (`make_storage`), `setup.create_studies`, `setup.data` (the study's
   data, test split dropped);
@@ -37,6 +37,9 @@ train.py, workers.py):
 - an epoch: `epoch.compute` (an epoch's own `epoch_seconds`, recorded with `add`),
   `epoch.optuna_report`, `epoch.should_prune`, `epoch.checkpoint` (a mid-trial checkpoint's
   `torch.save`);
+- a cohort (`--cohort K`, autoall/study_cohort.py): `trial.optuna_ask` and `trial.optuna_tell`
+  around each member's `study.ask` and `study.tell`, `cohort.train` (`fit_cohort`, the members'
+  per-epoch callbacks included); `trial.suggest`, the epoch and the MLflow spans per member;
 - MLflow, around the tracker's calls: `tracking.connect`, `tracking.parent_run`,
   `tracking.start_trial`, `tracking.log_epoch`, `tracking.finish`, `tracking.update_parent`,
   `tracking.finish_parent`, `tracking.close`.

@@ -39,6 +39,25 @@ def test_a_study_run_records_its_named_spans(workdir: Path) -> None:
     assert sum(spans["trial.optimize"]) < sum(spans["loop.run_worker"])
 
 
+def test_a_cohort_run_records_each_member_s_ask_and_tell_and_one_batched_training(
+    workdir: Path,
+) -> None:
+    study = write_study(workdir / "study.yaml", n_trials=2)  # 3 epochs a trial
+    run = ["study", "run", str(study), "--no-tracking", "--no-baseline", "--cohort", "2"]
+    with timing.recording() as spans:
+        result = CliRunner().invoke(main, run)
+    assert result.exit_code == 0, result.output
+    assert len(spans["cohort.train"]) == 1  # both members in one batched job
+    for name in ("trial.optuna_ask", "trial.suggest", "trial.optuna_tell", "trial.after_trial"):
+        assert len(spans[name]) == 2, name
+    for name in ("tracking.start_trial", "tracking.finish"):
+        assert len(spans[name]) == 2, name
+    for name in ("epoch.optuna_report", "epoch.should_prune", "tracking.log_epoch"):
+        assert len(spans[name]) == 6, name
+    assert "trial.optimize" not in spans and "trial.train" not in spans  # not one at a time
+    assert sum(spans["cohort.train"]) < sum(spans["loop.run_worker"])
+
+
 def test_without_a_recorder_nothing_is_recorded(workdir: Path) -> None:
     study = write_study(workdir / "study.yaml", n_trials=1)
     result = CliRunner().invoke(
