@@ -291,7 +291,11 @@ def study_export(*, name: str, fmt: str, output: str | None, storage: str | None
         frame = trials_table(name, storage=storage)
     except KeyError as exc:  # Optuna's "no such study"
         raise UserError(str(exc)) from exc
-    text = frame.to_csv(index=False) if fmt == "csv" else frame.to_json(orient="records", indent=2)
+    text = (  # datetimes as ISO 8601 strings in both, as pandas will default to
+        frame.to_csv(index=False)
+        if fmt == "csv"
+        else frame.to_json(orient="records", indent=2, date_format="iso")
+    )
     if output:
         Path(output).write_text(text)
         _echo(f"Wrote {len(frame)} trials to {output}")

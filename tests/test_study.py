@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -141,6 +144,30 @@ def test_median_pruner_prunes_and_pruned_trials_count_toward_the_target(workdir:
     states = _states(_trials())
     assert states.get("COMPLETE", 0) + states.get("PRUNED", 0) == 8
     assert "RUNNING" not in states
+
+
+def test_export_writes_every_trial_as_csv_and_as_json(study_file: Path) -> None:
+    code, out = _run(str(study_file))
+    assert code == 0, out
+    runner = CliRunner()
+    written = runner.invoke(main, ["study", "export", "t", "-o", "trials.csv"])
+    assert written.exit_code == 0, written.output
+    assert "Wrote 4 trials to trials.csv" in written.output
+    with open("trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    exported = runner.invoke(main, ["study", "export", "t/mlp", "--format", "json"])
+    assert exported.exit_code == 0, exported.output
+    records = json.loads(exported.output)
+
+    trials = _trials()
+    assert [r["study"] for r in rows] == [r["study"] for r in records] == ["t/mlp"] * 4
+    assert [int(r["number"]) for r in rows] == [r["number"] for r in records] == [0, 1, 2, 3]
+    assert [r["state"] for r in rows] == [r["state"] for r in records] == ["COMPLETE"] * 4
+    assert [float(r["value"]) for r in rows] == pytest.approx([t.values[0] for t in trials])
+    assert [r["value"] for r in records] == pytest.approx([t.values[0] for t in trials])
+    assert {f"params_{k}" for k in trials[0].params} <= set(rows[0]) & set(records[0])
+    started = datetime.fromisoformat(records[0]["datetime_start"]).replace(tzinfo=None)
+    assert abs(started - trials[0].datetime_start) < timedelta(milliseconds=1)  # ISO 8601
 
 
 def _wait_for_done(
