@@ -97,11 +97,16 @@ def _tracking(uri: str) -> Iterator[None]:
     """MLflow's fluent calls (log_model, models:/ URIs) against `uri`, restored afterwards.
 
     `log_model` and the registry's resolution of `models:/<model_id>` read the process-wide
-    tracking URI; this sets it for the call only (MLflow's own helper for the purpose).
+    tracking URI; this sets it for the call only (MLflow's own helper for the purpose). A
+    SQLite path is made absolute first: MLflow keeps one store per URI in a process, so the
+    default relative `sqlite:///mlruns/mlflow.db` would reach the database of the folder it was
+    first used in.
     """
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    with _use_tracking_uri(uri):
+    from autoall.tracking_store import client_uri
+
+    with _use_tracking_uri(client_uri(uri)):
         yield
 
 

@@ -66,7 +66,9 @@ def _experiment_links(uri: str, port: int) -> list[str]:
     try:
         import mlflow
 
-        client = mlflow.MlflowClient(uri)
+        from autoall.tracking_store import client_uri
+
+        client = mlflow.MlflowClient(client_uri(uri))  # absolute: MLflow keeps a store per URI
         return [
             f"  {e.name}: http://127.0.0.1:{port}/#/experiments/{e.experiment_id}/runs"
             for e in client.search_experiments()

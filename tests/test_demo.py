@@ -45,6 +45,8 @@ def test_the_demo_runs_both_studies_and_writes_an_honest_report(workdir: Path) -
 
     from mlflow import MlflowClient
 
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    # an absolute URI: MLflow caches a store per URI in this process, and a relative one would
+    # hand later tests this folder's database
+    client = MlflowClient(f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
     registered = {m.name for m in client.search_registered_models()}
     assert {"digits-mlp-all", "digits-mlp-baseline"} <= registered

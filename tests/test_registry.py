@@ -249,6 +249,36 @@ def test_load_best_of_an_unknown_name_names_what_is_registered(store: Store) -> 
         autoall.load_best("t-mlp-all", tracking_uri=store.uri, version="7")
 
 
+def test_a_model_is_logged_into_this_folder_s_store_after_another_folder_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path
+) -> None:
+    """MLflow keeps one store per tracking URI in a process: the default, relative
+    sqlite:///mlruns/mlflow.db used first in one folder must not send a later folder's model to
+    the first folder's database (a second report in one process failed with "Run not found")."""
+    import numpy as np
+    from torch import nn
+
+    from autoall.registry import ServingModel, log_model
+
+    relative = "sqlite:///mlruns/mlflow.db"
+    for folder in ("first", "second"):
+        (tmp_path / folder / "mlruns").mkdir(parents=True)
+        shutil.copyfile(empty_store, tmp_path / folder / "mlruns" / "mlflow.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path / "first")
+    MlflowClient(relative).search_experiments()  # MLflow now holds a store for that URI
+    monkeypatch.chdir(tmp_path / "second")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'second' / 'mlruns' / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("second"))
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    model = ServingModel(net, torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1))
+    example = np.zeros((2, 1, 2, 2), dtype=np.uint8)
+
+    logged = log_model(relative, run.info.run_id, model, example=example, num_classes=3)
+
+    assert client.get_logged_model(logged.model_id).source_run_id == run.info.run_id
+
+
 def test_registered_names_follow_the_study_file_name() -> None:
     assert registered_name("digits", "mlp", "all") == "digits-mlp-all"
     assert (
