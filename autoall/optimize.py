@@ -27,6 +27,7 @@ from autoall.study import (
     after_trial,
     count_trials,
     drop_ended_checkpoint,
+    sweep_checkpoints,
 )
 from autoall.study_cohort import run_cohort, single_trials_reason
 
@@ -73,6 +74,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             continue
         outage_since = None
         if step.final is not None:
+            _sweep(ctx, study)
             return step.final
         consecutive_failures = consecutive_failures + 1 if step.failed else 0
         if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
@@ -140,6 +142,21 @@ def _step(
             and not reason.startswith("surplus")  # not this worker's failure
         )
         return Step(failed=failed, last=last)
+
+
+def _sweep(ctx: WorkerContext, study: optuna.Study) -> None:
+    """The study's target is met: delete the checkpoints no trial can resume from any more."""
+    folder = ctx.checkpoint_path(0)
+    if folder is None or not folder.parent.is_dir():
+        return
+    try:
+        trials = study.get_trials(deepcopy=False)
+    except Exception as exc:
+        if _storage_error(exc) is None:
+            raise
+        return  # the database is down: a later run sweeps
+    for path in sweep_checkpoints(folder.parent, trials):
+        log.info("%s: deleted %s, left by a trial whose end was stored", ctx.study_name, path)
 
 
 class _OptunaClock:

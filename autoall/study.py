@@ -1,5 +1,6 @@
 """Optuna studies over the ALL knobs: counts, sampler, pruner, creation, suggest, and what every
-ended trial is followed by (`after_trial`, `drop_ended_checkpoint`). The worker loop that runs
+ended trial is followed by (`after_trial`, `drop_ended_checkpoint`; `sweep_checkpoints` when
+the target is met). The worker loop that runs
 trials is autoall/optimize.py.
 
 One Optuna study per (study file `name`, architecture), named `<name>/<arch>`, in plain Optuna
@@ -251,6 +252,28 @@ def drop_ended_checkpoint(
             return
     if trial.state.is_finished():
         path.unlink(missing_ok=True)
+
+
+def sweep_checkpoints(folder: Path, trials: list[FrozenTrial]) -> list[Path]:
+    """Delete the checkpoints in `folder` (one study's) that no trial can resume from: those of
+    finished trials that no RUNNING or WAITING retry points at; return them.
+
+    `drop_ended_checkpoint` deletes a trial's checkpoint as it ends; this catches what it could
+    not (a worker killed, or the database lost, between Optuna's `tell` and the deletion).
+    """
+    pending = {
+        t.system_attrs.get("failed_trial")
+        for t in trials
+        if t.state in (TrialState.RUNNING, TrialState.WAITING)
+    }
+    finished = {t.number for t in trials if t.state.is_finished()}
+    swept = []
+    for path in sorted(folder.glob("trial-*.pt")):
+        key = path.stem.removeprefix("trial-")
+        if key.isdigit() and int(key) in finished and int(key) not in pending:
+            path.unlink(missing_ok=True)
+            swept.append(path)
+    return swept
 
 
 def after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], None]:

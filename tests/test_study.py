@@ -23,7 +23,7 @@ from _helpers import (
 from _helpers import trial_states as _states
 from click.testing import CliRunner
 from conftest import write_study
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 import autoall.plan
 import autoall.study
@@ -168,6 +168,49 @@ def test_export_writes_every_trial_as_csv_and_as_json(study_file: Path) -> None:
     assert {f"params_{k}" for k in trials[0].params} <= set(rows[0]) & set(records[0])
     started = datetime.fromisoformat(records[0]["datetime_start"]).replace(tzinfo=None)
     assert abs(started - trials[0].datetime_start) < timedelta(milliseconds=1)  # ISO 8601
+
+
+def test_checkpoints_no_trial_can_resume_from_are_swept_when_the_target_is_met(
+    study_file: Path,
+) -> None:
+    code, out = _run(str(study_file), "--n-trials", "2")
+    assert code == 0, out
+    folder = Path(".autoall") / "checkpoints" / "t__mlp"
+    folder.mkdir(parents=True, exist_ok=True)
+    left = folder / "trial-0.pt"  # as a worker killed between Optuna's tell and the deletion
+    left.write_bytes(b"")
+    code, out = _run(str(study_file), "--n-trials", "3")
+    assert code == 0, out
+    assert _states(_trials()) == {"COMPLETE": 3}
+    assert not list(folder.glob("*.pt"))
+
+
+def test_sweep_keeps_what_a_running_or_waiting_retry_resumes_from(tmp_path: Path) -> None:
+    def trial(number: int, state: TrialState, retry_of: int | None = None) -> FrozenTrial:
+        attrs = {} if retry_of is None else {"failed_trial": retry_of}
+        frozen = optuna.trial.create_trial(
+            state=state, value=0.5 if state == TrialState.COMPLETE else None, system_attrs=attrs
+        )
+        frozen.number = number
+        return frozen
+
+    trials = [
+        trial(0, TrialState.COMPLETE),
+        trial(1, TrialState.FAIL),  # stale; its retry (4) runs from trial-1.pt
+        trial(2, TrialState.PRUNED),
+        trial(3, TrialState.FAIL),  # stale; its retry (5) waits
+        trial(4, TrialState.RUNNING, retry_of=1),
+        trial(5, TrialState.WAITING, retry_of=3),
+        trial(6, TrialState.RUNNING),
+    ]
+    names = ["trial-0.pt", "trial-1.pt", "trial-2.pt", "trial-3.pt", "trial-6.pt", "notes.pt"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    swept = autoall.study.sweep_checkpoints(tmp_path, trials)
+    assert [p.name for p in swept] == ["trial-0.pt", "trial-2.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.pt", "trial-1.pt", "trial-3.pt", "trial-6.pt"
+    ]  # fmt: skip
 
 
 def _wait_for_done(
