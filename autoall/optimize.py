@@ -146,8 +146,8 @@ def _step(
 
 def _sweep(ctx: WorkerContext, study: optuna.Study) -> None:
     """The study's target is met: delete the checkpoints no trial can resume from any more."""
-    folder = ctx.checkpoint_path(0)
-    if folder is None or not folder.parent.is_dir():
+    folder = ctx.checkpoint_folder
+    if folder is None or not folder.is_dir():
         return
     try:
         trials = study.get_trials(deepcopy=False)
@@ -155,7 +155,7 @@ def _sweep(ctx: WorkerContext, study: optuna.Study) -> None:
         if _storage_error(exc) is None:
             raise
         return  # the database is down: a later run sweeps
-    for path in sweep_checkpoints(folder.parent, trials):
+    for path in sweep_checkpoints(folder, trials):
         log.info("%s: deleted %s, left by a trial whose end was stored", ctx.study_name, path)
 
 

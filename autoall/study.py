@@ -228,12 +228,17 @@ class WorkerContext:
     def study_name(self) -> str:
         return self.cfg.study_name(self.arch, self.kind)
 
-    def checkpoint_path(self, trial_key: int) -> Path | None:
-        """Keyed by the original trial number, so every retry of a trial finds the same file."""
+    @property
+    def checkpoint_folder(self) -> Path | None:
+        """This study's checkpoints: `<checkpoint_dir>/<name>__<arch>[__tuned-baseline]`."""
         if self.checkpoint_dir is None:
             return None
-        study = self.study_name.replace("/", "__")
-        return self.checkpoint_dir / study / f"trial-{trial_key}.pt"
+        return self.checkpoint_dir / self.study_name.replace("/", "__")
+
+    def checkpoint_path(self, trial_key: int) -> Path | None:
+        """Keyed by the original trial number, so every retry of a trial finds the same file."""
+        folder = self.checkpoint_folder
+        return None if folder is None else folder / f"trial-{trial_key}.pt"
 
 
 def drop_ended_checkpoint(
