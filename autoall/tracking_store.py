@@ -135,9 +135,13 @@ def _write_ahead_log(uri: str) -> None:
 
 
 def client_uri(uri: str) -> str:
-    """Absolute SQLite paths: a relative one would follow later chdirs (MLflow caches stores)."""
+    """Absolute SQLite paths, query string kept: a relative one would follow later chdirs, and
+    MLflow keeps one store per URI in a process."""
     path = sqlite_file(uri)
-    return uri if path is None or path.is_absolute() else "sqlite:///" + str(path.resolve())
+    if path is None or path.is_absolute():
+        return uri
+    query = uri.partition("?")[2]
+    return f"sqlite:///{path.resolve()}" + (f"?{query}" if query else "")
 
 
 def _reason(exc: BaseException) -> str:

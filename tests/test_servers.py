@@ -172,3 +172,28 @@ def test_an_impossible_port_is_a_usage_error(command: str, port: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--port'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_ui_links_name_this_folder_s_experiments_after_another_folder_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path
+) -> None:
+    """MLflow keeps one store per URI in a process: the default, relative store URI used in one
+    folder must not list that folder's experiments for the next one."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from autoall.servers import _experiment_links
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    links = []
+    for folder in ("first", "second"):
+        (tmp_path / folder / "mlruns").mkdir(parents=True)
+        db = tmp_path / folder / "mlruns" / "mlflow.db"
+        shutil.copyfile(empty_store, db)
+        MlflowClient(f"sqlite:///{db}").create_experiment(f"exp-{folder}")
+        monkeypatch.chdir(tmp_path / folder)
+        MlflowClient("sqlite:///mlruns/mlflow.db").search_experiments()  # as a user's notebook
+        links.append(_experiment_links("sqlite:///mlruns/mlflow.db", 5000))
+    assert [len(found) for found in links] == [1, 1]
+    assert "exp-first:" in links[0][0] and "exp-second:" in links[1][0]

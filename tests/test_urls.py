@@ -161,3 +161,16 @@ def test_sqlite_file_is_the_database_file_of_optuna_and_mlflow_urls(
     url: str, file: str | None
 ) -> None:
     assert sqlite_file(url) == (None if file is None else Path(file))
+
+
+def test_client_uri_makes_a_sqlite_path_absolute_and_keeps_its_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoall.tracking_store import client_uri
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path.resolve() / "mlruns" / "mlflow.db"
+    assert client_uri("sqlite:///mlruns/mlflow.db") == f"sqlite:///{db}"
+    assert client_uri("sqlite:///mlruns/mlflow.db?timeout=30") == f"sqlite:///{db}?timeout=30"
+    for unchanged in (f"sqlite:///{db}", "http://127.0.0.1:5000", "sqlite:///:memory:"):
+        assert client_uri(unchanged) == unchanged
