@@ -11,6 +11,7 @@ import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -30,6 +31,7 @@ import autoall.study
 import autoall.train
 from autoall.cli import main
 from autoall.config import load_study_file
+from autoall.train import NonFiniteLossError, TrainingOOMError
 
 STORAGE = "sqlite:///autoall.db"
 
@@ -211,6 +213,59 @@ def test_sweep_keeps_what_a_running_or_waiting_retry_resumes_from(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "notes.pt", "trial-1.pt", "trial-3.pt", "trial-6.pt"
     ]  # fmt: skip
+
+
+def test_a_trial_out_of_memory_fails_and_its_knobs_are_queued_again(
+    study_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = autoall.plan.train
+    calls: list[int] = []
+
+    def out_of_memory_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TrainingOOMError(batch_size=128, device="cuda:0")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(autoall.plan, "train", out_of_memory_once)
+    code, out = _run(str(study_file), "--n-trials", "2")
+    assert code == 0, out  # not the knobs' fault: not counted against the worker
+    first, retry, *_ = trials = _trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "ran out of memory with batch_size 128" in first.user_attrs["fail_reason"]
+    assert retry.params == first.params
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["oom_retries"] == 1
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_the_failure_table_maps_each_exception_to_its_end(multi: bool) -> None:
+    from autoall.objective import _ending, _SurplusTrial
+
+    pruned = _ending(optuna.TrialPruned("p"), last_epoch=4, multi=multi)
+    assert (pruned.state, pruned.epoch, pruned.raises) == ("PRUNED", 4, None)
+    assert pruned.attrs == {"pruned_epoch": 4}
+
+    diverged = _ending(NonFiniteLossError(2, 7, float("nan")), last_epoch=2, multi=multi)
+    assert (diverged.state, diverged.epoch, diverged.requeue) == ("PRUNED", 2, False)
+    assert diverged.attrs["pruned_epoch"] == 2 and "non-finite" in diverged.attrs["pruned_reason"]
+    if multi:  # Optuna cannot prune a multi-objective trial: it fails, with the reason
+        assert diverged.raises is None and "fail_reason" in diverged.attrs
+    else:
+        assert (
+            isinstance(diverged.raises, optuna.TrialPruned) and "fail_reason" not in diverged.attrs
+        )
+
+    oom = _ending(TrainingOOMError(64, "cuda:0"), last_epoch=1, multi=multi)
+    assert (oom.state, oom.requeue, oom.raises) == ("FAIL", True, None)
+
+    for exc, reason in [
+        (KeyboardInterrupt(), "interrupted (Ctrl-C)"),
+        (_SurplusTrial("surplus: a retried trial took its place"), "surplus: a retried"),
+        (ValueError("postgresql://u:secret@db/x"), "ValueError('postgresql://u:***@db/x')"),
+    ]:
+        end = _ending(exc, last_epoch=1, multi=multi)
+        assert (end.state, end.requeue, end.raises) == ("FAIL", False, None)
+        assert end.attrs["fail_reason"].startswith(reason), end.attrs
 
 
 def _wait_for_done(
