@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from autoall import timing
 from autoall.objective import objective
@@ -27,6 +27,7 @@ from autoall.study import (
     after_trial,
     count_trials,
     drop_ended_checkpoint,
+    failed_by_its_own_fault,
     sweep_checkpoints,
 )
 from autoall.study_cohort import run_cohort, single_trials_reason
@@ -134,14 +135,7 @@ def _step(
             drop_ended_checkpoint(ctx, study)
         ctx.tracker.check()
         last = study.get_trials(deepcopy=False)[-1] if ctx.n_trials else None
-        reason = last.user_attrs.get("fail_reason", "") if last is not None else ""
-        failed = (
-            last is not None
-            and last.state == TrialState.FAIL
-            and "out of memory" not in reason
-            and not reason.startswith("surplus")  # not this worker's failure
-        )
-        return Step(failed=failed, last=last)
+        return Step(failed=last is not None and failed_by_its_own_fault(last), last=last)
 
 
 def _sweep(ctx: WorkerContext, study: optuna.Study) -> None:

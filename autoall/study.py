@@ -307,6 +307,17 @@ def after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], Non
     return callback
 
 
+def failed_by_its_own_fault(trial: FrozenTrial) -> bool:
+    """FAIL, but not out of memory (its knobs are queued again) and not surplus (another worker
+    met the target): what the worker's stop after repeated failures counts."""
+    reason = trial.user_attrs.get("fail_reason", "")
+    return (
+        trial.state == TrialState.FAIL
+        and "out of memory" not in reason
+        and not reason.startswith("surplus")
+    )
+
+
 def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
     """The COMPLETE trial with the highest validation accuracy (first objective); ties: earliest."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]

@@ -43,7 +43,14 @@ from autoall.storage import (
     fail_stale_trials_as_optuna,
     stored_trial,
 )
-from autoall.study import Step, WorkerContext, after_trial, count_trials, drop_ended_checkpoint
+from autoall.study import (
+    Step,
+    WorkerContext,
+    after_trial,
+    count_trials,
+    drop_ended_checkpoint,
+    failed_by_its_own_fault,
+)
 from autoall.train import TrainingOOMError
 from autoall.urls import mask_secrets
 
@@ -78,13 +85,7 @@ def run_cohort(ctx: WorkerContext, study: optuna.Study, start_lock: _StartLock) 
     finally:
         cohort.heartbeats.stop()
     ends = [stored_trial(study, t) for t in trials]
-    failed = all(
-        t.state == TrialState.FAIL
-        and "out of memory" not in (reason := t.user_attrs.get("fail_reason", ""))
-        and not reason.startswith("surplus")
-        for t in ends
-    )
-    return Step(failed=failed, last=ends[-1])
+    return Step(failed=all(failed_by_its_own_fault(t) for t in ends), last=ends[-1])
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:

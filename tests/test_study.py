@@ -237,6 +237,20 @@ def test_a_trial_out_of_memory_fails_and_its_knobs_are_queued_again(
     assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["oom_retries"] == 1
 
 
+def test_a_worker_whose_trials_fail_three_times_in_a_row_stops_and_says_why(
+    study_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(autoall.plan, "train", broken)
+    code, out = _run(str(study_file))
+    assert code == 1, out
+    assert "3 trials in a row failed; stopping this worker" in out
+    assert "Last reason: RuntimeError('boom')" in out
+    assert _states(_trials()) == {"FAIL": 3}
+
+
 @pytest.mark.parametrize("multi", [False, True])
 def test_the_failure_table_maps_each_exception_to_its_end(multi: bool) -> None:
     from autoall.objective import _ending, _SurplusTrial
