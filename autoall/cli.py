@@ -16,7 +16,13 @@ from typing import Any
 import click
 
 from autoall import commands
-from autoall.options import DEFAULT_STORAGE, DEFAULT_TRACKING_URI, ReportOptions, RunOptions
+from autoall.options import (
+    DEFAULT_STORAGE,
+    DEFAULT_TRACKING_URI,
+    MAX_REPLICATES,
+    ReportOptions,
+    RunOptions,
+)
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -134,6 +140,16 @@ _tracking_uri_option = click.option(
 )
 
 
+_replicates_option = click.option(
+    "--replicates",
+    type=click.IntRange(1, MAX_REPLICATES),
+    default=None,
+    help="Independent searches of each study, each with its own seeds: replicate r trains "
+    "with train.seed + r and is named <name>/<arch>/r<r> (r >= 1) [default: the file's "
+    "replicates].",
+)
+
+
 @main.group("study", context_settings=_SETTINGS)
 def study_group() -> None:
     """Run and inspect Optuna studies of the ALL knobs."""
@@ -145,7 +161,7 @@ def study_group() -> None:
     "--n-trials",
     type=click.IntRange(min=1),
     default=None,
-    help="Target per architecture (COMPLETE + PRUNED, across workers and restarts) [default: the file's n_trials].",
+    help="Target per study (COMPLETE + PRUNED, across workers and restarts) [default: the file's n_trials].",
 )
 @click.option(
     "--n-jobs",
@@ -209,8 +225,10 @@ def study_group() -> None:
     help="Trials each worker asks Optuna for at once and trains together as one batched job "
     "(each trial the run it is alone, told its own result); 1: one trial at a time.",
 )
+@_replicates_option
 def study_run(**options: Any) -> None:
-    """Run the study in FILE until each architecture holds its target of finished trials."""
+    """Run the studies in FILE (per architecture and replicate: the ALL study, then its tuned
+    baseline) until each holds its target of finished trials."""
     from autoall.tracking_writer import prestarted
 
     with prestarted(enabled=not options["no_tracking"]):  # MLflow loads in its process meanwhile
@@ -221,6 +239,7 @@ def study_run(**options: Any) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @_storage_option
 @click.option("--study-name", default=None, help="Overrides the file's name.")
+@_replicates_option
 def study_create(**options: Any) -> None:
     """Create the storage schema and the studies of FILE once, before many workers start."""
     commands.study_create(**options)
@@ -229,10 +248,19 @@ def study_create(**options: Any) -> None:
 @study_group.command("status")
 @click.argument("target")
 @_storage_option
+@click.option(
+    "--replicates",
+    type=click.IntRange(1, MAX_REPLICATES),
+    default=None,
+    help="Show replicates 0 to R - 1 [default: a study file's replicates; for a study name, "
+    "every replicate stored].",
+)
 def study_status(**options: Any) -> None:
-    """Per architecture: counts by state, best value and parameters, time spent.
+    """Per study (architecture, kind, replicate): counts by state, best value and parameters,
+    time spent.
 
-    TARGET is a study file or a study name (`digits` for all its architectures, or `digits/mlp`).
+    TARGET is a study file or a study name (`digits` for all its architectures and replicates,
+    or `digits/mlp`, `digits/mlp/r1`).
     """
     commands.study_status(**options)
 
@@ -292,24 +320,33 @@ def dashboard(storage: str | None, port: int) -> None:
     sys.exit(commands.serve(optuna_dashboard(port, storage)))
 
 
-@main.command("demo")
-@click.option("--n-trials", type=int, default=8, show_default=True)
-@click.option("--seeds", type=click.IntRange(min=2), default=10, show_default=True)
-def demo(n_trials: int, seeds: int) -> None:
-    """The embedded default: a small digits study (mlp) and its tuned baseline, their summary,
-    then the report.
+_DEMO_REPLICATES = 2  # the fewest that show whether a search's winner is repeatable
+_DEMO_TUNING_TRIALS = 4  # re-tuning candidates per control: the inherited knobs and 3 draws
 
-    The report uses 10 evaluation seeds (the `autoall report` default is 5): the fewest with which
-    its claims can be decided (the exact sign-flip test needs n >= 9 for ten claims).
+
+@main.command("demo")
+@click.option("--n-trials", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=2), default=3, show_default=True)
+def demo(n_trials: int, seeds: int) -> None:
+    """The embedded default, small: the digits mlp study and its tuned baseline, each searched
+    twice (2 replicates, 2 workers), their summary, then the report (3 evaluation seeds, the
+    top 2 trials of each search on 2 selection seeds, 4 re-tuning candidates per control).
+
+    A few minutes on 2 cores. With 2 replicates every test has one degree of freedom, so the
+    report says before training that no verdict is reachable and how many replicates would be:
+    `autoall study run studies/digits.yaml` and `autoall report studies/digits.yaml` give that
+    answer.
     """
     study_file = str(Path(__file__).resolve().parent.parent / "studies" / "digits.yaml")
     start = time.monotonic()
     ctx = click.get_current_context()
     ctx.invoke(study_run, file=study_file, n_trials=n_trials, architectures="mlp",
-               storage=DEFAULT_STORAGE)  # fmt: skip
-    commands.study_status(target=study_file, storage=DEFAULT_STORAGE)
+               storage=DEFAULT_STORAGE, replicates=_DEMO_REPLICATES, n_jobs=2)  # fmt: skip
+    commands.study_status(target=study_file, storage=DEFAULT_STORAGE,
+                          replicates=_DEMO_REPLICATES)  # fmt: skip
     commands.report(targets=(study_file,), seeds=seeds, architectures="mlp",
-                    storage=DEFAULT_STORAGE)  # fmt: skip
+                    storage=DEFAULT_STORAGE, replicates=_DEMO_REPLICATES, top_k=2,
+                    selection_seeds=2, tuning_trials=_DEMO_TUNING_TRIALS)  # fmt: skip
     click.echo(f"demo finished in {time.monotonic() - start:.0f} s; `autoall ui` shows the runs.")
 
 
@@ -320,8 +357,9 @@ def demo(n_trials: int, seeds: int) -> None:
     type=click.IntRange(min=2),
     default=ReportOptions.seeds,
     show_default=True,
-    help="Evaluation seeds per variant (seed = search seed + 1000 + i). The exact sign-flip "
-    "test needs n >= 6 for one claim, 9 for ten; with fewer the verdicts say undetermined.",
+    help="Evaluation seeds per variant and replicate (seed = search seed + 1000 + i). The "
+    "tests' unit is the replicate (df = replicates - 1; the seeds with one replicate), so more "
+    "replicates sharpen a verdict more than more seeds.",
 )
 @click.option(
     "--selection-seeds",
@@ -368,6 +406,27 @@ def demo(n_trials: int, seeds: int) -> None:
     show_default=True,
     help="Train a variant's missing seeds (and a candidate's selection seeds) together as one "
     "batched job, each the run it is alone within float tolerance; --no-cohorts: one by one.",
+)
+@click.option(
+    "--replicates",
+    type=click.IntRange(1, MAX_REPLICATES),
+    default=None,
+    help="Independent searches per study to report on [default: the file's replicates].",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(0, 100, min_open=True, max_open=True),
+    default=None,
+    metavar="POINTS",
+    help="Equivalence margin in accuracy percentage points: a difference inside +-POINTS "
+    "counts as none [default: the file's report.margin, else derived by the report].",
+)
+@click.option(
+    "--tuning-trials",
+    type=click.IntRange(0, 1000),
+    default=None,
+    help="Re-tuning trials per control and per reduced-data arm (0: controls keep the "
+    "winner's knobs, labelled untuned) [default: the file's report.tuning_trials, 8].",
 )
 def report(**options: Any) -> None:
     """The tuned ALL against an equal-budget tuned baseline, paired over seeds, with the

@@ -32,8 +32,14 @@ def names(option: str) -> list[str]:
     return [a.strip() for a in option.split(",") if a.strip()]
 
 
-def load(file: str, architectures: str | None = None, study_name: str | None = None) -> StudyConfig:
-    """The study file, narrowed to `--architectures` and renamed by `--study-name`."""
+def load(
+    file: str,
+    architectures: str | None = None,
+    study_name: str | None = None,
+    replicates: int | None = None,
+) -> StudyConfig:
+    """The study file, narrowed to `--architectures`, renamed by `--study-name`, with
+    `--replicates` independent searches per study instead of the file's `replicates`."""
     from autoall.config import check_name, load_study_file
 
     cfg = load_study_file(file)
@@ -41,6 +47,8 @@ def load(file: str, architectures: str | None = None, study_name: str | None = N
         cfg = cfg.with_architectures(names(architectures))
     if study_name is not None:
         cfg = replace(cfg, name=check_name(study_name, what="--study-name"))
+    if replicates is not None:
+        cfg = cfg.with_replicates(replicates)
     return cfg
 
 
@@ -173,14 +181,16 @@ def study_run(
     system_metrics: bool | None = None,
     log_models: bool = RunOptions.log_models,
     cohort: int = RunOptions.cohort,
+    replicates: int | None = None,
 ) -> None:
-    """`autoall study run`: every study of the file to its target; the counts at the end."""
+    """`autoall study run`: every study of the file (per architecture and replicate) to its
+    target; the counts at the end."""
     if log_models and cohort > 1:
         raise UserError(
             "--log-models needs --cohort 1: a cohort's members train as stacked rows of one "
             f"batched job, not as modules that can be logged (got --cohort {cohort})."
         )
-    cfg = load(file, architectures, study_name)
+    cfg = load(file, architectures, study_name, replicates)
     url = storage or DEFAULT_STORAGE
     sizes = preflight(
         cfg,
@@ -237,25 +247,29 @@ def study_run(
         _echo(f"{name}: {c.complete} complete, {c.pruned} pruned, {c.failed} failed")
 
 
-def study_create(*, file: str, storage: str | None, study_name: str | None) -> None:
-    """`autoall study create`: the storage schema and the studies, once, before the workers."""
+def study_create(
+    *, file: str, storage: str | None, study_name: str | None, replicates: int | None = None
+) -> None:
+    """`autoall study create`: the storage schema and the studies (every architecture, kind and
+    replicate), once, before the workers."""
     from autoall.storage import make_storage
     from autoall.study import create_studies
     from autoall.urls import mask_secrets
 
-    cfg = load(file, study_name=study_name)
+    cfg = load(file, study_name=study_name, replicates=replicates)
     url = storage or DEFAULT_STORAGE
     create_studies(cfg, make_storage(url, cfg), n_trials=cfg.n_trials)
-    names = ", ".join(cfg.study_name(a, k) for a, k in cfg.studies())
+    names = ", ".join(cfg.study_name(a, k, r) for a, k, r in cfg.studies())
     click.echo(f"Studies {names} ready in {mask_secrets(url)}.")
 
 
-def study_status(*, target: str, storage: str | None) -> None:
-    """`autoall study status`: per study, counts by state, the best trial, time spent."""
+def study_status(*, target: str, storage: str | None, replicates: int | None = None) -> None:
+    """`autoall study status`: per study (every replicate), counts by state, the best trial,
+    time spent."""
     from autoall.summary import study_summaries
 
     try:
-        summaries = study_summaries(target, storage=storage)
+        summaries = study_summaries(target, storage=storage, replicates=replicates)
     except KeyError as exc:  # Optuna's "no such study"
         raise UserError(str(exc)) from exc
     for s in summaries:
@@ -329,8 +343,14 @@ def report(
     architectures: str | None = None,
     run_baseline: bool = ReportOptions.run_baseline,
     cohorts: bool = ReportOptions.cohorts,
+    replicates: int | None = None,
+    margin: float | None = None,
+    tuning_trials: int | None = None,
 ) -> None:
-    """`autoall report`: each study file's report; with several files, their summary too."""
+    """`autoall report`: each study file's report; with several files, their summary too.
+
+    `replicates`, `margin` and `tuning_trials` (None: each file's) override the study files:
+    in the configuration the report reads and in its options alike."""
     from autoall.report import ReportError, check_out, check_studies, resolve_study_file, run_report
 
     url = storage or DEFAULT_STORAGE
@@ -338,6 +358,12 @@ def report(
     cfgs = [resolve_study_file(t) for t in targets]
     if architectures is not None:
         cfgs = [c.with_architectures(names(architectures)) for c in cfgs]
+    if replicates is not None:
+        cfgs = [c.with_replicates(replicates) for c in cfgs]
+    if margin is not None:
+        cfgs = [replace(c, report=replace(c.report, margin=margin)) for c in cfgs]
+    if tuning_trials is not None:
+        cfgs = [replace(c, report=replace(c.report, tuning_trials=tuning_trials)) for c in cfgs]
     if len({c.name for c in cfgs}) != len(cfgs):
         raise ReportError("Two study files have the same name; each report is named after it.")
     folders = [
@@ -365,6 +391,9 @@ def report(
         device=device,
         run_baseline=run_baseline,
         cohorts=cohorts,
+        replicates=replicates,
+        margin=margin,
+        tuning_trials=tuning_trials,
     )
     with hint(interrupted="finished runs are kept. Rerun the same command to continue."):
         done = [run_report(c, opts, echo=_echo) for c in cfgs]

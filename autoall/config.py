@@ -16,11 +16,11 @@ from typing import Any, NoReturn
 
 from autoall.baselines import baseline
 from autoall.data import DATASETS
-from autoall.layer import ACTIVATIONS, AUX_LOSSES, POSITIONS
+from autoall.layer import ACTIVATIONS
 from autoall.models import ARCHITECTURES
-from autoall.options import KINDS
+from autoall.options import KINDS, MAX_REPLICATES
 from autoall.safe_yaml import YamlProblem, load_yaml, read_text
-from autoall.search_space import ParamSpec, parse_space
+from autoall.search_space import DEFAULT_SEARCH, ParamSpec, check_grid, parse_space
 from autoall.train import TrainConfig
 
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "grid", "nsgaii")
@@ -75,6 +75,14 @@ class HeartbeatConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """The study file's `report:` section: how `autoall report` judges the studies."""
+
+    margin: float | None = None  # equivalence margin, accuracy points; None: the report's default
+    tuning_trials: int = 8  # re-tuning per control and reduced-data arm (0: untuned controls)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str
     path: str  # the study file, for messages
@@ -90,64 +98,79 @@ class StudyConfig:
     second_objective: str | None = None  # minimised next to validation accuracy
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     baseline_search: dict[str, ParamSpec] = field(default_factory=dict)  # the rest: space()
+    replicates: int = 1  # independent searches of each study, each with its own seeds
+    report: ReportConfig = ReportConfig()
 
-    def study_name(self, arch: str, kind: str = "all") -> str:
-        """`<name>/<arch>` for the ALL study, `<name>/<arch>/tuned-baseline` for its baseline."""
+    def study_name(self, arch: str, kind: str = "all", replicate: int = 0) -> str:
+        """`<name>/<arch>` for the ALL study, `<name>/<arch>/tuned-baseline` for its baseline;
+        replicate r >= 1 appends `/r<r>`. Replicate 0 keeps the names of a single search, so a
+        study made before replicates existed is replicate 0."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {_one_of(KINDS)}, but got {kind!r}.")
-        return f"{self.name}/{arch}" if kind == "all" else f"{self.name}/{arch}/{BASELINE_SUFFIX}"
+        if not _int_in(replicate, 0, MAX_REPLICATES - 1):
+            raise ValueError(f"replicate must be an integer from 0 to 99, but got {replicate!r}.")
+        name = f"{self.name}/{arch}" if kind == "all" else f"{self.name}/{arch}/{BASELINE_SUFFIX}"
+        return f"{name}/r{replicate}" if replicate else name
 
     def space(self, arch: str, kind: str = "all") -> dict[str, ParamSpec]:
-        """The knobs a study of `kind` searches: the ALL's, or the baseline's lr and weight_decay.
+        """The knobs a study of `kind` searches: the base network's lr and weight_decay, and for
+        the ALL study the five ALL knobs too.
 
-        The baseline's defaults: lr log-uniform over [lr / 10, 10 lr] around the architecture's
-        training lr, weight_decay log-uniform over [1e-6, 1e-2]; `baseline_search` overrides.
+        Both studies search lr and weight_decay over the same ranges, so the ALL's knobs are not
+        credited with what tuning the base network's own knobs gives (equal nuisance tuning).
+        Defaults: lr log-uniform over [lr / 10, 10 lr] around the architecture's training lr,
+        weight_decay log-uniform over [1e-6, 1e-2]; `baseline_search` overrides.
         """
-        if kind == "all":
-            return self.search
         lr = self.train_config(arch).lr
-        defaults = {
+        base = {
             "lr": ParamSpec("lr", "float", low=lr / 10, high=lr * 10, log=True),
             "weight_decay": ParamSpec("weight_decay", "float", low=1e-6, high=1e-2, log=True),
+            **self.baseline_search,
         }
-        return {**defaults, **self.baseline_search}
+        return {**base, **self.search} if kind == "all" else base
 
-    def studies(self, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str]]:
-        """(architecture, kind) of every study the file defines, ALL study first per architecture."""
-        return [(arch, kind) for arch in self.architectures for kind in KINDS if kind in kinds]
+    def studies(self, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str, int]]:
+        """(architecture, kind, replicate) of every study the file defines: per architecture,
+        per replicate, the ALL study first."""
+        kinds = tuple(k for k in KINDS if k in kinds)
+        return [
+            (a, k, r) for a in self.architectures for r in range(self.replicates) for k in kinds
+        ]
 
     @property
     def directions(self) -> list[str]:
         return ["maximize"] + (["minimize"] if self.second_objective else [])
 
-    def train_config(self, arch: str) -> TrainConfig:
-        """The architecture's baseline settings (autoall/baselines.py), then the file's overrides."""
+    def train_config(self, arch: str, replicate: int = 0) -> TrainConfig:
+        """The architecture's baseline settings (autoall/baselines.py), then the file's overrides;
+        replicate r's seed is `train.seed + r`, so each replicate is a search of its own."""
         cfg = baseline(arch, self.data.name).config
-        return replace(cfg, **{**self.train, **self.train_per_arch.get(arch, {})})
+        cfg = replace(cfg, **{**self.train, **self.train_per_arch.get(arch, {})})
+        return replace(cfg, seed=cfg.seed + replicate) if replicate else cfg
+
+    def with_replicates(self, replicates: int) -> StudyConfig:
+        """The file with `replicates` independent searches per study (--replicates)."""
+        _check_replicates(self, replicates, what="--replicates")
+        return replace(self, replicates=replicates)
 
     def with_architectures(self, archs: list[str]) -> StudyConfig:
         """The file restricted to `archs` (--architectures): each in the file, at least one,
         none twice."""
+        listed = ", ".join(self.architectures)
         if not archs:
-            raise StudyFileError(
-                self.path,
-                "architectures",
+            problem = (
                 "--architectures names no architecture; give a comma-separated subset of "
-                f"{', '.join(self.architectures)}, or leave the option out for all of them.",
+                f"{listed}, or leave the option out for all of them."
             )
-        if len(set(archs)) != len(archs):
-            raise StudyFileError(
-                self.path, "architectures", f"--architectures names one twice: {','.join(archs)}."
+        elif len(set(archs)) != len(archs):
+            problem = f"--architectures names one twice: {','.join(archs)}."
+        elif unknown := [a for a in archs if a not in self.architectures]:
+            problem = (
+                f"--architectures asks for {', '.join(unknown)}, but the file lists only {listed}."
             )
-        unknown = [a for a in archs if a not in self.architectures]
-        if unknown:
-            raise StudyFileError(
-                self.path,
-                "architectures",
-                f"--architectures asks for {', '.join(unknown)}, but the file lists only "
-                f"{', '.join(self.architectures)}.",
-            )
-        return replace(self, architectures=tuple(archs))
+        else:
+            return replace(self, architectures=tuple(archs))
+        raise StudyFileError(self.path, "architectures", problem)
 
 
 def load_study_file(path: str | Path) -> StudyConfig:
@@ -186,28 +209,21 @@ def check_name(name: object, *, what: str = "name") -> str:
     return name
 
 
+_PRUNER_LOWEST = {
+    "n_startup_trials": 0,
+    "n_warmup_steps": 0,
+    "min_resource": 1,
+    "reduction_factor": 2,
+}
+_TOP_KEYS = {"name", "data", "architectures", "train", "search", "activation", "sampler",
+             "pruner", "n_trials", "objective", "heartbeat", "baseline_search", "replicates",
+             "report"}  # fmt: skip
+
+
 def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
     v = _Validator(file)
     top = v.mapping(raw, "")
-    v.keys(
-        top,
-        "",
-        required={"name"},
-        allowed={
-            "name",
-            "data",
-            "architectures",
-            "train",
-            "search",
-            "activation",
-            "sampler",
-            "pruner",
-            "n_trials",
-            "objective",
-            "heartbeat",
-            "baseline_search",
-        },
-    )
+    v.keys(top, "", required=("name",), allowed=_TOP_KEYS)
     try:
         name = check_name(top["name"], what="the study name")
     except ValueError as exc:
@@ -253,28 +269,13 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
     if sampler.seed is not None:
         _check_range(v, "sampler.seed", sampler.seed, low=0, high=_MAX_SEED)
     _check_range(v, "sampler.n_startup_trials", sampler.n_startup_trials, low=0)
-    grid = sampler.name == "grid"
-    search = _parse_search(v, top.get("search", {}), knobs=KNOBS, defaults=_DEFAULT_SEARCH)
-    baseline_search = _parse_search(
-        v, top.get("baseline_search", {}), knobs=BASELINE_KNOBS, defaults={}, key="baseline_search"
-    )
-    if grid:
-        for key, specs, knobs in (
-            ("search", search, KNOBS),
-            ("baseline_search", baseline_search, BASELINE_KNOBS),
-        ):
-            for knob in knobs:
-                spec = specs.get(knob)
-                if spec is None or spec.type != "categorical":
-                    v.fail(
-                        f"{key}.{knob}",
-                        "the grid sampler needs 'choices' for every knob"
-                        + (
-                            " (the tuned-baseline study uses the same sampler)."
-                            if key == "baseline_search"
-                            else "."
-                        ),
-                    )
+    search = parse_space(top.get("search"), knobs=KNOBS, defaults=DEFAULT_SEARCH,
+                         section="search", fail=v.fail, short=_short)  # fmt: skip
+    baseline_search = parse_space(top.get("baseline_search"), knobs=BASELINE_KNOBS, defaults={},
+                                  section="baseline_search", fail=v.fail, short=_short)  # fmt: skip
+    if sampler.name == "grid":
+        spaces = {"search": search, "baseline_search": baseline_search}
+        check_grid(spaces, {"search": KNOBS, "baseline_search": BASELINE_KNOBS}, v.fail)
 
     objective = v.mapping(top.get("objective", {}), "objective")
     v.keys(objective, "objective", allowed={"metric", "second"})
@@ -297,12 +298,7 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
             "pruner.name",
             f"unknown pruner {_short(pruner.name)}; expected one of {_one_of(PRUNERS)}.",
         )
-    for field_name, low in (
-        ("n_startup_trials", 0),
-        ("n_warmup_steps", 0),
-        ("min_resource", 1),
-        ("reduction_factor", 2),
-    ):
+    for field_name, low in _PRUNER_LOWEST.items():
         _check_range(v, f"pruner.{field_name}", getattr(pruner, field_name), low=low)
     if second and pruner.name != "none":
         v.fail(
@@ -319,7 +315,9 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
     if heartbeat.max_retry < 0:
         v.fail("heartbeat.max_retry", f"must be >= 0, but got {_short(heartbeat.max_retry)}.")
 
-    return StudyConfig(
+    replicates = top.get("replicates", 1)
+    report = _parse_report(v, top.get("report", {}))
+    cfg = StudyConfig(
         name=name,
         path=file,
         data=data,
@@ -334,36 +332,59 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
         second_objective=second,
         heartbeat=heartbeat,
         baseline_search=baseline_search,
+        report=report,
     )
+    _check_replicates(cfg, replicates)
+    return replace(cfg, replicates=replicates)
 
 
-_DEFAULT_SEARCH: dict[str, dict[str, Any]] = {
-    "hidden_size": {"type": "int", "low": 8, "high": 256, "log": True},
-    "all_lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-    "aux_weight": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
-    "aux_loss": {"type": "categorical", "choices": list(AUX_LOSSES)},
-    "positions": {"type": "categorical", "choices": list(POSITIONS)},
-}
+def _check_replicates(cfg: StudyConfig, replicates: Any, *, what: str = "") -> None:
+    """`replicates` is an integer from 1 to MAX_REPLICATES, and every replicate's training seed
+    (`train.seed + r`) stays a valid seed. `what`: the option that gave it, if not the file."""
+    if not _int_in(replicates, 1, MAX_REPLICATES):
+        raise StudyFileError(
+            cfg.path,
+            "replicates",
+            f"{what + ' ' if what else ''}must be an integer from 1 to {MAX_REPLICATES} "
+            f"(independent searches per study), but got {_short(replicates)}.",
+        )
+    top = _MAX_SEED - (replicates - 1)  # the last replicate trains with seed + replicates - 1
+    for seed in sorted({cfg.train_config(arch).seed for arch in cfg.architectures}):
+        if not _int_in(seed, 0, top):
+            raise StudyFileError(
+                cfg.path,
+                "train.seed",
+                f"must be an integer between 0 and {top} (replicate r trains with seed + r; "
+                f"{replicates} replicates), but got {_short(seed)}.",
+            )
 
 
-def _parse_search(
-    v: _Validator,
-    raw: Any,
-    *,
-    knobs: tuple[str, ...],
-    defaults: dict[str, dict[str, Any]],
-    key: str = "search",
-) -> dict[str, ParamSpec]:
-    """The given knobs, validated (autoall/search_space.py); a knob neither given nor in
-    `defaults` is left out."""
-    given = v.mapping(raw, key)
-    v.keys(given, key, allowed=set(knobs))
-    for knob, entry in given.items():
-        if isinstance(entry, dict):
-            v.mapping(entry, f"{key}.{knob}")
-    return parse_space(
-        given, knobs=knobs, defaults=defaults, section=key, fail=v.fail, short=_short
-    )
+def _parse_report(v: _Validator, raw: Any) -> ReportConfig:
+    """The `report:` section: margin a number of accuracy points in (0, 100) or null,
+    tuning_trials an integer from 0 to 1000."""
+    given = v.mapping(raw, "report")
+    v.keys(given, "report", allowed={f.name for f in fields(ReportConfig)})
+    margin = given.get("margin")
+    if margin is not None and (
+        isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 < margin < 100
+    ):  # NaN fails `0 < margin < 100` too
+        v.fail(
+            "report.margin",
+            "must be a number of accuracy points > 0 and < 100 (the equivalence margin), or "
+            f"null for the report's default, but got {_short(margin)}.",
+        )
+    trials = given.get("tuning_trials", ReportConfig.tuning_trials)
+    if not _int_in(trials, 0, 1000):
+        v.fail(
+            "report.tuning_trials",
+            "must be an integer from 0 to 1000 (re-tuning trials per control and per "
+            f"reduced-data arm; 0: controls keep the winner's knobs), but got {_short(trials)}.",
+        )
+    return ReportConfig(margin=None if margin is None else float(margin), tuning_trials=trials)
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
 
 
 def _parse_train(
@@ -409,27 +430,15 @@ class _Validator:
             )
         return raw
 
-    def keys(
-        self,
-        raw: dict,
-        key: str,
-        *,
-        allowed: set[str],
-        required: frozenset[str] | set[str] = frozenset(),
-    ) -> None:
+    def keys(self, raw: dict, key: str, *, allowed: set[str], required: tuple = ()) -> None:
         prefix = f"{key}." if key else ""
         for k in raw:
             if k not in allowed:
                 self.fail(
                     f"{prefix}{k}", f"unknown key; expected one of {_one_of(sorted(allowed))}."
                 )
-        for k in sorted(required - set(raw)):
+        for k in sorted(set(required) - set(raw)):
             self.fail(f"{prefix}{k}", "is required.")
-
-    def string(self, raw: Any, key: str) -> str:
-        if not isinstance(raw, str):
-            self.fail(key, f"must be a string, but got {_short(raw)}.")
-        return raw
 
     def dataclass(self, cls: type, raw: Any, key: str) -> Any:
         given = self.mapping(raw, key)

@@ -28,8 +28,10 @@ from optuna.trial import TrialState
 
 import autoall
 from autoall import timing
+from autoall.config import BASELINE_KNOBS
 from autoall.host import share_cores
 from autoall.plan import fit, trial_plan
+from autoall.samplers import PHASE_ATTR
 from autoall.storage import _storage_error, storage_reason
 from autoall.study import WorkerContext, best_trial, suggest
 from autoall.tracking_roles import TrackedRun
@@ -123,7 +125,9 @@ class TrialRun:
             trial.set_user_attr("torch_threads", threads)
         with timing.span("trial.suggest"):
             self.params = params = suggest(trial, cfg.space(arch, ctx.kind))
-        self.plan = trial_plan(cfg, arch, ctx.kind, params, device=ctx.device)
+        self.plan = trial_plan(
+            cfg, arch, ctx.kind, params, device=ctx.device, replicate=ctx.replicate
+        )
         tcfg = self.plan.train
         with timing.span("tracking.start_trial"):  # first: a trial that fails from here has its run
             self.run = run = ctx.tracker.start_trial(
@@ -183,10 +187,11 @@ class TrialRun:
         """The same knobs queued again (at most _MAX_OOM_RETRIES times), GPU memory freed."""
         oom_retries = int(self.frozen.user_attrs.get("oom_retries", 0))
         if oom_retries < _MAX_OOM_RETRIES:
-            self.trial.study.enqueue_trial(
-                self.params,
-                user_attrs={"retry_of": self.trial.number, "oom_retries": oom_retries + 1},
-            )
+            attrs = {"retry_of": self.trial.number, "oom_retries": oom_retries + 1}
+            stored = self.trial.study.get_trials(deepcopy=False)[self.trial.number]
+            if PHASE_ATTR in stored.user_attrs:  # the same knobs, drawn as they were drawn
+                attrs[PHASE_ATTR] = stored.user_attrs[PHASE_ATTR]
+            self.trial.study.enqueue_trial(self.params, user_attrs=attrs)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -348,16 +353,19 @@ def _finish(
 def resolved_config(ctx: WorkerContext, params: dict[str, Any], tcfg: Any) -> dict[str, Any]:
     """Everything that determines one trial, as plain data (logged as config.yaml).
 
-    `all` holds the ALL's knobs (None for a tuned-baseline trial, whose knobs are in `train`).
+    `all` holds the ALL's knobs (None for a tuned-baseline trial); the base network's lr and
+    weight_decay, searched by both kinds, are in `train`.
     """
     cfg = ctx.cfg
+    knobs = {k: v for k, v in params.items() if k not in BASELINE_KNOBS}
     return {
         "study": ctx.study_name,
         "study_file": cfg.path,
         "kind": ctx.kind,
+        "replicate": ctx.replicate,
         "architecture": ctx.arch,
         "data": asdict(cfg.data),
-        "all": {**params, "activation": cfg.activation} if ctx.kind == "all" else None,
+        "all": {**knobs, "activation": cfg.activation} if ctx.kind == "all" else None,
         "train": asdict(tcfg),
     }
 
@@ -376,6 +384,7 @@ def _trial_tags(ctx: WorkerContext, number: int, retry_of: int | None) -> dict[s
         "autoall.study": ctx.study_name,
         "autoall.architecture": ctx.arch,
         "autoall.kind": ctx.kind,
+        "autoall.replicate": str(ctx.replicate),
         "optuna.study_name": ctx.study_name,
         "host": socket.gethostname(),
         "pid": str(os.getpid()),

@@ -14,6 +14,7 @@ DEFAULT_STORAGE = (
 )
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # MLflow 3's file store is in maintenance mode
 KINDS: tuple[str, ...] = ("all", "baseline")  # the ALL study; the equal-budget tuned baseline
+MAX_REPLICATES = 100  # independent searches per study (`replicates`, --replicates)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class RunOptions:
 class ReportOptions:
     """How `autoall report` evaluates a study file (autoall/report.py)."""
 
-    seeds: int = 5  # K: evaluation runs per variant
+    seeds: int = 3  # K: evaluation runs per variant and replicate (the replicate is the unit)
     selection_seeds: int = 3  # seeds each top-k trial is re-evaluated on (validation)
     top_k: int = 3
     fractions: tuple[float, ...] = (0.1, 0.3)  # of the train split, for generalisation
@@ -51,3 +52,7 @@ class ReportOptions:
     run_baseline: bool = True  # run missing tuned-baseline trials (equal budget) first
     alpha: float = 0.05
     cohorts: bool = True  # a variant's missing seeds train together (autoall/cohort.py)
+    # None: the study file's (`replicates`, `report.margin`, `report.tuning_trials`)
+    replicates: int | None = None  # independent searches per study the report reads
+    margin: float | None = None  # equivalence margin, accuracy percentage points
+    tuning_trials: int | None = None  # re-tuning trials per control and reduced-data arm

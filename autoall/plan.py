@@ -48,20 +48,22 @@ def trial_plan(
     params: Mapping[str, Any],
     *,
     device: str | None = None,
+    replicate: int = 0,
 ) -> RunPlan:
-    """The plan of a study trial with `params`, from the study file's training settings.
+    """The plan of a study trial with `params`, from the study file's training settings at
+    replicate `replicate`'s seed (`train.seed + replicate`).
 
-    kind "all": the architecture with an ALL of the trial's hidden_size, aux_loss, aux_weight and
-    positions, trained with its own all_lr; kind "baseline": the plain architecture with the
-    trial's lr and weight_decay. Parameters a study stored before a knob existed take the knob's
-    old fixed value (positions: head).
+    Both kinds train with the trial's lr and weight_decay (both studies search them); kind
+    "all" adds an ALL of the trial's hidden_size, aux_loss, aux_weight and positions, trained
+    with its own all_lr; kind "baseline" is the plain architecture. Parameters a study stored
+    before a knob existed take the knob's old fixed value (positions: head; an ALL study's lr
+    and weight_decay: the file's).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, but got {kind!r}.")
-    base = replace(cfg.train_config(arch), device=device)
+    base = replace(cfg.train_config(arch, replicate), device=device)
     if kind == "baseline":
-        tuned = replace(base, lr=params["lr"], weight_decay=params["weight_decay"])
-        return RunPlan(arch, tuned)
+        return RunPlan(arch, replace(base, lr=params["lr"], weight_decay=params["weight_decay"]))
     spec = ALLSpec(
         hidden_size=params["hidden_size"],
         aux_loss=params["aux_loss"],
@@ -69,7 +71,13 @@ def trial_plan(
         activation=cfg.activation,
         positions=params.get("positions", "head"),
     )
-    return RunPlan(arch, replace(base, all_lr=params["all_lr"]), spec)
+    tuned = replace(
+        base,
+        lr=params.get("lr", base.lr),
+        weight_decay=params.get("weight_decay", base.weight_decay),
+        all_lr=params["all_lr"],
+    )
+    return RunPlan(arch, tuned, spec)
 
 
 def build(plan: RunPlan, data: DeviceData) -> tuple[nn.Module, DeviceData]:

@@ -50,8 +50,18 @@ class ParamSpec:
         return self.high
 
 
+# The ALL study's knobs when the file's `search:` leaves them out.
+DEFAULT_SEARCH: dict[str, dict[str, Any]] = {
+    "hidden_size": {"type": "int", "low": 8, "high": 256, "log": True},
+    "all_lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "aux_weight": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
+    "aux_loss": {"type": "categorical", "choices": list(AUX_LOSSES)},
+    "positions": {"type": "categorical", "choices": list(POSITIONS)},
+}
+
+
 def parse_space(
-    raw: dict[str, Any],
+    raw: Any,
     *,
     knobs: tuple[str, ...],
     defaults: dict[str, dict[str, Any]],
@@ -59,8 +69,15 @@ def parse_space(
     fail: Fail,
     short: Callable[[Any], str] = repr,
 ) -> dict[str, ParamSpec]:
-    """The knobs of `raw` (a mapping already checked for unknown keys), validated; a knob
-    neither given nor in `defaults` is left out. `fail(key, message)` raises."""
+    """The knobs of the section `raw` (a mapping, or None for none), validated; a knob neither
+    given nor in `defaults` is left out. `fail(key, message)` raises."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        fail(section, f"must be a mapping, but got {type(raw).__name__} {short(raw)}.")
+    for k in raw:
+        if k not in knobs:
+            fail(f"{section}.{k}", f"unknown key; expected one of {', '.join(sorted(knobs))}.")
     specs = {}
     for knob in knobs:
         if knob not in raw and knob not in defaults:
@@ -71,6 +88,23 @@ def parse_space(
             entry = {"type": "categorical", "choices": [entry]}
         specs[knob] = _parse_knob(knob, entry, key=key, fail=fail, short=short)
     return specs
+
+
+def check_grid(spaces: dict[str, dict[str, ParamSpec]], knobs: dict[str, tuple[str, ...]],
+               fail: Fail) -> None:  # fmt: skip
+    """The grid sampler enumerates choices: every knob of every section (`search`,
+    `baseline_search`) must be categorical (a plain value is a one-choice categorical)."""
+    for section, specs in spaces.items():
+        for knob in knobs[section]:
+            spec = specs.get(knob)
+            if spec is None or spec.type != "categorical":
+                both = " (the ALL study and the tuned baseline both search lr and weight_decay)"
+                fail(
+                    f"{section}.{knob}",
+                    "the grid sampler needs 'choices' for every knob"
+                    + (both if section == "baseline_search" else "")
+                    + ".",
+                )
 
 
 def _parse_knob(

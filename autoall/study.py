@@ -3,9 +3,12 @@ ended trial is followed by (`after_trial`, `drop_ended_checkpoint`; `sweep_check
 the target is met). The worker loop that runs
 trials is autoall/optimize.py.
 
-One Optuna study per (study file `name`, architecture), named `<name>/<arch>`, in plain Optuna
-RDB storage (SQLite by default, PostgreSQL for many hosts; autoall/storage.py), so
-`optuna.load_study` and optuna-dashboard open it. `n_trials` is a target for the study as a
+One Optuna study per (study file `name`, architecture, kind, replicate), named `<name>/<arch>`,
+`<name>/<arch>/tuned-baseline` and, for replicates r >= 1, `.../r<r>` (`StudyConfig.study_name`),
+in plain Optuna RDB storage (SQLite by default, PostgreSQL for many hosts; autoall/storage.py),
+so `optuna.load_study` and optuna-dashboard open it. Each replicate is an independent search:
+its own training seed (`train.seed + r`) and its own sampler streams (autoall/samplers.py).
+`n_trials` is a target for the study as a
 whole: COMPLETE plus PRUNED trials across every worker and restart; a rerun runs only the
 remainder. A worker killed mid-trial is detected by Optuna's heartbeat and its trial rerun with
 the same parameters (`RetryHeartbeatStaleTrialCallback`). A trial itself is run by
@@ -26,10 +29,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autoall import timing
-from autoall.config import KINDS, ParamSpec, StudyConfig
+from autoall.config import KINDS, ParamSpec, SamplerConfig, StudyConfig
 from autoall.data import DeviceData, load_data
 from autoall.host import WorkerRegistry
-from autoall.samplers import per_trial
+from autoall.samplers import GUIDED, PHASE_ATTR, STARTUP, PerTrialSeed
 from autoall.tracking_roles import StudyTracker
 
 log = logging.getLogger("autoall.study")
@@ -63,10 +66,12 @@ def count_trials(trials: list[FrozenTrial]) -> Counts:
 
 
 def make_sampler(
-    cfg: StudyConfig, *, space: dict[str, ParamSpec] | None = None
+    cfg: StudyConfig, *, space: dict[str, ParamSpec] | None = None, replicate: int = 0
 ) -> optuna.samplers.BaseSampler:
-    """The study file's sampler, drawing for each trial from its own stream `seed + number`
-    (autoall/samplers.py), so workers started together never repeat each other's draws.
+    """The study file's sampler, drawing for each trial from its own stream, a hash of (seed,
+    `replicate`, trial number) (autoall/samplers.py), so workers started together never repeat
+    each other's draws and replicates share no stream; each trial it draws records its
+    `sampler_phase`.
 
     `space` is the searched knobs (the grid sampler's grid); default: the ALL study's.
     """
@@ -86,9 +91,27 @@ def make_sampler(
     elif s.name == "nsgaii":
         sampler = optuna.samplers.NSGAIISampler(seed=seed)
     else:  # the grid's order is shuffled once with `seed`: the same in every worker
-        grid = {name: list(spec.choices) for name, spec in (space or cfg.search).items()}
+        if space is None:  # every architecture's: the grid's lr and weight_decay are choices
+            space = cfg.space(cfg.architectures[0], "all")
+        grid = {name: list(spec.choices) for name, spec in space.items()}
         sampler = optuna.samplers.GridSampler(grid, seed=seed)
-    return per_trial(sampler, seed)
+    return PerTrialSeed(sampler, seed, replicate=replicate, n_startup_trials=s.n_startup_trials)
+
+
+def sampler_phase(trial: FrozenTrial, sampler: SamplerConfig | None = None) -> str:
+    """How the sampler drew `trial`: "startup" at random (too few trials had finished for its
+    model, or a random or grid sampler), "guided" from its model. The trial's `sampler_phase`
+    attribute (autoall/samplers.py); a trial stored before it was recorded is judged by its
+    number against `sampler.n_startup_trials` (pass the study file's `cfg.sampler`; default:
+    SamplerConfig's), exact for one worker, approximate for several.
+    """
+    recorded = trial.user_attrs.get(PHASE_ATTR)
+    if recorded in (STARTUP, GUIDED):
+        return str(recorded)
+    s = sampler or SamplerConfig()
+    if s.name in ("random", "grid") or trial.number < s.n_startup_trials:
+        return STARTUP
+    return GUIDED
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
@@ -113,16 +136,17 @@ def create_studies(
     kinds: tuple[str, ...] = KINDS,
     attempts: int = 5,
 ) -> dict[str, optuna.Study]:
-    """Create (or load) the studies of `kinds` per architecture, once, before any worker starts.
+    """Create (or load) the studies of `kinds` per architecture and replicate, once, before any
+    worker starts.
 
-    Keyed by study name. Each study records its kind, target and per-trial budget (user
-    attributes), so the report can check that the ALL study and its tuned baseline had the same
-    budget. Several hosts may do this at the same moment on an empty database; the schema
+    Keyed by study name. Each study records its kind, replicate, target and per-trial budget
+    (user attributes), so the report can check that the ALL study and its tuned baseline had the
+    same budget. Several hosts may do this at the same moment on an empty database; the schema
     creation can then lose a race, so it is retried.
     """
     studies = {}
-    for arch, kind in cfg.studies(kinds):
-        name = cfg.study_name(arch, kind)
+    for arch, kind, replicate in cfg.studies(kinds):
+        name = cfg.study_name(arch, kind, replicate)
         for attempt in range(attempts):
             try:
                 study = optuna.create_study(
@@ -145,6 +169,8 @@ def create_studies(
             )
         study.set_user_attr("n_trials", n_trials)
         study.set_user_attr("kind", kind)
+        study.set_user_attr("replicate", replicate)
+        study.set_user_attr("train_seed", cfg.train_config(arch, replicate).seed)
         study.set_user_attr("search_space", search_space_summary(cfg.space(arch, kind)))
         study.set_user_attr("budget", trial_budget(cfg, arch))
         studies[name] = study
@@ -223,14 +249,16 @@ class WorkerContext:
     registry: WorkerRegistry | None = None  # this host's workers: torch threads = share of cores
     small_model: bool = False  # every model of the study trains fastest on one thread
     cohort: int = 1  # trials asked at once and trained together (autoall/study_cohort.py)
+    replicate: int = 0  # which independent search of the study (its seeds and its name)
 
     @property
     def study_name(self) -> str:
-        return self.cfg.study_name(self.arch, self.kind)
+        return self.cfg.study_name(self.arch, self.kind, self.replicate)
 
     @property
     def checkpoint_folder(self) -> Path | None:
-        """This study's checkpoints: `<checkpoint_dir>/<name>__<arch>[__tuned-baseline]`."""
+        """This study's checkpoints:
+        `<checkpoint_dir>/<name>__<arch>[__tuned-baseline][__r<replicate>]`."""
         if self.checkpoint_dir is None:
             return None
         return self.checkpoint_dir / self.study_name.replace("/", "__")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,29 +16,37 @@ from autoall.study import Counts, best_trial, count_trials
 from autoall.urls import mask_secrets
 
 
-def resolve_study_names(target: str, *, storage: str | None = None) -> tuple[Any, list[str]]:
-    """A study file, `name` (all its architectures) or `name/arch` -> (storage, study names).
+def resolve_study_names(
+    target: str, *, storage: str | None = None, replicates: int | None = None
+) -> tuple[Any, list[str]]:
+    """A study file, `name` (all its architectures, kinds and replicates) or a study name such
+    as `name/arch` -> (storage, study names), per architecture, per replicate, ALL study first.
 
-    Only reads: a SQLite file that does not exist is a StorageError, not a new database; a
-    storage that cannot be opened (wrong URL or password, server down) is a StorageError.
-    Raises ValueError naming what exists when nothing matches.
+    `replicates` R keeps replicates 0 to R - 1 (default: a file's `replicates`; for a name,
+    every replicate stored). Only reads: a SQLite file that does not exist is a StorageError,
+    not a new database; a storage that cannot be opened (wrong URL or password, server down) is
+    a StorageError. Raises ValueError naming what exists when nothing matches.
     """
     url = storage or DEFAULT_STORAGE
     rdb = make_storage(url, create=False)
     existing = sorted(optuna.get_all_study_names(storage=rdb))
     if Path(target).is_file():
         cfg = load_study_file(target)
-        wanted = [cfg.study_name(a, k) for a, k in cfg.studies()]
+        if replicates is not None:
+            cfg = cfg.with_replicates(replicates)
+        wanted = [cfg.study_name(a, k, r) for a, k, r in cfg.studies()]
         names = [n for n in wanted if n in existing]
     elif "/" in target:
         names = [target] if target in existing else []
-    else:  # `<name>/<arch>` and its `<name>/<arch>/tuned-baseline`, nothing else under <name>
-        names = [
-            n
-            for n in existing
-            if n.startswith(f"{target}/")
-            and (n.count("/") == 1 or (n.count("/") == 2 and n.endswith(f"/{BASELINE_SUFFIX}")))
-        ]
+    else:  # <name>/<arch>[/tuned-baseline][/r<r>], nothing else under <name>
+        pattern = re.compile(rf"{re.escape(target)}/([^/]+)(/{BASELINE_SUFFIX})?(?:/r([1-9]\d*))?")
+        found = []
+        for n in existing:
+            match = pattern.fullmatch(n)
+            replicate = int(match.group(3) or 0) if match else 0
+            if match and (replicates is None or replicate < replicates):
+                found.append(((match.group(1), replicate, bool(match.group(2))), n))
+        names = [n for _, n in sorted(found)]
     if not names:
         there = ", ".join(existing) if existing else "none"
         raise ValueError(
@@ -75,8 +84,10 @@ class StudySummary:
         return "\n".join(lines)
 
 
-def study_summaries(target: str, *, storage: str | None = None) -> list[StudySummary]:
-    rdb, names = resolve_study_names(target, storage=storage)
+def study_summaries(
+    target: str, *, storage: str | None = None, replicates: int | None = None
+) -> list[StudySummary]:
+    rdb, names = resolve_study_names(target, storage=storage, replicates=replicates)
     return [summarize(optuna.load_study(study_name=n, storage=rdb)) for n in names]
 
 

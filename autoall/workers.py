@@ -56,8 +56,9 @@ def default_n_jobs(trials_per_gpu: int = 1) -> int:
 def run_study(
     cfg: StudyConfig, opts: RunOptions, *, out: IO[str] | None = None
 ) -> dict[str, Counts]:
-    """Run every study of the file (per architecture: the ALL study, then its tuned baseline,
-    as `opts.kinds` says) to its target; return the final counts per study name."""
+    """Run every study of the file (per architecture, per replicate: the ALL study, then its
+    tuned baseline, as `opts.kinds` says) to its target; return the final counts per study
+    name."""
     out = out or sys.stderr
     # first what fails without creating anything: a tracking server that is down, then the
     # Optuna storage (a wrong URL or password); only then the MLflow store and the studies
@@ -144,8 +145,8 @@ def _tracking(cfg: StudyConfig, opts: RunOptions) -> Iterator[StudyTracker]:
 
 def _parents(tracker: StudyTracker, cfg: StudyConfig, opts: RunOptions) -> dict[str, str]:
     return {
-        cfg.study_name(arch, kind): _parent(tracker, cfg, arch, kind, opts)
-        for arch, kind in cfg.studies(opts.kinds)
+        cfg.study_name(arch, kind, r): _parent(tracker, cfg, arch, kind, r, opts)
+        for arch, kind, r in cfg.studies(opts.kinds)
     }
 
 
@@ -155,6 +156,7 @@ def _parent(
     cfg: StudyConfig,
     arch: str,
     kind: str,
+    replicate: int,
     opts: RunOptions,
 ) -> str:
     space = search_space_summary(cfg.space(arch, kind))
@@ -162,6 +164,8 @@ def _parent(
     params.update(
         {
             "kind": kind,
+            "replicate": replicate,
+            "seed": cfg.train_config(arch, replicate).seed,
             "sampler": cfg.sampler.name,
             "sampler.seed": cfg.sampler.seed,
             "pruner": cfg.pruner.name,
@@ -172,24 +176,26 @@ def _parent(
             "storage": mask_secrets(opts.storage),
         }
     )
-    name = cfg.study_name(arch, kind)
+    name = cfg.study_name(arch, kind, replicate)
     tags = {"optuna.study_name": name, "autoall.architecture": arch, "autoall.kind": kind}
+    tags["autoall.replicate"] = str(replicate)
     return tracker.parent_run(study_name=name, arch=arch, params=params, tags=tags)
 
 
 def _work(
     cfg: StudyConfig, opts: RunOptions, *, tracker: StudyTracker, parents: dict[str, str]
 ) -> None:
-    """One worker: every study in turn (per architecture the ALL study, then its tuned
-    baseline), each until its target is met (autoall/optimize.py)."""
+    """One worker: every study in turn (per architecture, per replicate, the ALL study, then
+    its tuned baseline), each until its target is met (autoall/optimize.py)."""
     registry = WorkerRegistry()
     registry.register()  # this host's workers share its cores (autoall/host.py)
     try:
         storage = make_storage(opts.storage, cfg)
         data = load_study_data(cfg, opts.device)
-        for arch, kind in cfg.studies(opts.kinds):
-            name = cfg.study_name(arch, kind)
-            sampler = make_sampler(cfg, space=cfg.space(arch, kind))  # a stream per trial number
+        for arch, kind, replicate in cfg.studies(opts.kinds):
+            name = cfg.study_name(arch, kind, replicate)
+            # a stream per (replicate, trial number)
+            sampler = make_sampler(cfg, space=cfg.space(arch, kind), replicate=replicate)
             study = optuna.load_study(
                 study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(cfg)
             )
@@ -209,6 +215,7 @@ def _work(
                 registry=registry,
                 small_model=step_flops(cfg, arch) < SMALL_STEP_FLOPS,
                 cohort=opts.cohort,
+                replicate=replicate,
             )
             run_worker(ctx, study)
     finally:
@@ -293,8 +300,8 @@ class _Monitor:
     @timing.span("monitor.draw")  # in the monitor's thread, and once at the end
     def _draw(self) -> None:
         lines = []
-        for arch, kind in self.cfg.studies(self.opts.kinds):
-            name = self.cfg.study_name(arch, kind)
+        for arch, kind, replicate in self.cfg.studies(self.opts.kinds):
+            name = self.cfg.study_name(arch, kind, replicate)
             study = optuna.load_study(study_name=name, storage=self._storage)
             trials = study.get_trials(deepcopy=False)
             c = count_trials(trials)
@@ -326,7 +333,7 @@ class _Monitor:
             rate = (time.monotonic() - since) / new
             eta = _hms(rate * (target - c.done))
         return (
-            f"{name:<28} [{bar}] {min(c.done, target)}/{target} "
+            f"{name:<32} [{bar}] {min(c.done, target)}/{target} "
             f"({c.complete} complete, {c.pruned} pruned, {c.failed} failed, {c.running} running)"
             f"  best {best}  ETA {eta}"
         )

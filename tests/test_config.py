@@ -155,6 +155,22 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"sampler": {"n_startup_trials": -2}}, "sampler.n_startup_trials", "must be an integer >= 0"),
     ({"pruner": {"reduction_factor": 1}}, "pruner.reduction_factor", "must be an integer >= 2"),
     ({"data": {"split_seed": 2**40}}, "data.split_seed", "between 0 and 4294967295"),
+    ({"replicates": 0}, "replicates", "must be an integer from 1 to 100"),
+    ({"replicates": 101}, "replicates", "must be an integer from 1 to 100"),
+    ({"replicates": "3"}, "replicates", "but got '3'"),
+    ({"replicates": True}, "replicates", "but got True"),
+    ({"replicates": 2, "train": {"seed": 2**32 - 1}}, "train.seed", "between 0 and 4294967294"),
+    ({"train": {"seed": -1}}, "train.seed", "must be an integer between 0 and 4294967295"),
+    ({"report": {"margin": 0}}, "report.margin", "must be a number of accuracy points > 0"),
+    ({"report": {"margin": -1}}, "report.margin", "must be a number of accuracy points > 0"),
+    ({"report": {"margin": "abc"}}, "report.margin", "but got 'abc'"),
+    ({"report": {"margin": 100}}, "report.margin", "and < 100"),
+    ({"report": {"margin": True}}, "report.margin", "but got True"),
+    ({"report": {"tuning_trials": -1}}, "report.tuning_trials", "from 0 to 1000"),
+    ({"report": {"tuning_trials": 1001}}, "report.tuning_trials", "from 0 to 1000"),
+    ({"report": {"tuning_trials": 2.5}}, "report.tuning_trials", "but got 2.5"),
+    ({"report": {"seeds": 3}}, "report.seeds", "unknown key; expected one of margin"),
+    ({"report": [1]}, "report", "must be a mapping"),
 ]
 
 
@@ -167,6 +183,7 @@ def test_bad_study_file_exits_2_names_file_and_key_and_writes_nothing(
     assert result.exit_code == 2, result.output
     assert f"{path}: {key}: " in result.output
     assert words in result.output
+    assert result.output.strip().count("\n") == 0, result.output  # one line
     assert sorted(p.name for p in workdir.iterdir()) == ["bad.yaml"]  # no storage, no mlruns
 
 

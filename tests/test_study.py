@@ -57,7 +57,8 @@ def test_study_meets_its_target_and_a_rerun_trains_nothing(
     assert _states(trials) == {"COMPLETE": 4}
     assert all(0 < t.values[0] <= 1 for t in trials)
     assert all(t.user_attrs["epochs"] == 3 for t in trials)
-    assert set(trials[0].params) == {"hidden_size", "all_lr", "aux_weight", "aux_loss", "positions"}
+    knobs = {"hidden_size", "all_lr", "aux_weight", "aux_loss", "positions"}
+    assert set(trials[0].params) == knobs | {"lr", "weight_decay"}  # the base network's too
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained although the target was met")
@@ -235,6 +236,7 @@ def test_a_trial_out_of_memory_fails_and_its_knobs_are_queued_again(
     assert "ran out of memory with batch_size 128" in first.user_attrs["fail_reason"]
     assert retry.params == first.params
     assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["oom_retries"] == 1
+    assert retry.user_attrs["sampler_phase"] == first.user_attrs["sampler_phase"] == "startup"
 
 
 def test_a_worker_whose_trials_fail_three_times_in_a_row_stops_and_says_why(
