@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from autoall import render, stats_across
+from autoall.claims import paired
 from autoall.report_types import Claim, Report
 
 _N_BOOT = 2000
@@ -40,16 +41,17 @@ class Aggregate:
 
 
 def _pairs(report: Report, claim: Claim) -> np.ndarray | None:
-    """(seeds, 2) array of the claim's metric for V and C, or None without paired runs."""
+    """(runs, 2) array of the claim's metric for V and C, paired by (replicate, seed), or None
+    without paired runs."""
     if claim.test is None or claim.metric not in ("test_acc", "gap"):
         return None
     rep = next(r for r in report.archs if r.arch == claim.arch)
-    v, c = rep.runs_of(claim.variant), rep.runs_of(claim.comparator)
 
     def value(run: object) -> float:
         return run.gap if claim.metric == "gap" else run.metrics["test_acc"]  # type: ignore[attr-defined]
 
-    return np.array([[value(a), value(b)] for a, b in zip(v, c, strict=True)])
+    pairs = paired(rep, claim.variant, claim.comparator)
+    return np.array([[value(a), value(b)] for a, b in pairs])
 
 
 def aggregates(reports: list[Report]) -> list[Aggregate]:

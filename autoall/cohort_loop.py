@@ -38,6 +38,7 @@ from autoall.train import (
     _raise_if_non_finite,
     lr_factor,
     resolve_device,
+    steps_per_epoch,
 )
 
 Outcome = RunResult | Exception  # a member's result, or what ended it (pruned, diverged, ...)
@@ -113,7 +114,7 @@ class CohortLoop:
         self.shared = all(m.data is data for m in self.members)
         n_train = first.data.n_train
         self.drop_last = n_train > self.cfg.batch_size  # as train(): BatchNorm needs 2 samples
-        self.steps = n_train // self.cfg.batch_size if self.drop_last else 1
+        self.steps = steps_per_epoch(n_train, self.cfg.batch_size)
         self.model = template(
             plans[0].arch,
             [p.spec for p in plans],

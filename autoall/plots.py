@@ -2,9 +2,9 @@
 
 Per architecture: validation learning curves (mean +- std band per variant), test accuracy per
 variant (box plus one point per seed), the paired per-seed differences of each claim, the
-optimisation history of the ALL study and of its tuned baseline, the ALL study's parameter
-importances (fANOVA) and best-so-far validation accuracy against the number of trials for both
-studies. Every title states its n.
+optimisation history of each replicate's ALL study and tuned baseline, the ALL study's parameter
+importances (fANOVA), and each arm's expected best validation accuracy against the number of
+trials (its mean over the replicates, with their range as a band). Every title states its n.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
+from autoall.claims import budget_curve, paired
 from autoall.report_types import ArchReport, RunRecord
 from autoall.selection import finished_trials
 
@@ -66,11 +67,13 @@ def draw_all(rep: ArchReport, folder: Path, *, seeds: int) -> None:
         (name, f"{arch}: per-seed differences V - C of each claim, in points (n={seeds})")
     )
 
-    for study in (rep.all_study, rep.baseline_study):
-        trials = finished_trials(study)
-        name = f"optimisation_history_{study.study_name.replace('/', '_')}.png"
-        optimisation_history(trials, title=study.study_name, path=folder / name)
-        rep.figures.append((name, f"{study.study_name}: optimisation history (n={len(trials)})"))
+    for rp in rep.replicates:
+        for study in (rp.all_study, rp.baseline_study):
+            trials = finished_trials(study)
+            name = f"optimisation_history_{study.study_name.replace('/', '_')}.png"
+            optimisation_history(trials, title=study.study_name, path=folder / name)
+            caption = f"{study.study_name}: optimisation history (n={len(trials)})"
+            rep.figures.append((name, caption))
 
     study = rep.all_study
     name = f"param_importances_{arch}.png"
@@ -82,22 +85,23 @@ def draw_all(rep: ArchReport, folder: Path, *, seeds: int) -> None:
         caption = f"{study.study_name}: fANOVA parameter importances (n={n} trials)"
         rep.figures.append((name, caption))
 
-    studies = {
-        "ALL study": finished_trials(rep.all_study),
-        "tuned-baseline study": finished_trials(rep.baseline_study),
+    budgets = {
+        label: [budget_curve(rp.arms[key]) for rp in rep.replicates if rp.arms.get(key)]
+        for key, label in (("all", "ALL study"), ("baseline", "tuned-baseline study"))
     }
-    name = f"best_so_far_{arch}.png"
-    best_so_far(studies, title=arch, path=folder / name)
-    counts = ", ".join(f"{k} n={len(v)}" for k, v in studies.items())
-    rep.figures.append((name, f"{arch}: best validation accuracy so far vs trials ({counts})"))
+    name = f"budget_curves_{arch}.png"
+    budget_curves(budgets, title=arch, path=folder / name)
+    counts = ", ".join(f"{k}: {len(v)} replicates" for k, v in budgets.items())
+    rep.figures.append(
+        (name, f"{arch}: expected best validation accuracy vs number of trials ({counts})")
+    )
 
 
 def _differences(rep: ArchReport, variant: str, comparator: str, metric: str) -> list[float]:
     def value(r: RunRecord) -> float:
         return r.gap if metric == "gap" else r.metrics[metric]
 
-    pairs = zip(rep.runs_of(variant), rep.runs_of(comparator), strict=True)
-    return [value(a) - value(b) for a, b in pairs]
+    return [value(a) - value(b) for a, b in paired(rep, variant, comparator)]
 
 
 def paired_differences(diffs: dict[str, list[float]], *, path: Path, seeds: int) -> None:
@@ -209,18 +213,23 @@ def param_importances(study: optuna.Study, *, path: Path) -> str | None:
     return None
 
 
-def best_so_far(studies: Mapping[str, Sequence[FrozenTrial]], *, title: str, path: Path) -> None:
-    """Best COMPLETE validation accuracy after the first k finished trials, k = 1..n."""
+def budget_curves(curves: Mapping[str, Sequence[np.ndarray]], *, title: str, path: Path) -> None:
+    """Per arm, the expected best validation accuracy of n trials (Tang et al. 2020's unbiased
+    estimator), n = 1..N: the mean over replicates as a line, their range as a band (each
+    replicate's curve cut to the shortest)."""
     fig, ax = _figure()
-    for label, trials in studies.items():
-        best, curve = -np.inf, []
-        for t in trials:
-            if t.state == TrialState.COMPLETE and t.values:
-                best = max(best, t.values[0])
-            curve.append(best if np.isfinite(best) else np.nan)
-        ax.step(range(1, len(curve) + 1), curve, where="post", label=f"{label} (n={len(curve)})")
-    ax.set(xlabel="number of finished trials", ylabel="best validation accuracy so far")
-    ax.set_title(f"{title}: best so far vs number of trials")
+    for label, per_replicate in curves.items():
+        if not per_replicate:
+            continue
+        n = min(len(c) for c in per_replicate)
+        stack = np.stack([np.asarray(c[:n]) for c in per_replicate])
+        x = np.arange(1, n + 1)
+        line = ax.plot(x, stack.mean(axis=0), label=f"{label} (R={len(per_replicate)})")
+        if len(per_replicate) > 1:
+            color = line[0].get_color()
+            ax.fill_between(x, stack.min(axis=0), stack.max(axis=0), color=color, alpha=0.2)
+    ax.set(xlabel="number of trials", ylabel="expected best validation accuracy")
+    ax.set_title(f"{title}: expected best validation accuracy vs trials")
     ax.legend(loc="lower right")
     _save(fig, path)
 

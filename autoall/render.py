@@ -9,7 +9,6 @@ points; every interval is a 95 % interval, unadjusted, next to its own test.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import math
 import re
@@ -22,7 +21,7 @@ from typing import Union
 
 from autoall import stats
 from autoall.claims import UNITS, family_size
-from autoall.report_types import ArchReport, Claim, Report, RunRecord
+from autoall.report_types import ArchReport, Claim, Report
 
 
 @dataclass(frozen=True)
@@ -50,24 +49,12 @@ class Image:
 
 Block = Union[Heading, Paragraph, Table, Image]  # noqa: UP007 (a runtime alias on Python 3.10)
 
-RUN_COLUMNS: tuple[str, ...] = (
-    "arch", "variant", "seed", "test_acc", "final_val_acc", "train_eval_acc", "gap",
-    "median_epoch_seconds", "wall_seconds", "target_epoch", "target_seconds", "params_total",
-    "params_all", "mlflow_run_id",
-)  # fmt: skip
-CLAIM_COLUMNS: tuple[str, ...] = (
-    "arch", "claim", "variant", "comparator", "metric", "direction", "n", "effect", "t_low",
-    "t_high", "p_t", "p_sign_flip", "example_low", "example_high", "p_example", "decision_p",
-    "adjusted_p", "verdict", "reason",
-)  # fmt: skip
-
 
 def document(report: Report) -> list[Block]:
     """The whole report: the verdicts, per architecture the evidence, then the method."""
     blocks: list[Block] = [Heading(1, f"autoall report: {report.name}"), Paragraph(_intro(report))]
-    needed = _seeds_hint(report)
-    if needed:
-        blocks.append(Paragraph(needed))
+    if report.reachable:
+        blocks.append(Paragraph(f"**Before training:** {report.reachable}"))
     blocks += [Heading(2, "Verdicts"), _verdict_table(report)]
     blocks += [Paragraph(_headline(rep)) for rep in report.archs]
     for rep in report.archs:
@@ -82,32 +69,23 @@ def _intro(report: Report) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017 (py3.10)
     archs = ", ".join(r.arch for r in report.archs)
     budgets = "; ".join(
-        f"{r.arch}: {r.selections['all'].budget} trials per study" for r in report.archs
+        f"{r.arch}: {', '.join(str(rp.budget) for rp in r.replicates)} trials per study"
+        for r in report.archs
+    )
+    replicates = (
+        f"{report.replicates} independent searches of each arm (replicates)"
+        if report.replicates > 1
+        else "one search of each arm (re-tuning variance unmeasured: use --replicates >= 2)"
     )
     return (
         f"Does an Auto-Learning Layer make {archs} better on {report.data}? The tuned ALL is "
-        f"compared with an equal-budget tuned baseline ({budgets}; same sampler, pruner and "
-        f"epochs), each picked on validation, then trained on {len(report.seeds)} evaluation "
-        f"seeds and evaluated once on the {report.test_size:,}-image test split. "
-        f"{family_size(report.claims)} claims are tested together (Holm, alpha = "
-        f"{report.alpha:g}). Study file {report.path}; MLflow report run "
-        f"{report.parent_run_id}; written {when}."
-    )
-
-
-def _seeds_hint(report: Report) -> str:
-    m = family_size(report.claims)
-    if not m:
-        return ""
-    needed = stats.seeds_needed(report.alpha / m)
-    if len(report.seeds) >= needed:
-        return ""
-    return (
-        f"**With {len(report.seeds)} seeds no claim can be supported**: the exact sign-flip "
-        f"test's smallest p-value at n = {len(report.seeds)} is "
-        f"{stats.sign_flip_min_p(len(report.seeds)):.3g}, not below alpha / m = "
-        f"{report.alpha / m:.3g} for {m} claims. Rerun with `--seeds {needed}` (finished runs "
-        "are reused)."
+        f"compared with an equally tuned baseline ({budgets}; both search the base lr and "
+        f"weight decay over the same ranges with the same sampler, pruner and epochs), "
+        f"{replicates}, each picked on validation, then trained on {len(report.seeds)} "
+        f"evaluation seeds and evaluated once on the {report.test_size:,}-image test split. "
+        f"{family_size(report.claims)} claims are tested together (Holm-Shaffer over their "
+        f"difference and equivalence tests, alpha = {report.alpha:g}). Study file "
+        f"{report.path}; MLflow report run {report.parent_run_id}; written {when}."
     )
 
 
@@ -127,8 +105,11 @@ def _cell(c: Claim) -> str:
     verdict = f"**{c.verdict}**"
     if c.test is None:
         return f"{verdict} ({c.reason})"
-    opposite = " (opposite direction)" if c.reason.startswith("opposite") else ""
-    return f"{verdict}{opposite}: {_effect(c, c.test.mean)}, Holm p {_p_eq(c.adjusted_p)}"
+    est = c.test.estimate
+    interval = "" if est.ci is None else f" [{_effect(c, est.ci[0])}, {_effect(c, est.ci[1])}]"
+    if c.verdict == "equivalent":
+        return f"{verdict} within ±{_effect(c, c.test.margin or 0.0, sign=False)}: {_effect(c, est.mean)}{interval}"
+    return f"{verdict}: {_effect(c, est.mean)}{interval}, adjusted p {_p_eq(c.adjusted_p)}"
 
 
 def _headline(rep: ArchReport) -> str:
@@ -140,7 +121,8 @@ def _headline(rep: ArchReport) -> str:
 
     n = len(rep.runs_of("all"))
     return (
-        f"**{rep.arch}** (test accuracy, mean ± sd over n = {n} seeds): ALL {acc('all')}, tuned "
+        f"**{rep.arch}** (test accuracy, mean ± sd over n = {n} runs, replicates x seeds): "
+        f"ALL {acc('all')}, tuned "
         f"baseline {acc('tuned-baseline')}, hand-set baseline {acc('hand-set')}, "
         f"parameter-matched {acc('param-matched')}."
     )
@@ -148,9 +130,57 @@ def _headline(rep: ArchReport) -> str:
 
 def _arch_blocks(rep: ArchReport) -> list[Block]:
     n = len(rep.runs_of("all"))
-    blocks: list[Block] = [Heading(2, rep.arch), Heading(3, "Selection (validation only)")]
+    blocks: list[Block] = [Heading(2, rep.arch), Heading(3, "Search budgets")]
+    blocks.append(
+        Table(
+            ("study", "finished trials", "random start-up", "guided", "trial-epochs", "seconds"),
+            [
+                (
+                    a.study,
+                    str(a.finished),
+                    str(a.startup),
+                    str(a.guided),
+                    str(a.trial_epochs),
+                    f"{a.seconds:.1f}",
+                )
+                for rp in rep.replicates
+                for a in rp.arms.values()
+            ],  # fmt: skip
+        )
+    )
+    retuned = [(rp.index, t) for rp in rep.replicates for t in rp.retuned]
+    if retuned:
+        blocks += [
+            Heading(3, "Re-tuned controls (validation only)"),
+            Table(
+                (
+                    "replicate",
+                    "variant",
+                    "knobs",
+                    "candidates",
+                    "trial-epochs",
+                    "seconds",
+                    "picked",
+                    "val acc",
+                ),
+                [
+                    (
+                        str(r),
+                        _label(rep, t.variant),
+                        ", ".join(t.knobs),
+                        str(t.trials),
+                        str(t.epochs),
+                        f"{t.seconds:.1f}",
+                        ", ".join(f"{k}={v:.4g}" for k, v in t.best.items()),
+                        f"{t.best_val_acc:.4f}",
+                    )
+                    for r, t in retuned
+                ],
+            ),  # fmt: skip
+        ]
+    blocks.append(Heading(3, "Selection (validation only)"))
     rows = []
-    for key, sel in rep.selections.items():
+    for key, sel in [(k, s) for rp in rep.replicates for k, s in rp.selections.items()]:
         for rank, cand in enumerate(sel.ranked, start=1):
             rows.append(
                 (
@@ -167,28 +197,38 @@ def _arch_blocks(rep: ArchReport) -> list[Block]:
     )
     blocks += [
         Heading(3, "Variants"),
-        Table(("variant", "settings"), [(v.label, v.note) for v in rep.variants]),
-        Heading(3, f"Test accuracy (n = {n} seeds per variant)"),
+        Table(
+            ("replicate", "variant", "settings"),
+            [
+                (str(rp.index), v.label + (" (**untuned**)" if v.untuned else ""), v.note)
+                for rp in rep.replicates
+                for v in rp.variants
+            ],
+        ),
+        Heading(3, f"Test accuracy (n = {n} runs per variant: replicates x seeds)"),
         Table(
             ("variant", "test acc, mean ± sd", "train-test gap", "parameters (ALL share)"),
             [_variant_row(rep, v.name, v.label) for v in rep.variants],
         ),
         Heading(3, "Claims"),
         Paragraph(
-            "Effect = mean over seeds of V - C. t: paired t interval and p; sign-flip: exact "
-            "permutation p; test noise: interval and p over test examples; Holm: the decision p "
-            "(the largest of the three) adjusted over every claim of this report. Intervals are "
-            "95 %, unadjusted: one can exclude 0 while the verdict is not 'supported'."
+            "Effect = mean over replicates and seeds of V - C, with the mixed model's 95 % "
+            "interval and p (a t test on the replicate means, df = replicates - 1; over seeds "
+            "when there is one replicate). Test noise: the two-way bootstrap over (replicates, "
+            "seeds) x test examples. Equivalence: two one-sided tests against ±margin. Adjusted: "
+            "Holm-Shaffer over every claim's difference and equivalence tests. Intervals are "
+            f"95 %, unadjusted. Accuracy margin ±{100 * rep.margin:.2f} points "
+            f"({rep.margin_source})."
         ),
         Table(
             (
                 "claim",
                 "V vs C",
-                "effect [t 95 % CI]",
-                "t p",
-                "sign-flip p",
+                "effect [95 % CI] (df)",
+                "p",
                 "test noise [95 % CI] p",
-                "Holm p",
+                "equivalence p",
+                "adjusted p",
                 "verdict",
             ),  # fmt: skip
             [_claim_row(c, rep) for c in rep.claims],
@@ -225,20 +265,26 @@ def _claim_row(c: Claim, rep: ArchReport) -> tuple[str, ...]:
     t = c.test
     if t is None:
         return (title, vs, "-", "-", "-", "-", "-", verdict)
-    ci = "" if t.t_ci is None else f" [{_effect(c, t.t_ci[0])}, {_effect(c, t.t_ci[1])}]"
-    example = "-"
-    if t.example is not None:
-        e = t.example
-        interval = "" if e.ci is None else f" [{_effect(c, e.ci[0])}, {_effect(c, e.ci[1])}]"
-        example = f"{_effect(c, e.mean)}{interval}, p {_p_eq(e.p)}"
+    est = t.estimate
+    ci = "" if est.ci is None else f" [{_effect(c, est.ci[0])}, {_effect(c, est.ci[1])}]"
+    noise = "-"
+    if t.bootstrap is not None:
+        b = t.bootstrap
+        noise = (
+            f"{_effect(c, b.mean)} [{_effect(c, b.ci[0])}, {_effect(c, b.ci[1])}], p {_p_eq(b.p)}"
+        )
+    margin = (
+        "-" if t.margin is None else f"±{_effect(c, t.margin, sign=False)}: {_p(t.p_equivalence)}"
+    )
+    adjusted = f"{_p(c.adjusted_p)} / {_p(c.adjusted_p_equivalence)}"
     return (
         title,
         vs,
-        f"{_effect(c, t.mean)}{ci}",
-        _p(t.p_t),
-        _p(t.p_sign_flip),
-        example,
-        _p(c.adjusted_p),
+        f"{_effect(c, est.mean)}{ci} ({est.df} df, {est.unit})",
+        _p(est.p),
+        noise,
+        margin,
+        adjusted,
         verdict,
     )
 
@@ -261,38 +307,59 @@ def _efficiency_row(rep: ArchReport, name: str) -> tuple[str, ...]:
 
 def method(report: Report) -> list[str]:
     m = family_size(report.claims)
-    seeds, sel = report.seeds, report.selection_seeds
+    seeds = report.seeds
+    sel = report.selection_seeds
     return [
-        "**Budgets.** The ALL study searches the ALL's knobs (hidden_size, all_lr, aux_weight, "
-        "aux_loss, positions) on top of the study file's training settings; its tuned baseline "
-        "searches the plain network's lr and weight_decay with the same sampler, pruner, number "
-        "of finished trials and epochs per trial. Both use only the train and validation splits.",
+        "**Equal arms.** The ALL study searches the base network's lr and weight_decay and the "
+        "ALL's knobs (hidden_size, all_lr, aux_weight, aux_loss, positions); its tuned baseline "
+        "searches the same lr and weight_decay ranges, with the same sampler, pruner, number of "
+        "finished trials and epochs per trial. Both use only the train and validation splits. "
+        "The search budgets table states each arm's trials (random start-up and guided), "
+        "trial-epochs and seconds.",
+        f"**Replicates.** Each arm was searched {report.replicates} time(s), independently: "
+        "replicate r's sampler draws each trial from its own stream (a NumPy SeedSequence of "
+        "the sampler seed, r and the trial number), trains with search seed train.seed + r and "
+        "selects with its own selection seeds. Each replicate picks its own winners; their "
+        "spread is part of every interval below.",
         f"**Selection (validation only).** The top {report.top_k} COMPLETE trials of each study "
-        f"(ties at the cut included) are retrained on the selection seeds {_seeds(sel)} and the "
-        "one with the highest mean final validation accuracy wins (ties: lower mean validation "
-        "loss, then fewer parameters; never trial order). When the ALL winner has no custom "
-        "loss, the custom-loss claim uses the best trial with one, picked the same way.",
+        f"(ties at the cut included) are retrained on the replicate's selection seeds "
+        f"({'; '.join(_seeds(s) for s in sel)}) and the one with the highest mean final "
+        "validation accuracy wins (ties: lower mean validation loss, then fewer parameters; "
+        "never trial order). When the ALL winner has no custom loss, the custom-loss claim uses "
+        "the best trial with one, picked the same way.",
+        f"**Controls, re-tuned.** Each control is re-tuned on what its change frees, with "
+        f"{report.tuning_trials} candidates on validation (the winner's own knobs first, then "
+        "random draws from the study file's ranges): the parameter-matched plain model and the "
+        "ALL at all_lr = lr re-tune lr and weight_decay; the ALL at aux_weight = 0 and at the "
+        "other positions re-tune lr and all_lr. A control that keeps the winner's knobs is "
+        "labelled untuned, and a claim against it is never supported.",
+        "**Less data.** The ALL and the tuned baseline on a share of the train split train with "
+        "as many optimizer steps as on the full split (more epochs, the same warm-up and cosine "
+        "schedule in steps), each with lr and weight_decay re-tuned on the share with the same "
+        "budget; the train-test gap is shown beside them.",
         f"**Evaluation.** Every variant trains on the train split with each evaluation seed "
-        f"{_seeds(seeds)} (none is the search seed) and is evaluated once on the test split. "
-        "Seed s fixes the initialisation of the shared parts (the base network is built before "
-        "any ALL is inserted, and every ALL starts as the identity) and the batch order, so the "
-        "variants' runs are paired by seed. The parameter-matched control is the tuned baseline "
-        "with the layer before the head widened to within 2 % of the ALL model's parameters.",
-        "**Statistics per claim.** d_i = metric(V, seed i) - metric(C, seed i). The paired t "
-        "interval and test (scipy's t distribution; the interval excludes 0 exactly when its p "
-        "< 0.05); the exact two-sided sign-flip permutation test (all 2^n sign vectors for n <= "
-        "12, Monte Carlo with a fixed seed above); for test accuracy, the test set's own "
-        "sampling noise: per test example j, delta_j = the seed-averaged difference in correct "
-        "predictions, a paired t test over the test examples (with one seed this is McNemar's "
-        "test; the effect equals the accuracy difference). A claim's decision p is the largest "
-        "of these (an intersection-union test: supported only if every test rejects).",
-        f"**Multiplicity and verdicts.** Holm's step-down correction over the {m} tested claims "
-        f"of this report (every architecture). Supported: Holm-adjusted p < {report.alpha:g} and "
-        "the effect in the claimed direction. Undetermined: zero variance of the differences, "
-        "fewer than 2 seeds, a target not reached, or too few seeds for the sign-flip test to "
-        f"reach alpha / m (needs n >= {stats.seeds_needed(report.alpha / max(m, 1))} here). "
-        "Otherwise not supported. Tuning cost is one pair of searches: it is described, not "
-        "tested.",
+        f"{_seeds(seeds)} (none is a search or selection seed) and is evaluated once on the "
+        "test split. Seed s fixes the initialisation of the shared parts and the batch order, "
+        "so runs pair by (replicate, seed). The ALL and the tuned baseline train alone, so the "
+        "seconds of the efficiency claims are each run's own, measured alike for both arms.",
+        "**Statistics per claim.** d[r, i] = metric(V, r, i) - metric(C, r, i). The effect is "
+        "the mean of d; its interval and p come from the balanced mixed model d = mu + a_r + "
+        "e_ri, whose exact test is a t test on the replicate means with replicates - 1 degrees "
+        "of freedom (with one replicate, over the seeds). For test accuracy, the test set's own "
+        "noise is a two-way bootstrap over (replicates, seeds within them) x test examples; the "
+        "difference p is the larger of the two (an intersection-union test). Equivalence "
+        "within ±margin: two one-sided tests, the larger p of the mixed model's and the "
+        "bootstrap's.",
+        f"**Multiplicity and verdicts.** The {m} tested claims' difference and equivalence "
+        "tests are adjusted together by Holm's step-down procedure with Shaffer's bound (at "
+        "most one of a claim's two nulls is true), so the family-wise error rate of every "
+        f"finding is at most alpha = {report.alpha:g}. Supported: the difference is significant "
+        "in the claimed direction; opposite: significant the other way; equivalent: the "
+        "equivalence test is significant; inconclusive: neither, with the minimum detectable "
+        "effect at this n and the n it would need (80 % power); undetermined: no variance or "
+        "fewer than two units. The tuning-cost claim compares the expected best validation "
+        "accuracy of n trials (Tang et al. 2020's unbiased estimator of Dodge et al. 2019's "
+        "curve), averaged over n, across replicates.",
         "**Efficiency.** Epochs and seconds of training until a run's validation accuracy first "
         "reaches the target, which is fixed from validation (never from test).",
     ]
@@ -361,73 +428,16 @@ def write(report: Report, folder: Path, blocks: list[Block] | None = None) -> No
     (folder / "report.html").write_text(page)
 
 
-def write_csv(report: Report, folder: Path) -> None:
-    """results.csv (one row per evaluation run, full precision: equal to the MLflow metrics)
-    and claims.csv (one row per claim)."""
-    with (folder / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
-        writer.writeheader()
-        for rep in report.archs:
-            for variant in rep.variants:
-                writer.writerows(_run_row(r) for r in rep.runs_of(variant.name))
-    with (folder / "claims.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CLAIM_COLUMNS)
-        writer.writeheader()
-        writer.writerows(_claim_csv(c) for c in report.claims)
-
-
-def _run_row(r: RunRecord) -> dict[str, object]:
-    m = r.metrics
-    return {
-        "arch": r.arch,
-        "variant": r.variant,
-        "seed": r.seed,
-        **{k: m[k] for k in ("test_acc", "final_val_acc", "train_eval_acc", "wall_seconds")},
-        "gap": r.gap,
-        "median_epoch_seconds": m["median_epoch_seconds"],
-        "target_epoch": r.target_epoch,
-        "target_seconds": r.target_seconds,
-        "params_total": int(m["params_total"]),
-        "params_all": int(m["params_all"]),
-        "mlflow_run_id": r.run_id,
-    }
-
-
-def _claim_csv(c: Claim) -> dict[str, object]:
-    t = c.test
-    e = t.example if t is not None else None
-    return {
-        "arch": c.arch,
-        "claim": c.key,
-        "variant": c.variant,
-        "comparator": c.comparator,
-        "metric": c.metric,
-        "direction": c.direction,
-        "n": t.n if t else "",
-        "effect": t.mean if t else "",
-        "t_low": t.t_ci[0] if t and t.t_ci else "",
-        "t_high": t.t_ci[1] if t and t.t_ci else "",
-        "p_t": t.p_t if t and t.p_t is not None else "",
-        "p_sign_flip": t.p_sign_flip if t else "",
-        "example_low": e.ci[0] if e and e.ci else "",
-        "example_high": e.ci[1] if e and e.ci else "",
-        "p_example": e.p if e and e.p is not None else "",
-        "decision_p": t.decision_p if t else "",
-        "adjusted_p": c.adjusted_p if c.adjusted_p is not None else "",
-        "verdict": c.verdict,
-        "reason": c.reason,
-    }
-
-
 def _label(rep: ArchReport, name: str) -> str:
     return next((v.label for v in rep.variants if v.name == name), name)
 
 
-def _effect(c: Claim, value: float) -> str:
+def _effect(c: Claim, value: float, *, sign: bool = True) -> str:
     unit = UNITS.get(c.metric, "")
+    plus = "+" if sign else ""
     if unit == "points":
-        return f"{100 * value:+.2f} points"
-    return f"{value:+.3g} {unit}".rstrip()
+        return f"{100 * value:{plus}.2f} points"
+    return f"{value:{plus}.3g} {unit}".rstrip()
 
 
 def _p(p: float | None) -> str:

@@ -19,7 +19,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,13 +53,21 @@ _PREDICTIONS = "test_predictions.npy"
 
 
 def run_settings(
-    plan: RunPlan, data: DeviceData, *, split: dict[str, Any], evaluate_test: bool
+    plan: RunPlan,
+    data: DeviceData,
+    *,
+    split: dict[str, Any],
+    evaluate_test: bool,
+    alone: bool = False,
 ) -> dict[str, Any]:
-    """Everything that determines one run: its MLflow params; its hash decides reuse."""
+    """Everything that determines one run: its MLflow params; its hash decides reuse.
+
+    `alone`: the run must have trained by itself (its seconds are its own, for the report's
+    time claims), so a run trained in a cohort is not reused for it."""
     train = asdict(plan.train)
     train["device"] = data.device.type  # cuda:0 and cuda:1 give the same runs
     train["evaluate_test"] = evaluate_test
-    return {
+    settings = {
         "arch": plan.arch,
         "seed": plan.train.seed,
         "data": split,
@@ -69,6 +77,9 @@ def run_settings(
         "train": train,
         "code": code_version(),
     }
+    if alone:
+        settings["arrangement"] = "alone"
+    return settings
 
 
 def config_hash(settings: dict[str, Any]) -> str:
@@ -101,6 +112,7 @@ class RunStore(_Logger):
             )
             self.parent_id = run.info.run_id
         self.children: dict[str, list[Any]] = {}
+        self.fresh: dict[str, RunRecord] = {}  # runs trained by this report, by key
         for run in self._search(f"tags.\"mlflow.parentRunId\" = '{self.parent_id}'"):
             self.children.setdefault(run.data.tags.get("config_hash", ""), []).append(run)
 
@@ -124,27 +136,44 @@ class RunStore(_Logger):
         split: dict[str, Any],
         evaluate_test: bool,
         on_trained: OnTrained | None = None,
+        replicate: int = 0,
+        alone: bool = False,
     ) -> RunRecord:
         """The finished run of `plan` (its seed included), or a new one trained now.
 
         `evaluate_test=False` is a selection run: `data` must then hold no test split, and the
         run reads validation only. `on_trained(run_id, model, result)` is called for a run trained
         now, after its metrics are logged and before it ends (e.g. to log its model into it).
+        `replicate` tags the run with the search it came from; `alone`: see `run_settings`.
         """
         if on_trained is None:
             return self.get_or_train_seeds(
-                variant, [plan], data, split=split, evaluate_test=evaluate_test
+                variant,
+                [plan],
+                data,
+                split=split,
+                evaluate_test=evaluate_test,
+                replicate=replicate,
+                alone=alone,
             )[0]
         if not evaluate_test and data.test_y.numel():
             raise AssertionError("a selection run must not be given the test split")
-        settings = run_settings(plan, data, split=split, evaluate_test=evaluate_test)
+        settings = run_settings(plan, data, split=split, evaluate_test=evaluate_test, alone=alone)
         chash = config_hash(settings)
         found = self._finished(variant, plan, chash, evaluate_test=evaluate_test)
         if found is not None:
+            found.replicate = replicate
             return found
         keyed = [(0, settings, chash)]
         return self._train(
-            variant, [plan], keyed, data, evaluate_test=evaluate_test, on_trained=on_trained
+            variant,
+            [plan],
+            keyed,
+            data,
+            evaluate_test=evaluate_test,
+            on_trained=on_trained,
+            replicate=replicate,
+            alone=True,
         )[0]
 
     def get_or_train_seeds(
@@ -156,29 +185,41 @@ class RunStore(_Logger):
         split: dict[str, Any],
         evaluate_test: bool,
         cohort: bool = True,
+        replicate: int = 0,
+        alone: bool = False,
     ) -> list[RunRecord]:
         """`get_or_train` of each plan (a variant on several seeds), in order: the finished runs
         are read back, and the missing ones train together as one cohort (autoall/cohort.py)
-        unless `cohort` is False; each is its own child run, logged as soon as it ends.
+        unless `cohort` is False or `alone` is set; each is its own child run, logged as soon as
+        it ends.
 
         A run trained in a cohort equals the run trained alone within float tolerance, so it is
-        keyed (and reused) the same; its tag `cohort_size` says how many trained together.
+        keyed (and reused) the same; its tag `cohort_size` says how many trained together, and
+        its record's `arrangement` too. `alone` runs (the report's timed arms) are keyed apart:
+        only a run that trained by itself is reused for them.
         """
         if not evaluate_test and data.test_y.numel():
             raise AssertionError("a selection run must not be given the test split")
         records: list[RunRecord | None] = []
         missing: list[tuple[int, dict[str, Any], str]] = []
         for i, plan in enumerate(plans):
-            settings = run_settings(plan, data, split=split, evaluate_test=evaluate_test)
+            settings = run_settings(
+                plan, data, split=split, evaluate_test=evaluate_test, alone=alone
+            )
             chash = config_hash(settings)
-            records.append(self._finished(variant, plan, chash, evaluate_test=evaluate_test))
-            if records[-1] is None:
+            found = self._finished(variant, plan, chash, evaluate_test=evaluate_test)
+            if found is not None:
+                found.replicate = replicate
+            records.append(found)
+            if found is None:
                 missing.append((i, settings, chash))
-        groups = group_plans([plans[i] for i, _, _ in missing]) if cohort else None
+        together = cohort and not alone
+        groups = group_plans([plans[i] for i, _, _ in missing]) if together else None
         for group in groups or [[j] for j in range(len(missing))]:
             todo = [missing[j] for j in group]
             trained = self._train(variant, [plans[i] for i, _, _ in todo], todo, data,
-                                  evaluate_test=evaluate_test)  # fmt: skip
+                                  evaluate_test=evaluate_test, replicate=replicate,
+                                  alone=alone)  # fmt: skip
             for (i, _, _), record in zip(todo, trained, strict=True):
                 records[i] = record
         return [r for r in records if r is not None]
@@ -189,6 +230,8 @@ class RunStore(_Logger):
         """A FINISHED run with key `chash` read back; runs left RUNNING by a killed report end
         KILLED."""
         wanted = FINAL_METRICS if evaluate_test else SELECTION_METRICS
+        if chash in self.fresh:  # trained earlier in this report (e.g. a candidate picked twice)
+            return replace(self.fresh[chash], variant=variant, reused=True)
         earlier = self.children.get(chash, [])
         for run in earlier:
             if run.info.status == "FINISHED" and set(wanted) <= set(run.data.metrics):
@@ -210,11 +253,17 @@ class RunStore(_Logger):
         *,
         evaluate_test: bool,
         on_trained: OnTrained | None = None,
+        replicate: int = 0,
+        alone: bool = False,
     ) -> list[RunRecord]:
         """Train `plans` (one cohort, or one plan), each its own child run, ended as soon as
         its training ends; a run whose training failed ends FAILED and its error is raised.
-        `on_trained` (one plan only) gets the trained model before its run ends."""
+        `on_trained` (one plan only) gets the trained model before its run ends; `alone` (one
+        plan only) trains it by itself, outside any cohort."""
+        assert len(plans) == 1 or not (alone or on_trained), "alone trains one plan at a time"
         role = "report-run" if evaluate_test else "selection-run"
+        if variant.startswith("tune-"):  # a control's re-tuning candidate (validation only)
+            role = "tuning-run"
         wanted = FINAL_METRICS if evaluate_test else SELECTION_METRICS
         run_ids = []
         for plan, (_, settings, chash) in zip(plans, keyed, strict=True):
@@ -222,6 +271,7 @@ class RunStore(_Logger):
             tags = {"mlflow.parentRunId": self.parent_id, "autoall.report": self.name}
             tags |= {"autoall.role": role, "arch": plan.arch, "variant": variant}
             tags |= {"seed": str(seed), "config_hash": chash, "cohort_size": str(len(plans))}
+            tags |= {"replicate": str(replicate)}
             created = self._retrying(
                 self.client.create_run,
                 self.experiment_id,
@@ -246,7 +296,7 @@ class RunStore(_Logger):
                 on_trained(run_ids[j], kept.pop(), outcome)
             self._retrying(self.client.set_terminated, run_ids[j], "FINISHED")
             metrics = {k: float(v) for k, v in final_metrics(outcome).items() if k in wanted}
-            records[j] = RunRecord(
+            records[j] = record = RunRecord(
                 arch=plans[j].arch,
                 variant=variant,
                 seed=plans[j].train.seed,
@@ -256,13 +306,17 @@ class RunStore(_Logger):
                 epoch_seconds=[s.epoch_seconds for s in outcome.history],
                 test_predictions=outcome.test_predictions,
                 reused=False,
+                replicate=replicate,
+                arrangement=_arrangement(len(plans)),
             )
+            self.fresh[keyed[j][2]] = record
 
         try:
-            if on_trained is None:
+            if on_trained is None and not alone:
                 fit_cohort(plans, data, evaluate_test=evaluate_test, on_end=on_end)
-            else:  # one run whose model is kept: a cohort's members are rows, not modules
-                on_end(0, fit(plans[0], data, evaluate_test=evaluate_test, on_trained=kept.append))
+            else:  # one run by itself (timed), or whose model is kept (a member is not a module)
+                keep = kept.append if on_trained is not None else None
+                on_end(0, fit(plans[0], data, evaluate_test=evaluate_test, on_trained=keep))
         except BaseException as exc:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             for j, run_id in enumerate(run_ids):
@@ -314,6 +368,7 @@ class RunStore(_Logger):
             epoch_seconds=history("epoch_seconds"),
             test_predictions=predictions,
             reused=True,
+            arrangement=_arrangement(int(run.data.tags.get("cohort_size", "1"))),
         )
 
     def run_data(self, run_id: str) -> Any:
@@ -341,6 +396,10 @@ class RunStore(_Logger):
         self._retrying(self.client.set_terminated, self.parent_id, status)
 
 
+def _arrangement(size: int) -> str:
+    return "alone" if size == 1 else f"cohort of {size}"
+
+
 def headline(report: Report) -> dict[str, float]:
     """The report run's metrics, per architecture: mean test accuracy of the ALL winner and of
     the tuned baseline over the evaluation seeds, and the accuracy claim's effect (mean paired
@@ -353,7 +412,7 @@ def headline(report: Report) -> dict[str, float]:
                 figures[f"{rep.arch}.{variant}.test_acc_mean"] = sum(accs) / len(accs)
         claim = next((c for c in rep.claims if c.key == "accuracy"), None)
         if claim is not None and claim.test is not None:
-            figures[f"{rep.arch}.accuracy.effect"] = claim.test.mean
+            figures[f"{rep.arch}.accuracy.effect"] = claim.test.estimate.mean
             if claim.adjusted_p is not None:
                 figures[f"{rep.arch}.accuracy.holm_p"] = claim.adjusted_p
     return figures

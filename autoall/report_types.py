@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import optuna
 
+from autoall.decision import ClaimTest
 from autoall.plan import RunPlan
-from autoall.stats import ClaimTest
 
 # The report's outputs, per run (results.csv columns after arch, variant, seed).
 FINAL_METRICS: tuple[str, ...] = (
@@ -33,6 +33,8 @@ class Variant:
     label: str  # for people: "ALL", "tuned baseline", ...
     plan: RunPlan  # its seed is replaced per run
     note: str  # where the settings come from
+    untuned: str | None = None  # why its knobs were inherited, not re-tuned (None: tuned)
+    timed: bool = False  # its runs train alone, so their seconds are their own
 
 
 @dataclass
@@ -48,6 +50,8 @@ class RunRecord:
     epoch_seconds: list[float]  # per epoch
     test_predictions: np.ndarray | None  # predicted class per test example; None on selection
     reused: bool
+    replicate: int = 0  # the independent search whose winner this run trains
+    arrangement: str = "alone"  # "alone" or "cohort of K": how its seconds were measured
     target_epoch: int | None = None  # first epoch at or above the efficiency target
     target_seconds: float | None = None  # seconds of training until the end of that epoch
 
@@ -91,6 +95,33 @@ class Selection:
         return self.ranked[0]
 
 
+@dataclass(frozen=True)
+class Retuned:
+    """How a control or a reduced-data arm was re-tuned on what its change frees (validation)."""
+
+    variant: str
+    knobs: tuple[str, ...]  # the knobs searched, e.g. ("lr", "all_lr")
+    trials: int  # candidates trained (the inherited knobs first)
+    epochs: int  # trial-epochs spent
+    seconds: float  # summed training seconds
+    best: dict[str, Any]  # the knobs picked
+    best_val_acc: float
+
+
+@dataclass(frozen=True)
+class ArmBudget:
+    """What one search (an arm of one replicate) spent: trials, trial-epochs and seconds."""
+
+    study: str
+    finished: int  # COMPLETE + PRUNED within the budget
+    complete: int
+    startup: int  # drawn at random before the sampler modelled the space
+    guided: int
+    trial_epochs: int
+    seconds: float
+    values: tuple[float, ...]  # each finished trial's validation accuracy (pruned: its last)
+
+
 @dataclass
 class Claim:
     """One hypothesis of the article, tested on one architecture (or described, if untestable)."""
@@ -103,47 +134,72 @@ class Claim:
     metric: str  # "test_acc", "gap", "target_epoch", "target_seconds"
     direction: int  # +1: higher is better for the claim, -1: lower is better
     test: ClaimTest | None = None  # None: not testable here (see `reason`)
-    adjusted_p: float | None = None  # Holm, over every tested claim of the report
-    verdict: str = "undetermined"  # supported | not supported | undetermined
+    adjusted_p: float | None = None  # Holm-Shaffer, over every claim of the report
+    adjusted_p_equivalence: float | None = None
+    verdict: str = "undetermined"  # supported | opposite | equivalent | inconclusive | undetermined
     reason: str = ""  # why, in a few words
     note: str = ""  # what was compared, e.g. which trial stood in for the custom loss
+    mde: float | None = None  # minimum detectable effect at this n (inconclusive)
+    n_needed: int | None = None  # replicates (or seeds) it would need
 
 
-@dataclass(frozen=True)
-class TuningCost:
-    """Search cost until the ALL study first beats the tuned baseline's best (validation)."""
+@dataclass
+class Replicate:
+    """One independent search of each arm (its own sampler streams and seeds) and what the
+    report picked and trained from it."""
 
-    baseline_best: float  # the tuned-baseline study's best validation accuracy in the budget
-    all_best: float
-    trials: int | None  # finished ALL trials until one beat it (None: none did)
-    seconds: float | None  # their summed durations
-    baseline_trials: int  # finished baseline trials until its own best
-    baseline_seconds: float
+    index: int
+    all_study: optuna.Study
+    baseline_study: optuna.Study
+    budget: int  # finished trials each arm is judged on
+    selections: dict[str, Selection]  # "all", "baseline", and "custom" when it differs
+    variants: list[Variant] = field(default_factory=list)
+    arms: dict[str, ArmBudget] = field(default_factory=dict)  # "all", "baseline"
+    retuned: list[Retuned] = field(default_factory=list)
 
 
 @dataclass
 class ArchReport:
-    """Everything the report says about one architecture."""
+    """Everything the report says about one architecture, over its replicates."""
 
     arch: str
-    all_study: optuna.Study
-    baseline_study: optuna.Study
-    selections: dict[str, Selection]  # "all", "baseline", and "custom" when it differs
-    variants: list[Variant]
-    runs: list[RunRecord] = field(default_factory=list)  # evaluation runs
+    replicates: list[Replicate]
+    runs: list[RunRecord] = field(default_factory=list)  # evaluation runs, every replicate
     selection_runs: list[RunRecord] = field(default_factory=list)
+    tuning_runs: list[RunRecord] = field(default_factory=list)  # re-tuning candidates
     claims: list[Claim] = field(default_factory=list)
     target_acc: float = 0.0
     target_source: str = ""
-    tuning: TuningCost | None = None
+    margin: float = 0.0  # equivalence margin of accuracy claims (a fraction)
+    margin_source: str = ""
     figures: list[tuple[str, str]] = field(default_factory=list)  # (file name, caption)
     notes: list[str] = field(default_factory=list)
 
-    def runs_of(self, variant: str) -> list[RunRecord]:
-        return sorted((r for r in self.runs if r.variant == variant), key=lambda r: r.seed)
+    @property
+    def variants(self) -> list[Variant]:
+        """The variants' names, labels and notes as replicate 0 has them (the names are the
+        same in every replicate)."""
+        return self.replicates[0].variants
 
-    def variant(self, name: str) -> Variant:
-        return next(v for v in self.variants if v.name == name)
+    @property
+    def selections(self) -> dict[str, Selection]:
+        return self.replicates[0].selections
+
+    @property
+    def all_study(self) -> optuna.Study:
+        return self.replicates[0].all_study
+
+    @property
+    def baseline_study(self) -> optuna.Study:
+        return self.replicates[0].baseline_study
+
+    def runs_of(self, variant: str) -> list[RunRecord]:
+        """The variant's runs, by replicate, then seed."""
+        found = (r for r in self.runs if r.variant == variant)
+        return sorted(found, key=lambda r: (r.replicate, r.seed))
+
+    def variant(self, name: str, replicate: int = 0) -> Variant:
+        return next(v for v in self.replicates[replicate].variants if v.name == name)
 
 
 @dataclass
@@ -156,11 +212,14 @@ class Report:
     test_size: int
     archs: list[ArchReport]
     seeds: tuple[int, ...]  # evaluation seeds
-    selection_seeds: tuple[int, ...]
+    selection_seeds: tuple[tuple[int, ...], ...]  # per replicate
     top_k: int
     alpha: float
     tracking_uri: str
     parent_run_id: str
+    replicates: int = 1
+    tuning_trials: int = 0  # re-tuning budget per control and per reduced-data arm
+    reachable: str | None = None  # said before training: why no verdict may be reachable
     out: Path | None = None
     notes: list[str] = field(default_factory=list)
 

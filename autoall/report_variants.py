@@ -1,14 +1,22 @@
-"""What a report trains per architecture (`arch_variants`): each variant's plan, label and note.
+"""What a report trains per architecture and replicate (`arch_variants`): each variant's plan,
+label and note, with the knobs it inherits from a winner.
 
-From the two winners (`picked["all"]`, `picked["baseline"]`, and `picked["custom"]` when the ALL
-winner has no custom loss) come, as DESIGN section 6 lists them:
+From one replicate's two winners (`picked["all"]`, `picked["baseline"]`, and `picked["custom"]`
+when the ALL winner has no custom loss) come:
 
-- the tuned baseline (the comparator), the hand-set baseline (a reference row) and the ALL;
+- the tuned baseline (the comparator) and the ALL; the hand-set baseline (a reference row, in
+  replicate 0 only: it does not depend on a search);
 - the controls: the tuned baseline with the layer before the head widened to within
   `MATCH_TOLERANCE` of the ALL model's parameters (left out, with a note, when no width is that
-  close), the ALL at `all_lr = lr`, the best custom-loss ALL and it with `aux_weight = 0`, the
+  close), the ALL at `all_lr = lr`, the custom-loss ALL (the winner, or the best custom-loss
+  trial when the winner has none) and it with `aux_weight = 0`, the
   ALL at the other `positions`;
-- the tuned baseline and the ALL on each fraction of the train split.
+- the tuned baseline and the ALL on each share of the train split, at the full-data run's
+  optimizer steps (`report_retune.equal_steps`).
+
+Controls and reduced-data arms start from the winner's knobs; the report then re-tunes what
+each change frees (autoall/report_retune.py). The ALL and the tuned baseline train alone
+(`timed`), so that their seconds are their own.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from autoall.config import StudyConfig
 from autoall.data import DeviceData
 from autoall.models import build_model, count_parameters, parameter_matched_width
 from autoall.plan import RunPlan, trial_plan
+from autoall.report_retune import equal_steps
 from autoall.report_types import Selection, Variant
 
 MATCH_TOLERANCE = 0.02  # the parameter-matched control is within 2 % of the ALL model
@@ -33,13 +42,16 @@ def arch_variants(
     device: str,
     data: DeviceData,
     fractions: tuple[float, ...],
+    replicate: int = 0,
 ) -> tuple[list[Variant], list[str]]:
     """The evaluated variants (winners, hand-set reference, controls, reduced-data runs), and
     notes on any control that could not be built."""
     notes: list[str] = []
     win_all, win_base = picked["all"].winner, picked["baseline"].winner
-    all_plan = trial_plan(cfg, arch, "all", win_all.params, device=device)
-    base_plan = trial_plan(cfg, arch, "baseline", win_base.params, device=device)
+    all_plan = trial_plan(cfg, arch, "all", win_all.params, device=device, replicate=replicate)
+    base_plan = trial_plan(
+        cfg, arch, "baseline", win_base.params, device=device, replicate=replicate
+    )
     hand = baseline(arch, cfg.data.name)
     hand_plan = RunPlan(arch, replace(cfg.train_config(arch), device=device))
     assert all_plan.spec is not None
@@ -49,20 +61,26 @@ def arch_variants(
             "tuned baseline",
             base_plan,
             f"{picked['baseline'].study} trial #{win_base.trial}: {_knobs(win_base.params)}",
-        ),
-        Variant(
-            "hand-set",
-            "hand-set baseline",
-            hand_plan,
-            f"{hand.label_for(hand_plan.train)}; {hand.source} (a reference row, no claim)",
+            timed=True,
         ),
         Variant(
             "all",
             "ALL",
             all_plan,
             f"{picked['all'].study} trial #{win_all.trial}: {_knobs(win_all.params)}",
+            timed=True,
         ),
     ]
+    if replicate == 0:
+        variants.insert(
+            1,
+            Variant(
+                "hand-set",
+                "hand-set baseline",
+                hand_plan,
+                f"{hand.label_for(hand_plan.train)}; {hand.source} (a reference row, no claim)",
+            ),
+        )
     target = count_parameters(
         build_model(
             arch, in_shape=data.in_shape, num_classes=data.num_classes, all_spec=all_plan.spec
@@ -94,19 +112,22 @@ def arch_variants(
         Variant("all-shared-lr", "ALL, all_lr = lr", shared, "the ALL trained at the base lr")
     )
     custom_pick = picked.get("custom")
-    custom_plan = all_plan
     if custom_pick is not None:
         win = custom_pick.winner
-        custom_plan = trial_plan(cfg, arch, "all", win.params, device=device)
-        variants.append(
-            Variant(
-                "custom",
-                "ALL with custom loss",
-                custom_plan,
-                f"best custom-loss trial #{win.trial}: {_knobs(win.params)}",
-            )
+        custom_plan = trial_plan(cfg, arch, "all", win.params, device=device, replicate=replicate)
+        custom = Variant(
+            "custom",
+            "ALL with custom loss",
+            custom_plan,
+            f"best custom-loss trial #{win.trial}: {_knobs(win.params)}",
+        )
+    else:  # the winner has a custom loss: it is the custom-loss ALL (its runs are reused)
+        custom_plan = all_plan
+        custom = Variant(
+            "custom", "ALL with custom loss", all_plan, "the ALL winner itself", timed=True
         )
     if custom_plan.spec is not None and custom_plan.spec.aux_loss != "none":
+        variants.append(custom)
         no_aux = replace(custom_plan, spec=replace(custom_plan.spec, aux_weight=0.0))
         variants.append(
             Variant("no-aux", "ALL, aux_weight = 0", no_aux, "the custom-loss ALL without L(W, a)")
@@ -130,8 +151,9 @@ def arch_variants(
                 Variant(
                     f"{name}@{pct}",
                     f"{label} on {pct} of train",
-                    replace(plan, train_fraction=fraction),
-                    f"trained on a stratified {pct} of the train split (drawn per seed)",
+                    reduced := equal_steps(plan, data, fraction),
+                    f"trained on a stratified {pct} of the train split (drawn per seed) for "
+                    f"{reduced.train.epochs} epochs: the full-data run's optimizer steps",
                 )
             )
     return variants, notes

@@ -65,11 +65,13 @@ def select(
     accept: Callable[[Mapping[str, Any]], bool] | None = None,
     label: str = "",
     cohort: bool = True,
+    replicate: int = 0,
 ) -> tuple[Selection, list[RunRecord]] | None:
     """Re-evaluate the study's top-k trials (those `accept` takes) on `seeds`; rank them.
 
     `data` must hold no test split. Returns None when no COMPLETE trial qualifies. A trial's
-    missing seeds train as one cohort unless `cohort` is False.
+    missing seeds train as one cohort unless `cohort` is False. `replicate`: the search the
+    study is (its runs are tagged with it).
     """
     pool = [t for t in finished_trials(study, budget) if accept is None or accept(t.params)]
     chosen = top_k(pool, k)
@@ -90,7 +92,7 @@ def select(
         )
     candidates, runs = [], []
     for trial in chosen:
-        plan = trial_plan(cfg, arch, kind, trial.params, device=device)
+        plan = trial_plan(cfg, arch, kind, trial.params, device=device, replicate=replicate)
         name = f"select-{kind}-{trial.number}"
         done = store.get_or_train_seeds(
             name,
@@ -99,6 +101,7 @@ def select(
             split=split,
             evaluate_test=False,
             cohort=cohort,
+            replicate=replicate,
         )
         runs += done
         candidates.append(

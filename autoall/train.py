@@ -75,6 +75,13 @@ def resolve_device(name: str | None = None) -> torch.device:
     return torch.device(name)
 
 
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps of one epoch: whole batches only (the last partial batch is dropped,
+    since a batch of one would break BatchNorm), or one batch of everything when the split is
+    no larger than a batch."""
+    return n_train // batch_size if n_train > batch_size else 1
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices): call before building the model."""
     random.seed(seed)
@@ -119,7 +126,7 @@ def train(
     optimizer = _make_optimizer(model, cfg, fused=on_cuda)
     n_train = data.train_y.shape[0]
     drop_last = n_train > cfg.batch_size  # a last batch of one would break BatchNorm
-    steps = n_train // cfg.batch_size if drop_last else 1
+    steps = steps_per_epoch(n_train, cfg.batch_size)
     scheduler = _warmup_cosine(optimizer, cfg, steps_per_epoch=steps)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 

@@ -1,7 +1,7 @@
 """The report's winners in the MLflow Model Registry, loaded back in one call, and the study seen
 in the MLflow UI in a real browser.
 
-One tiny digits study (mlp, 2 epochs, 3 trials per study) and three reports over it, built once:
+One tiny digits study (mlp, 3 epochs, 3 trials per study) and three reports over it, built once:
 
 1. a report whose Model Registry cannot be opened (MLFLOW_REGISTRY_URI names a SQLite file under
    a path that is a file, not a folder): it must complete, say why nothing was registered, and
@@ -90,7 +90,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
             mp.chdir(root)
             mp.delenv("MLFLOW_TRACKING_URI", raising=False)
             mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-            write_study(root / "study.yaml", train={"epochs": 2}, n_trials=3)
+            write_study(root / "study.yaml", train={"epochs": 3}, n_trials=3)
             ran = CliRunner().invoke(main, ["study", "run", "study.yaml"])
             assert ran.exit_code == 0, ran.output
             mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{root / 'study.yaml' / 'registry.db'}")

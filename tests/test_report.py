@@ -1,10 +1,12 @@
-"""`autoall report`: the equal-budget tuned baseline, selection on validation only, paired
-seeds, Holm-corrected claims, files equal to the MLflow runs, reuse, the HTML page in a real
-browser, and the errors that must leave nothing behind.
+"""`autoall report`: the equal-budget tuned baseline, independent replicates, selection on
+validation only, re-tuned controls, paired seeds, claims adjusted together, files equal to the
+MLflow runs, reuse, the HTML page in a real browser, and the errors that must leave nothing
+behind.
 
-One tiny digits report (mlp, 2 epochs, 3 trials, 2 evaluation seeds, top-4 selection on one seed)
-is built once for the module from an ALL study alone, so the report runs the missing tuned
-baseline itself; its first attempt is interrupted on purpose, so continuing is tested too.
+One tiny digits report (mlp, 3 epochs, 3 trials, 2 replicates, 2 evaluation seeds, top-4
+selection on one seed, 2 re-tuning candidates) is built once for the module from the ALL
+studies alone, so the report runs the missing tuned baselines itself; its first attempt is
+interrupted on purpose, so continuing is tested too.
 """
 
 from __future__ import annotations
@@ -28,13 +30,15 @@ from conftest import write_study
 from mlflow import MlflowClient
 
 import autoall.report_store
-from autoall import stats, stats_across
+from autoall import decision, stats_across
 from autoall.cli import main
 from autoall.report_store import config_hash, run_settings
 from autoall.report_types import FINAL_METRICS
 from autoall.version import code_version
 
 SEEDS = 2
+REPLICATES = 2
+EPOCHS = 3  # 10 steps an epoch at batch 128: the 10 % and 30 % shares train 30 and 10 epochs
 TOP_K = 4  # more than the study's 3 trials: the report says so and uses what exists
 FIGURES = [
     "learning_curves_mlp",
@@ -42,9 +46,12 @@ FIGURES = [
     "paired_differences_mlp",
     "optimisation_history_t_mlp",
     "optimisation_history_t_mlp_tuned-baseline",
+    "optimisation_history_t_mlp_r1",
+    "optimisation_history_t_mlp_tuned-baseline_r1",
     "param_importances_mlp",
-    "best_so_far_mlp",
+    "budget_curves_mlp",
 ]
+EPOCHS_OF = {"@10%": 30, "@30%": 10}  # equal optimizer steps on a share of the train split
 
 
 @dataclass
@@ -54,7 +61,7 @@ class Built:
     first_exit: int  # the interrupted attempt
     first_trained: int
     trained: int  # report runs trained by the attempt that finished
-    selection_runs: int
+    selection_runs: int  # selection and re-tuning runs (validation only)
     first_output: str
     output: str
     rows: list[dict[str, str]]
@@ -90,7 +97,13 @@ def _build(root: Path) -> Built:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        write_study(root / "study.yaml", train={"epochs": 2}, n_trials=3)
+        write_study(
+            root / "study.yaml",
+            train={"epochs": EPOCHS},
+            n_trials=3,
+            replicates=REPLICATES,
+            report={"tuning_trials": 2},
+        )
         ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-baseline"])
         assert ran.exit_code == 0, ran.output
 
@@ -143,9 +156,13 @@ def _build(root: Path) -> Built:
             claims = list(csv.DictReader(f))
     client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("t")
-    selection = client.search_runs(
-        [experiment.experiment_id], "tags.\"autoall.role\" = 'selection-run'"
-    )
+    selection = [
+        run
+        for role in ("selection-run", "tuning-run")
+        for run in client.search_runs(
+            [experiment.experiment_id], f"tags.\"autoall.role\" = '{role}'", max_results=5000
+        )
+    ]
     return Built(
         root=root,
         out=out,
@@ -170,19 +187,26 @@ def test_an_interrupted_report_writes_nothing_and_the_rerun_continues(built: Bui
 
 
 def test_the_report_ran_the_missing_tuned_baseline_with_the_same_budget(built: Built) -> None:
-    assert "t/mlp/tuned-baseline: 0 of 3 trials; running the rest (equal budget)" in (
-        built.first_output
-    )
-    ours = optuna.load_study(study_name="t/mlp", storage=built.storage())
-    theirs = optuna.load_study(study_name="t/mlp/tuned-baseline", storage=built.storage())
-    states = {"COMPLETE", "PRUNED"}
-    assert len([t for t in theirs.trials if t.state.name in states]) == 3
-    assert len([t for t in ours.trials if t.state.name in states]) == 3
-    assert ours.user_attrs["budget"] == theirs.user_attrs["budget"]  # epochs, sampler, pruner
-    assert ours.user_attrs["budget"]["epochs"] == 2
-    assert {t.user_attrs["epochs"] for t in theirs.trials} == {2}
-    assert set(theirs.trials[0].params) == {"lr", "weight_decay"}
-    assert theirs.user_attrs["kind"] == "baseline" and ours.user_attrs["kind"] == "all"
+    assert (
+        "t/mlp/tuned-baseline holds 0 of 3, t/mlp/tuned-baseline/r1 holds 0 of 3 finished "
+        "trials; running the rest (equal budget)"
+    ) in built.first_output
+    for suffix in ("", "/r1"):
+        ours = optuna.load_study(study_name=f"t/mlp{suffix}", storage=built.storage())
+        theirs = optuna.load_study(
+            study_name=f"t/mlp/tuned-baseline{suffix}", storage=built.storage()
+        )
+        states = {"COMPLETE", "PRUNED"}
+        assert len([t for t in theirs.trials if t.state.name in states]) == 3
+        assert len([t for t in ours.trials if t.state.name in states]) == 3
+        assert ours.user_attrs["budget"] == theirs.user_attrs["budget"]  # epochs, sampler, ...
+        assert ours.user_attrs["budget"]["epochs"] == EPOCHS
+        assert {t.user_attrs["epochs"] for t in theirs.trials} == {EPOCHS}
+        assert set(theirs.trials[0].params) == {"lr", "weight_decay"}
+        assert {"lr", "weight_decay"} < set(ours.trials[0].params)  # equal nuisance tuning
+        assert theirs.user_attrs["kind"] == "baseline" and ours.user_attrs["kind"] == "all"
+    md = (built.out / "report.md").read_text()
+    assert "| t/mlp/r1 | 3 | 3 | 0 | 9 |" in md  # the search budgets: trials, start-up, epochs
 
 
 def test_every_file_is_written(built: Built) -> None:
@@ -199,9 +223,16 @@ def test_every_file_is_written(built: Built) -> None:
     assert variants[:3] == ["tuned-baseline", "hand-set", "all"]
     assert {"param-matched", "all-shared-lr", "no-aux", "other-positions"} <= set(variants)
     assert {"all@10%", "tuned-baseline@10%", "all@30%", "tuned-baseline@30%"} <= set(variants)
-    assert [(r["variant"], r["seed"]) for r in built.rows] == [
-        (v, str(s)) for v in variants for s in (1000, 1001)
+    cells = [(r["variant"], r["replicate"], r["seed"]) for r in built.rows]
+    assert [c for c in cells if c[0] != "hand-set"] == [
+        (v, str(r), str(s))
+        for v in variants
+        if v != "hand-set"
+        for r in range(REPLICATES)
+        for s in (1000, 1001)
     ]
+    assert [c for c in cells if c[0] == "hand-set"] == [("hand-set", "0", "1000"),
+                                                        ("hand-set", "0", "1001")]  # fmt: skip
 
 
 def test_selection_reads_validation_only_and_seeds_are_disjoint(built: Built) -> None:
@@ -217,9 +248,10 @@ def test_selection_reads_validation_only_and_seeds_are_disjoint(built: Built) ->
         if run.data.tags["autoall.role"] == "report":
             continue
         seeds.setdefault(run.data.tags["autoall.role"], set()).add(int(run.data.tags["seed"]))
-    assert seeds["selection-run"] == {2000}
+    assert seeds["selection-run"] == {2000, 2100}  # each replicate's own
     assert seeds["report-run"] == {1000, 1001}
-    assert 0 not in seeds["selection-run"] | seeds["report-run"]  # the search seed
+    assert seeds["tuning-run"] == {0, 1}  # re-tuning searches at each replicate's search seed
+    assert not {0, 1} & (seeds["selection-run"] | seeds["report-run"])  # the search seeds
     md = (built.out / "report.md").read_text()
     assert "only 3 COMPLETE trial(s) in the budget of 3, fewer than top-k 4" in md
 
@@ -250,7 +282,11 @@ def test_results_csv_equals_the_mlflow_runs(built: Built) -> None:
         assert params["seed"] == row["seed"] and params["train.seed"] == row["seed"]
         assert set(FINAL_METRICS) <= set(run.data.metrics)
         val_acc = _history(client, run.info.run_id, "val_acc")
-        assert len(val_acc) == 2  # one point per epoch
+        share = next((k for k in EPOCHS_OF if row["variant"].endswith(k)), None)
+        assert len(val_acc) == (EPOCHS_OF[share] if share else EPOCHS)  # a point per epoch
+        timed = row["variant"] in ("all", "tuned-baseline")  # the time claims' arms
+        assert (row["arrangement"] == "alone") == (timed or tags["cohort_size"] == "1")
+        assert tags["replicate"] == row["replicate"] or row["variant"] == "hand-set"
         reached = [e for e, acc in enumerate(val_acc, start=1) if acc >= round(target, 4) - 1e-4]
         if row["target_epoch"]:
             assert int(row["target_epoch"]) in reached[:1] or reached[0] <= int(row["target_epoch"])
@@ -264,36 +300,48 @@ def _history(client: MlflowClient, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def test_claims_are_tested_paired_and_holm_adjusted_together(built: Built) -> None:
-    tested = [c for c in built.claims if c["decision_p"]]
+def test_claims_are_tested_paired_and_adjusted_together(built: Built) -> None:
+    tested = [c for c in built.claims if c["p_difference"]]
     assert {c["claim"] for c in tested} >= {
         "accuracy", "parameters", "custom-loss", "own-lr", "more-layers", "gap",
-        "data-10%", "data-30%",
+        "data-10%", "data-30%", "tuning-cost",
     }  # fmt: skip
-    holm = stats.holm([float(c["decision_p"]) for c in tested])
-    assert [float(c["adjusted_p"]) for c in tested] == pytest.approx(holm)
-    by_variant: dict[str, list[float]] = {}
+    adj_d, adj_e = decision.holm_shaffer(
+        [float(c["p_difference"]) for c in tested], [float(c["p_equivalence"]) for c in tested]
+    )
+    assert [float(c["adjusted_p"]) for c in tested] == pytest.approx(list(adj_d))
+    assert [float(c["adjusted_p_equivalence"]) for c in tested] == pytest.approx(list(adj_e))
+    cells: dict[str, dict[tuple[str, str], float]] = {}
     for row in built.rows:
-        by_variant.setdefault(row["variant"], []).append(float(row["test_acc"]))
+        cells.setdefault(row["variant"], {})[(row["replicate"], row["seed"])] = float(
+            row["test_acc"]
+        )
     accuracy = next(c for c in tested if c["claim"] == "accuracy")
-    d = [a - b for a, b in zip(by_variant["all"], by_variant["tuned-baseline"], strict=True)]
-    assert float(accuracy["effect"]) == pytest.approx(sum(d) / len(d))
-    assert float(accuracy["p_sign_flip"]) == stats.sign_flip_p(d)
-    needed = stats.seeds_needed(0.05 / len(tested))
-    for c in tested:  # 2 seeds: nothing can be decided, and every row says what it needs
-        assert c["verdict"] == "undetermined", c
-        assert f"needs n >= {needed}" in c["reason"] or "zero variance" in c["reason"]
+    d = [[cells["all"][(str(r), str(s))] - cells["tuned-baseline"][(str(r), str(s))]
+          for s in (1000, 1001)] for r in range(REPLICATES)]  # fmt: skip
+    est = decision.mixed_effect(d)
+    assert float(accuracy["effect"]) == pytest.approx(est.mean)
+    assert float(accuracy["p"]) == pytest.approx(est.p)
+    assert (accuracy["replicates"], accuracy["seeds"], accuracy["unit"], accuracy["df"]) == (
+        "2", "2", "replicates", "1",
+    )  # fmt: skip
+    assert float(accuracy["margin"]) > 0 and accuracy["test_noise_low"]
+    for c in tested:  # 2 replicates: df = 1, nothing can be decided; each row says what it needs
+        assert c["verdict"] in ("inconclusive", "undetermined"), c
+        if c["verdict"] == "inconclusive":
+            assert "minimum detectable effect" in c["reason"] and c["n_needed"], c
     md = (built.out / "report.md").read_text()
-    assert f"**With {SEEDS} seeds no claim can be supported**" in md
-    assert f"`--seeds {needed}`" in md
-    assert "Tuning cost" in md and "one search per study" in md
+    assert "**Before training:**" in md and "2 replicates (df = 1)" in md
+    assert "Tuning cost" in md
 
 
 def test_the_parameter_matched_control_is_within_two_percent(built: Built) -> None:
-    params = {r["variant"]: int(r["params_total"]) for r in built.rows}
-    assert params["param-matched"] != params["tuned-baseline"]
-    assert abs(params["param-matched"] - params["all"]) <= 0.02 * params["all"]
-    assert int(next(r for r in built.rows if r["variant"] == "param-matched")["params_all"]) == 0
+    for replicate in map(str, range(REPLICATES)):
+        rows = [r for r in built.rows if r["replicate"] == replicate]
+        params = {r["variant"]: int(r["params_total"]) for r in rows}
+        assert params["param-matched"] != params["tuned-baseline"]
+        assert abs(params["param-matched"] - params["all"]) <= 0.02 * params["all"]
+        assert int(next(r for r in rows if r["variant"] == "param-matched")["params_all"]) == 0
 
 
 def test_cache_keys_hold_the_code_version() -> None:
@@ -384,8 +432,8 @@ def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
     assert set(runs) == {1} and len(runs) == len(built.rows) + built.selection_runs
     with (tmp_path / "reports" / "t" / "results.csv").open() as f:
         alone = list(csv.DictReader(f))
-    assert [(r["variant"], r["seed"]) for r in alone] == [
-        (r["variant"], r["seed"]) for r in built.rows
+    assert [(r["variant"], r["replicate"], r["seed"]) for r in alone] == [
+        (r["variant"], r["replicate"], r["seed"]) for r in built.rows
     ]
     for a, c in zip(alone, built.rows, strict=True):
         for key in ("test_acc", "final_val_acc", "train_eval_acc", "params_total", "params_all"):
@@ -467,19 +515,41 @@ def test_a_study_without_complete_trials_is_a_clear_error_and_writes_nothing(
 def test_without_run_baseline_a_short_tuned_baseline_is_one_line_with_the_command(
     workdir: Path,
 ) -> None:
-    write_study(workdir / "study.yaml", train={"epochs": 1}, n_trials=2)
+    write_study(workdir / "study.yaml", train={"epochs": EPOCHS}, n_trials=2, replicates=2)
     ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-baseline", "--no-tracking"])
     assert ran.exit_code == 0, ran.output
     result = _report("--no-run-baseline")
     assert result.exit_code == 2
     assert (
-        "The tuned-baseline study 't/mlp/tuned-baseline' holds 0 finished trials, the ALL study 2"
-        in result.output
+        "Tuned-baseline studies with fewer finished trials than their ALL study: "
+        "t/mlp/tuned-baseline holds 0 of 2, t/mlp/tuned-baseline/r1 holds 0 of 2" in result.output
     )
-    assert "`autoall study run study.yaml --architectures mlp --n-trials 2`" in result.output
+    command = "`autoall study run study.yaml --architectures mlp --replicates 2 --n-trials 2`"
+    assert command in result.output
     _nothing_written(workdir)
     names = optuna.get_all_study_names(storage="sqlite:///autoall.db")
-    assert names == ["t/mlp"]  # the baseline study was not created either
+    assert sorted(names) == ["t/mlp", "t/mlp/r1"]  # no baseline study was created either
+
+    result = _report("--no-run-baseline", "--replicates", "3")  # a replicate never searched
+    assert result.exit_code == 2
+    assert "No study 't/mlp/r2'" in result.output
+    assert "`autoall study run study.yaml --replicates 3`" in result.output
+    _nothing_written(workdir)
+
+
+def test_a_share_of_the_data_whose_steps_cannot_match_is_one_line_and_trains_nothing(
+    workdir: Path,
+) -> None:
+    """One epoch of 10 steps: the 30 % share's 3 steps an epoch cannot make 10 in whole epochs."""
+    write_study(workdir / "study.yaml", train={"epochs": 1}, n_trials=2)
+    ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-baseline", "--no-tracking"])
+    assert ran.exit_code == 0, ran.output
+    result = _report()
+    assert result.exit_code == 2
+    lines = [x for x in result.output.splitlines() if x.startswith("Error:")]
+    assert len(lines) == 1 and "--fractions: 0.3 of the train split is 388 images" in lines[0]
+    _nothing_written(workdir)
+    assert optuna.get_all_study_names(storage="sqlite:///autoall.db") == ["t/mlp"]
 
 
 @pytest.mark.slow
@@ -488,7 +558,7 @@ def test_several_study_files_get_one_summary_across_tasks(
 ) -> None:
     monkeypatch.chdir(built.root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    write_study(built.root / "u.yaml", name="u", train={"epochs": 1}, n_trials=2)
+    write_study(built.root / "u.yaml", name="u", train={"epochs": EPOCHS}, n_trials=2)
     ran = CliRunner().invoke(main, ["study", "run", "u.yaml", "--no-tracking"])
     assert ran.exit_code == 0, ran.output
     result = CliRunner().invoke(
