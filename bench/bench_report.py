@@ -1,14 +1,19 @@
-"""`make demo`'s study and report, before and after the verdict work (issue 11), side by side.
+"""The demo and the default digits report, before and after the fair verdict (equal arms,
+replicates, re-tuned controls), side by side; and what replicates and cohorts cost and save.
 
-Before: a git worktree of `--before` (default 210237a, the last commit before it), run with this
-venv and `PYTHONPATH` pointing at the worktree: `study run` of the ALL study (8 trials) and
-`report --seeds 3` (3 variants: hand-set baseline, best ALL, aux_weight=0 ablation).
-After: this checkout, as `make demo` runs it: `study run` of the ALL study and its tuned
-baseline (8 trials each) and `report --seeds 10` (top-3 selection of both studies on 3 seeds,
-~12 variants x 10 seeds). Each run starts in a fresh folder (new SQLite stores, no reuse); the
-two alternate in `--pairs` pairs. Writes the section `bench_report` of bench/RESULTS.md.
+Before: a git worktree of `--before` (default 4352308, the last commit before that work), run
+with this venv and `PYTHONPATH` pointing at it. After: this checkout. Each run starts in a fresh
+folder (new SQLite stores, no reuse), one worker, torch's default threads.
 
-    .venv/bin/python bench/bench_report.py [--pairs 2] [--before 210237a]
+- `demo`: `autoall demo` (its studies, their summary and the report), before and after.
+- `digits`: the shipped studies/digits.yaml as it is (`study run` with its defaults, then
+  `report` with its defaults), mlp only (`--architectures mlp`), before and after.
+- `cost` (after only): on the demo's finished studies, the report again into a fresh MLflow store
+  with `--replicates 1` (half the replicates) and with `--no-cohorts`.
+
+Writes the section `bench_report` of bench/RESULTS.md.
+
+    .venv/bin/python bench/bench_report.py [--pairs 1] [--before 4352308] [--skip-digits]
 """
 
 from __future__ import annotations
@@ -16,30 +21,19 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import checkout, machine_header, markdown_table, median, publish, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Demo:
-    label: str
-    study_seconds: float
-    report_seconds: float
-    evaluation_runs: int
-    selection_runs: int
-
-    @property
-    def total(self) -> float:
-        return self.study_seconds + self.report_seconds
+DEMO_SEEDS = 3  # `autoall demo`'s evaluation seeds (autoall/cli.py)
 
 
 def _run(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[float, str]:
@@ -51,94 +45,124 @@ def _run(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[float, str]
     return seconds, done.stdout + done.stderr
 
 
-def demo(label: str, code: Path, *, seeds: int, folder: Path, cache: Path) -> Demo:
+def _env(code: Path, cache: Path) -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(code), "AUTOALL_CACHE": str(cache)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("AUTOALL_STORAGE", None)
-    found = subprocess.run(
-        [sys.executable, "-c", "import autoall; print(autoall.__file__)"],
-        cwd=folder, env=env, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    assert found.startswith(str(code)), (found, code)
-    cli = [sys.executable, "-m", "autoall.cli"]
-    study = str(code / "studies" / "digits.yaml")
-    study_s, _ = _run(
-        [*cli, "study", "run", study, "--n-trials", "8", "--architectures", "mlp"],
-        cwd=folder,
-        env=env,
-    )
-    report_s, out = _run(
-        [*cli, "report", study, "--seeds", str(seeds), "--architectures", "mlp"],
-        cwd=folder,
-        env=env,
-    )
-    evaluation = len(re.findall(r"seed \d+: test_acc", out))
-    selection = len(re.findall(r"winner trial", out))
-    return Demo(label, study_s, report_s, evaluation, _selection_runs(folder) if selection else 0)
+    return env
 
 
-def _selection_runs(folder: Path) -> int:
-    from mlflow import MlflowClient
+def _trained(out: str) -> int:
+    """Evaluation runs the report trained (not reused)."""
+    return len([x for x in re.findall(r"seed \d+: test_acc [\d.]+(.*)", out) if "reused" not in x])
 
-    client = MlflowClient(f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("digits")
-    assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id], "tags.\"autoall.role\" = 'selection-run'")
-    return len(runs)
+
+def demo(code: Path, folder: Path, cache: Path) -> tuple[float, int]:
+    seconds, out = _run([sys.executable, "-m", "autoall.cli", "demo"], cwd=folder,
+                        env=_env(code, cache))  # fmt: skip
+    return seconds, _trained(out)
+
+
+def digits(code: Path, folder: Path, cache: Path) -> tuple[float, float]:
+    cli, study = [sys.executable, "-m", "autoall.cli"], str(code / "studies" / "digits.yaml")
+    env = _env(code, cache)
+    study_s, _ = _run([*cli, "study", "run", study, "--architectures", "mlp"], cwd=folder, env=env)
+    report_s, _ = _run([*cli, "report", study, "--architectures", "mlp"], cwd=folder, env=env)
+    return study_s, report_s
+
+
+def again(folder: Path, target: Path, cache: Path, extra: list[str]) -> float:
+    """The demo's report once more on a copy of its studies, into a fresh MLflow store."""
+    target.mkdir()
+    with (
+        sqlite3.connect(folder / "autoall.db") as src,
+        sqlite3.connect(target / "autoall.db") as dst,
+    ):
+        src.backup(dst)
+    study = str(ROOT / "studies" / "digits.yaml")
+    cmd = [sys.executable, "-m", "autoall.cli", "report", study, "--architectures", "mlp",
+           "--seeds", str(DEMO_SEEDS), *extra]  # fmt: skip
+    seconds, _ = _run(cmd, cwd=target, env=_env(ROOT, cache))
+    shutil.rmtree(target)
+    return seconds
+
+
+COSTS = {  # the demo's report (2 replicates, cohorts), then one change each
+    "2 replicates, cohorts (as the demo)": ["--replicates", "2"],
+    "1 replicate": ["--replicates", "1"],
+    "2 replicates, --no-cohorts": ["--replicates", "2", "--no-cohorts"],
+}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=2)
-    parser.add_argument("--before", default="210237a")
+    parser.add_argument("--pairs", type=int, default=1)
+    parser.add_argument("--before", default="4352308")
+    parser.add_argument("--skip-digits", action="store_true", help="only the demo and the costs")
     args = parser.parse_args()
     header = machine_header()
-    runs: dict[str, list[Demo]] = {"before": [], "after": []}
+    demos: dict[str, list[tuple[float, int]]] = {"before": [], "after": []}
+    full: dict[str, list[tuple[float, float]]] = {"before": [], "after": []}
+    costs: dict[str, list[float]] = {label: [] for label in COSTS}
     with tempfile.TemporaryDirectory(prefix="bench-report-") as tmp:
         base = Path(tmp)
+        cache = base / "cache"
         with checkout(args.before, base / "before") as old:
             for i in range(args.pairs):
-                for label, code, seeds in (("before", old, 3), ("after", ROOT, 10)):
-                    folder = base / f"{label}-{i}"
+                for label, code in (("before", old), ("after", ROOT)):
+                    folder = base / f"demo-{label}-{i}"
                     folder.mkdir()
-                    result = demo(label, code, seeds=seeds, folder=folder, cache=base / "cache")
-                    runs[label].append(result)
-                    print(
-                        f"{label} {i}: study {result.study_seconds:.1f} s, report "
-                        f"{result.report_seconds:.1f} s ({result.evaluation_runs} evaluation + "
-                        f"{result.selection_runs} selection runs)",
-                        flush=True,
-                    )
+                    demos[label].append(demo(code, folder, cache))
+                    print(f"demo {label} {i}: {demos[label][-1]}", flush=True)
+                    if label == "after":
+                        for extra, options in COSTS.items():
+                            costs[extra].append(again(folder, base / f"cost-{i}", cache, options))
+                            print(f"report {extra}: {costs[extra][-1]:.1f} s", flush=True)
+                    if not args.skip_digits:
+                        folder = base / f"digits-{label}-{i}"
+                        folder.mkdir()
+                        full[label].append(digits(code, folder, cache))
+                        print(f"digits {label} {i}: {full[label][-1]}", flush=True)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    before, after = runs["before"], runs["after"]
-    ratio = [a.total / b.total for a, b in zip(after, before, strict=True)]
+    demo_ratio = median([a[0] / b[0] for a, b in zip(demos["after"], demos["before"], strict=True)])
     rows = [
-        [
-            label,
-            spread([d.study_seconds for d in demos], digits=1),
-            spread([d.report_seconds for d in demos], digits=1),
-            spread([d.total for d in demos], digits=1),
-            f"{demos[0].evaluation_runs} + {demos[0].selection_runs}",
-        ]
-        for label, demos in runs.items()
+        [label, spread([d[0] for d in runs], digits=1), str(runs[0][1])]
+        for label, runs in demos.items()
     ]
-    body = f"""## The demo report, before and after issue 11 (`bench/bench_report.py`)
+    body = f"""## The demo and the digits report, before and after the fair verdict (`bench/bench_report.py`)
 
 {header}
-- Method: `make demo`'s two steps in a fresh folder per run, {args.pairs} alternating pairs;
-  before = commit {args.before} in a git worktree (`study run` of the ALL study, 8 trials;
-  `report --seeds 3`), after = this checkout (`study run` of the ALL study and its tuned
-  baseline, 8 trials each; `report --seeds 10`). Wall seconds of each command, start-up
-  included; torch's default threads. Load average at the end (1, 5, 15 min): {load}.
+- Method: fresh folder per run, {args.pairs} pair(s), before = commit {args.before} in a git
+  worktree, after = this checkout; wall seconds of each command, start-up included; one
+  worker, torch's default threads. Load average at the end (1, 5, 15 min): {load}.
 
-{markdown_table(["code", "study run", "report", "total", "report runs trained (evaluation + selection)"], rows)}
+`autoall demo` (before: 8 trials per study, 1 search, report on 10 seeds; after: 2 replicates,
+its own trials and seeds, re-tuned controls):
 
-After / before, total wall time: **{median(ratio):.2f}x** (pairs: {", ".join(f"{r:.2f}" for r in ratio)}).
-Why it grows: the tuned baseline doubles the study (8 more trials), and the report trains
-{after[0].evaluation_runs} evaluation runs ({after[0].evaluation_runs // 10} variants: tuned and hand-set
-baselines, the ALL, the controls, four reduced-data runs, x 10 seeds, the fewest that let ten
-claims be decided) and {after[0].selection_runs} selection runs (top-3 trials of both studies on 3
-seeds, ties at the cut included), against {before[0].evaluation_runs} before.
+{markdown_table(["code", "demo wall seconds", "evaluation runs trained"], rows)}
+
+After / before: **{demo_ratio:.2f}x**.
+
+What replicates and cohorts cost and save (after; the demo's report rerun on a copy of its
+finished studies into a fresh MLflow store, one change at a time):
+
+{markdown_table(["report", "wall seconds"], [[k, spread(v, digits=1)] for k, v in costs.items()])}
+"""
+    if full["after"]:
+        rows = [
+            [label, spread([s for s, _ in runs], digits=1), spread([r for _, r in runs], digits=1),
+             spread([s + r for s, r in runs], digits=1)]
+            for label, runs in full.items()
+        ]  # fmt: skip
+        ratio = median([(a[0] + a[1]) / (b[0] + b[1])
+                        for a, b in zip(full["after"], full["before"], strict=True)])  # fmt: skip
+        body += f"""
+studies/digits.yaml as shipped, mlp (`study run FILE --architectures mlp`, then `report FILE
+--architectures mlp`, every default of each version's file and command):
+
+{markdown_table(["code", "study run", "report", "total"], rows)}
+
+After / before, total: **{ratio:.2f}x**.
 """
     return publish("bench_report", body)
 
