@@ -327,7 +327,14 @@ _DEMO_TUNING_TRIALS = 4  # re-tuning candidates per control: the inherited knobs
 @main.command("demo")
 @click.option("--n-trials", type=click.IntRange(min=1), default=12, show_default=True)
 @click.option("--seeds", type=click.IntRange(min=2), default=3, show_default=True)
-def demo(n_trials: int, seeds: int) -> None:
+@click.option(
+    "--tuning-trials",
+    type=click.IntRange(min=0, max=1000),
+    default=_DEMO_TUNING_TRIALS,
+    show_default=True,
+    help="Re-tuning candidates per control and reduced-data arm.",
+)
+def demo(n_trials: int, seeds: int, tuning_trials: int) -> None:
     """The embedded default, small: the digits mlp study and its tuned baseline, each searched
     twice (2 replicates, 2 workers), their summary, then the report (3 evaluation seeds, the
     top 2 trials of each search on 2 selection seeds, 4 re-tuning candidates per control).
@@ -346,7 +353,7 @@ def demo(n_trials: int, seeds: int) -> None:
                           replicates=_DEMO_REPLICATES)  # fmt: skip
     commands.report(targets=(study_file,), seeds=seeds, architectures="mlp",
                     storage=DEFAULT_STORAGE, replicates=_DEMO_REPLICATES, top_k=2,
-                    selection_seeds=2, tuning_trials=_DEMO_TUNING_TRIALS)  # fmt: skip
+                    selection_seeds=2, tuning_trials=tuning_trials)  # fmt: skip
     click.echo(f"demo finished in {time.monotonic() - start:.0f} s; `autoall ui` shows the runs.")
 
 

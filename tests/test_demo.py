@@ -1,6 +1,6 @@
 """`make demo`, the README's first command: the digits mlp study and its tuned baseline in 2
 replicates, their summary, then the report, in an empty folder (here with 2 trials and 2 seeds
-to stay short)."""
+and one re-tuning candidate to stay short)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_the_demo_runs_both_studies_and_writes_an_honest_report(workdir: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "autoall.cli", "demo", "--n-trials", "2", "--seeds", "2"],
+        [
+            sys.executable,
+            "-m",
+            "autoall.cli",
+            "demo",
+            "--n-trials",
+            "2",
+            "--seeds",
+            "2",
+            "--tuning-trials",
+            "1",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=1200,

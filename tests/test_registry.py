@@ -90,7 +90,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
             mp.chdir(root)
             mp.delenv("MLFLOW_TRACKING_URI", raising=False)
             mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-            write_study(root / "study.yaml", train={"epochs": 3}, n_trials=3)
+            write_study(
+                root / "study.yaml", train={"epochs": 3}, n_trials=3, report={"tuning_trials": 1}
+            )
             ran = CliRunner().invoke(main, ["study", "run", "study.yaml"])
             assert ran.exit_code == 0, ran.output
             mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{root / 'study.yaml' / 'registry.db'}")

@@ -60,7 +60,9 @@ def test_a_storage_password_appears_nowhere(
             + f"?password={secret}"
         )
         masked = url.replace(f"password={secret}", "password=***")
-    path = write_study(workdir / "s.yaml", n_trials=2, train={"epochs": 1})
+    path = write_study(
+        workdir / "s.yaml", n_trials=2, train={"epochs": 3}, report={"tuning_trials": 1}
+    )
     out = _invoke("study", "run", str(path), "--storage", url, "--checkpoint-every", "0")
     assert f"Optuna storage: {masked}" in out
     out += _invoke("study", "status", "t", "--storage", url)
@@ -102,7 +104,13 @@ def test_a_token_in_the_tracking_server_url_appears_nowhere(
 ) -> None:
     token = "Tok3n-Secr3t-Value"
     url = mlflow_server.url.replace("http://", f"http://bob:{token}@")
-    path = write_study(workdir / "s.yaml", name="tokentest", n_trials=2, train={"epochs": 1})
+    path = write_study(
+        workdir / "s.yaml",
+        name="tokentest",
+        n_trials=2,
+        train={"epochs": 3},
+        report={"tuning_trials": 1},
+    )
     out = _invoke("study", "run", str(path), "--tracking-uri", url)
     out += _invoke(
         "report", str(path), "--tracking-uri", url, "--seeds", "2", "--selection-seeds", "1",
