@@ -326,7 +326,9 @@ def test_claims_are_tested_paired_and_adjusted_together(built: Built) -> None:
         "2", "2", "replicates", "1",
     )  # fmt: skip
     assert float(accuracy["margin"]) > 0 and accuracy["test_noise_low"]
-    for c in tested:  # 2 replicates: df = 1, nothing can be decided; each row says what it needs
+    for c in tested:  # 2 replicates: df = 1, no accuracy claim can be decided; each says why
+        if c["claim"] == "seconds":  # wall time: the ALL's extra layer can be that consistent
+            continue
         assert c["verdict"] in ("inconclusive", "undetermined"), c
         if c["verdict"] == "inconclusive":
             assert "minimum detectable effect" in c["reason"] and c["n_needed"], c
@@ -440,9 +442,9 @@ def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
             assert float(c[key]) == float(a[key]), (c["variant"], c["seed"], key)
     with (tmp_path / "reports" / "t" / "claims.csv").open() as f:
         claims = list(csv.DictReader(f))
-    assert [(c["claim"], c["verdict"]) for c in claims] == [
-        (c["claim"], c["verdict"]) for c in built.claims
-    ]
+    assert [(c["claim"], c["verdict"]) for c in claims if c["claim"] != "seconds"] == [
+        (c["claim"], c["verdict"]) for c in built.claims if c["claim"] != "seconds"
+    ]  # the seconds are this run's own wall time
 
 
 _PROBE = (
