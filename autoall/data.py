@@ -3,7 +3,7 @@
 Every data set becomes one :class:`DeviceData`: uint8 images ``(N, C, H, W)`` and int64
 labels ``(N,)`` for the train, validation and test splits, all on the training device,
 with per-channel mean/std from the train split. Batches are index slices of one
-``randperm`` on that device and CIFAR augmentation runs there too (DESIGN section 3),
+``randperm`` on that device and CIFAR augmentation runs there too,
 so no ``DataLoader`` sits on the hot path.
 
 Sources: ``digits`` is scikit-learn's bundled 8x8 digits (offline); ``mnist`` and

@@ -1,4 +1,4 @@
-"""The Auto-Learning Layer (ALL): a residual adapter with its own custom loss (DESIGN section 1).
+"""The Auto-Learning Layer (ALL): a residual adapter with its own custom loss.
 
 For feature vectors ``x`` of shape ``(B, d)`` and a code size ``m = hidden_size``::
 
@@ -6,7 +6,7 @@ For feature vectors ``x`` of shape ``(B, d)`` and a code size ``m = hidden_size`
     y = x + W_up a + b_up             # (B, d)
 
 On conv feature maps ``(B, C, H, W)`` (``channel_dim=1``, ``d = C``) the same two maps act
-on the channels at every position, i.e. as a pair of 1x1 convolutions (DESIGN section 1,
+on the channels at every position, i.e. as a pair of 1x1 convolutions (
 ``positions: blocks``). ``W_up`` and ``b_up`` start at zero, so a freshly inserted ALL is
 exactly the identity.
 Each forward pass also stores the unweighted custom loss ``L(W, a)`` of that batch; the

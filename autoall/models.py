@@ -1,4 +1,4 @@
-"""Base architectures (DESIGN section 2), their ALL sites and their parameter counts.
+"""Base architectures (mlp, cnn, vgg16, resnet18), their ALL sites and their parameter counts.
 
 Every model takes image tensors ``(B, C, H, W)``, returns logits ``(B, num_classes)`` and
 is an ``nn.Sequential`` whose last child is the classifier head ``head`` (an

@@ -1,5 +1,5 @@
 """MLflow tracking: one experiment per study file, one parent run per (study, architecture),
-one nested child run per Optuna trial (DESIGN section 5).
+one nested child run per Optuna trial.
 
 Everything goes through an explicit `mlflow.MlflowClient` (no fluent `mlflow.start_run`
 state), so several studies or threads can log at once. Every client call is retried on

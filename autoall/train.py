@@ -5,7 +5,7 @@ top to bottom. Per step it does no host synchronisation: losses, accuracy and a 
 record stay on the device and are read once per epoch, which is also where a non-finite loss is
 found (with the exact epoch and step).
 
-    loss = cross_entropy(logits, y) + sum over ALLs of aux_weight * L(W, a)      (DESIGN section 1)
+    loss = cross_entropy(logits, y) + sum over ALLs of aux_weight * L(W, a)
 
 Two optimizer parameter groups (base: `lr`; ALL: `all_lr`) share one schedule: linear warm-up
 for `warmup_epochs`, then cosine decay to `min_lr_ratio` of the peak, applied proportionally.

@@ -242,7 +242,7 @@ def test_the_custom_loss_changes_the_trained_weights(digits: DeviceData, aux_los
 
 
 def _hand_custom_loss(layer: AutoLearningLayer, x: torch.Tensor) -> float:
-    """L(W, a) on a batch of feature vectors x (B, d), written out from DESIGN section 1."""
+    """L(W, a) on a batch of feature vectors x (B, d), written out from the layer's definition (README)."""
     w, b = layer.down.weight, layer.down.bias
     a = torch.relu(x @ w.T + b)  # (B, m)
     if layer.aux_loss == "sparsity":
