@@ -97,7 +97,7 @@ def recipe_text(cfg: TrainConfig) -> str:
         parts = [f"AdamW lr {cfg.lr:g}"]
     if cfg.weight_decay:
         parts.append(f"wd {cfg.weight_decay:g}")
-    parts.append(f"batch {cfg.batch_size}, {cfg.epochs} epochs")
+    parts.append(f"batch {cfg.batch_size}, {cfg.epochs} epoch{'' if cfg.epochs == 1 else 's'}")
     warmup = cfg.warmup_epochs
     parts.append(
         "no warm-up" if not warmup else f"{warmup:g} warm-up epoch{'' if warmup == 1 else 's'}"

@@ -17,12 +17,15 @@ training objective is ``task_loss + sum over ALLs of aux_weight * L`` (see
 
 from __future__ import annotations
 
+import logging
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
 AUX_LOSSES: tuple[str, ...] = ("reconstruction", "sparsity", "orthogonality", "none")
@@ -30,6 +33,8 @@ ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 POSITIONS: tuple[str, ...] = ("head", "blocks")
 
 _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+log = logging.getLogger("autoall.layer")
 
 
 def _is_positive_int(value: object) -> bool:
@@ -156,6 +161,7 @@ class AutoLearningLayer(nn.Module):
         if aux_loss == "reconstruction":
             self.recon_bias = nn.Parameter(torch.zeros(features))
         self.aux_value: torch.Tensor | None = None
+        self.in_front_of: str | None = None  # the head's name, when insert_all put it there
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dim = self.channel_dim
@@ -196,39 +202,125 @@ class AutoLearningLayer(nn.Module):
         )
 
 
-def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The last ``nn.Linear`` in ``named_modules()`` order that is not inside an ALL."""
-    all_prefixes = [
-        name + "."
+def _linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` of ``model`` that is not inside an ALL, by qualified name."""
+    inside = [n + "." for n, m in model.named_modules() if isinstance(m, AutoLearningLayer)]
+    return {
+        name: module
         for name, module in model.named_modules()
-        if isinstance(module, AutoLearningLayer)
-    ]
-    candidates = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and not any(name.startswith(prefix) for prefix in all_prefixes)
-    ]
-    if not candidates:
+        if isinstance(module, nn.Linear) and not any(name.startswith(p) for p in inside)
+    }
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer with every ALL kept whole (its input check reads shapes)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, AutoLearningLayer) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _reads_shape(node: torch.fx.Node) -> bool:
+    """Whether ``node`` is a tensor's shape (``x.size(0)``, ``x.shape[0]``), not its values."""
+    if node.op == "call_method":
+        return node.target in ("size", "dim")
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("shape", "ndim", "dtype", "device")
+    if node.op == "call_function" and node.target is operator.getitem:
+        source = node.args[0]
+        return isinstance(source, torch.fx.Node) and _reads_shape(source)
+    return False
+
+
+class _NoHead(Exception):
+    """The data flow does not end in one nn.Linear; the message says where it ends instead."""
+
+
+def _traced_head(model: nn.Module, linears: dict[str, nn.Linear]) -> str:
+    """The name of the nn.Linear whose output is ``model``'s output (its first output when it
+    returns several), found on the graph torch.fx traces from ``forward``: from the output
+    back through operations with one tensor input and no parameters of their own
+    (``squeeze``, ``view``, ``log_softmax``, ``nn.Dropout``, ...), to the first module."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        raise _NoHead(
+            f"torch.fx cannot trace its forward ({type(exc).__name__}: {text[0] if text else ''})"
+        ) from None
+    value: Any = next(n for n in graph.nodes if n.op == "output").args[0]
+    while isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    node = value
+    while isinstance(node, torch.fx.Node):
+        if node.op == "call_module":
+            target = str(node.target)
+            if target in linears:
+                return target
+            module = model.get_submodule(target)
+            if next(module.parameters(), None) is not None:
+                raise _NoHead(
+                    f"its output comes from {target!r} ({type(module).__name__}), "
+                    "not from an nn.Linear"
+                )
+        elif node.op not in ("call_function", "call_method"):
+            raise _NoHead(f"its output comes from {node.op} {node.target!r}, not an nn.Linear")
+        inputs = [n for n in node.all_input_nodes if not _reads_shape(n)]
+        if len(inputs) != 1:
+            raise _NoHead(
+                f"its output combines {len(inputs)} tensors at {node.name!r} "
+                f"({getattr(node.target, '__name__', node.target)})"
+            )
+        node = inputs[0]
+    raise _NoHead("its output is not a tensor computed from its input")
+
+
+def find_head(model: nn.Module, head: str | None = None) -> str:
+    """The qualified name of ``model``'s classifier head: the ``nn.Linear`` that produces its
+    output, followed by data flow (a torch.fx trace of ``forward``, not the order in which
+    the layers were registered), or the ``nn.Linear`` named ``head``. Linears inside an ALL
+    do not count.
+
+    Raises ``ValueError`` listing the model's ``nn.Linear`` layers when ``head`` names none of
+    them, or when the output does not come from one ``nn.Linear`` (a forward that torch.fx
+    cannot trace, an output that adds up two branches): then pass ``head``.
+    """
+    linears = _linears(model)
+    kind = type(model).__name__
+    if not linears:
+        raise ValueError(f"{kind} has no nn.Linear classifier head to put an ALL in front of.")
+    listed = ", ".join(f"{n} ({m.in_features} -> {m.out_features})" for n, m in linears.items())
+    if head is not None:
+        if head not in linears:
+            raise ValueError(
+                f"head={head!r} is not an nn.Linear of {kind}; its nn.Linear layers are: {listed}."
+            )
+        return head
+    try:
+        return _traced_head(model, linears)
+    except _NoHead as exc:
         raise ValueError(
-            f"{type(model).__name__} has no nn.Linear classifier head to put an ALL in front of."
-        )
-    return candidates[-1]
+            f"insert_all cannot tell which nn.Linear produces the output of {kind}: {exc}; "
+            f"name it with head=..., one of: {listed}."
+        ) from None
 
 
-def insert_all(model: nn.Module, spec: ALLSpec) -> nn.Module:
+def insert_all(model: nn.Module, spec: ALLSpec, *, head: str | None = None) -> nn.Module:
     """Put an ALL in front of ``model``'s classifier head, in place, and return ``model``.
 
-    The head is the last ``nn.Linear`` in ``model.named_modules()`` order (Linears inside an
-    existing ALL do not count). It is replaced on its parent by
-    ``nn.Sequential(AutoLearningLayer(head.in_features, ...), head)``, created on the head's
-    device and dtype. Because the ALL starts as the identity, the model's outputs are
-    unchanged until training moves ``W_up`` or ``b_up``.
+    The head is the ``nn.Linear`` whose output is the model's output, found by following the
+    data flow of ``forward`` (:func:`find_head`), whatever order the layers were defined in;
+    ``head="classifier"`` names it instead (a model torch.fx cannot trace needs this). It is
+    replaced on its parent by ``nn.Sequential(AutoLearningLayer(head.in_features, ...),
+    head)``, created on the head's device and dtype; the new layer's ``in_front_of`` holds
+    the head's name, which is also logged (INFO, logger ``autoall.layer``). Because the ALL
+    starts as the identity, the model's outputs are unchanged until training moves ``W_up``
+    or ``b_up``.
 
     Raises ``ValueError`` when ``spec.positions`` is not ``"head"`` (only
     ``autoall.models.build_model`` knows an architecture's blocks), when the model has no
-    ``nn.Linear``, when the model is itself the ``nn.Linear`` (there is no parent to replace
-    it on), or when the head is already preceded by an ALL.
+    ``nn.Linear``, when ``head`` names none of its ``nn.Linear`` layers or the head cannot be
+    found (the message lists them), when the model is itself the ``nn.Linear`` (there is no
+    parent to replace it on), or when the head is already preceded by an ALL.
     """
     if spec.positions != "head":
         raise ValueError(
@@ -236,12 +328,14 @@ def insert_all(model: nn.Module, spec: ALLSpec) -> nn.Module:
             f"but got positions={spec.positions!r}; build_model places ALLs after the blocks "
             "of its architectures."
         )
-    name, head = _last_linear(model)
-    if not name:
+    if isinstance(model, nn.Linear):
         raise ValueError(
             "insert_all cannot replace a bare nn.Linear in place; wrap it in a module "
             "(e.g. nn.Sequential(linear)) first."
         )
+    name = find_head(model, head)
+    linear = model.get_submodule(name)
+    assert isinstance(linear, nn.Linear)
     parent_name, _, child_name = name.rpartition(".")
     parent = model.get_submodule(parent_name)
     if isinstance(parent, nn.Sequential):
@@ -252,8 +346,18 @@ def insert_all(model: nn.Module, spec: ALLSpec) -> nn.Module:
                 f"The classifier head {name!r} is already preceded by an AutoLearningLayer; "
                 "insert_all puts at most one ALL in front of a head."
             )
-    layer = spec.make_layer(head.in_features).to(device=head.weight.device, dtype=head.weight.dtype)
-    setattr(parent, child_name, nn.Sequential(layer, head))
+    layer = spec.make_layer(linear.in_features)
+    layer = layer.to(device=linear.weight.device, dtype=linear.weight.dtype)
+    layer.in_front_of = name
+    setattr(parent, child_name, nn.Sequential(layer, linear))
+    log.info(
+        "insert_all: an ALL (d=%d, m=%d) in front of %r, nn.Linear(%d -> %d)",
+        linear.in_features,
+        spec.hidden_size,
+        name,
+        linear.in_features,
+        linear.out_features,
+    )
     return model
 
 

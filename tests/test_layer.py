@@ -14,6 +14,7 @@ from autoall.layer import (
     AutoLearningLayer,
     all_layers,
     auxiliary_loss,
+    find_head,
     insert_all,
     param_groups,
 )
@@ -263,6 +264,135 @@ def test_insert_all_without_linear_raises() -> None:
     assert str(excinfo.value) == (
         "Sequential has no nn.Linear classifier head to put an ALL in front of."
     )
+
+
+class _HeadFirst(nn.Module):
+    """Defines `head` before `fc1`; forward: fc1 -> relu -> head, then shape-only steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(32, 10)
+        self.fc1 = nn.Linear(64, 32)
+        self.drop = nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.head(torch.relu(self.fc1(x.view(x.size(0), -1))))
+        return F.log_softmax(self.drop(logits), dim=1).squeeze(-1)
+
+
+def test_insert_all_follows_the_data_flow_not_the_registration_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch.manual_seed(0)
+    model = _HeadFirst()
+    head, fc1 = model.head, model.fc1
+    x = torch.randn(3, 64)
+    before = model(x)
+    assert find_head(model) == "head"
+    with caplog.at_level("INFO", logger="autoall.layer"):
+        assert insert_all(model, ALLSpec(8)) is model
+    assert model.fc1 is fc1  # untouched: the old rule (last registered Linear) wrapped fc1
+    wrapped = model.head
+    assert isinstance(wrapped, nn.Sequential) and wrapped[1] is head
+    layer = wrapped[0]
+    assert isinstance(layer, AutoLearningLayer) and layer.features == 32
+    assert layer.in_front_of == "head"
+    assert torch.equal(model(x), before)
+    assert caplog.messages == [
+        "insert_all: an ALL (d=32, m=8) in front of 'head', nn.Linear(32 -> 10)"
+    ]
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(16, 4)
+        self.body = nn.Linear(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        if h.sum() > 0:
+            h = h * 2
+        return self.classifier(h)
+
+
+def test_insert_all_takes_the_head_by_name_where_tracing_cannot_tell() -> None:
+    model = _Branchy()
+    with pytest.raises(ValueError) as excinfo:
+        insert_all(model, ALLSpec(4))
+    message = str(excinfo.value)
+    assert message.startswith(
+        "insert_all cannot tell which nn.Linear produces the output of _Branchy: torch.fx "
+        "cannot trace its forward (TraceError: "
+    )
+    assert message.endswith(
+        "; name it with head=..., one of: classifier (16 -> 4), body (8 -> 16)."
+    )
+    assert all_layers(model) == []  # nothing inserted
+    insert_all(model, ALLSpec(4), head="classifier")
+    (layer,) = all_layers(model)
+    assert layer.features == 16 and layer.in_front_of == "classifier"
+    assert model.body.in_features == 8 and isinstance(model.body, nn.Linear)
+    assert model(torch.randn(2, 8)).shape == (2, 4)
+
+
+def test_a_head_name_that_is_no_linear_lists_the_linears() -> None:
+    model = _HeadFirst()
+    with pytest.raises(ValueError) as excinfo:
+        insert_all(model, ALLSpec(4), head="classifier")
+    assert str(excinfo.value) == (
+        "head='classifier' is not an nn.Linear of _HeadFirst; its nn.Linear layers are: "
+        "head (32 -> 10), fc1 (64 -> 32)."
+    )
+    with pytest.raises(ValueError, match=r"^head='drop' is not an nn.Linear"):
+        find_head(model, "drop")
+    assert all_layers(model) == []
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x) + self.b(x)
+
+
+class _NormAfterHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.norm = nn.BatchNorm1d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x))
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        (_TwoHeads(), "its output combines 2 tensors at 'add' (add)"),
+        (_NormAfterHead(), "its output comes from 'norm' (BatchNorm1d), not from an nn.Linear"),
+    ],
+)
+def test_an_output_from_no_single_linear_is_refused(model: nn.Module, reason: str) -> None:
+    with pytest.raises(ValueError) as excinfo:
+        insert_all(model, ALLSpec(4))
+    assert f": {reason}; name it with head=..., one of: " in str(excinfo.value)
+
+
+def test_insert_all_on_the_built_in_models_wraps_their_head() -> None:
+    from autoall.models import build_model
+
+    for arch in ("mlp", "cnn", "vgg16", "resnet18"):
+        plain = build_model(arch, in_shape=(1, 8, 8), num_classes=10)
+        assert find_head(plain) == "head"
+        model = build_model(arch, in_shape=(1, 8, 8), num_classes=10, all_spec=ALLSpec(4))
+        assert [layer.in_front_of for layer in all_layers(model)] == ["head"]
+        assert find_head(model) == "head.1"  # the head, now behind its ALL
 
 
 @pytest.mark.parametrize(
