@@ -18,6 +18,21 @@ reproduces the test accuracy of the run that trained it, with `test_x, test_y` t
 autocast was evaluated in bf16; its float32 copy can differ by a few test images, and says so in
 its version tag `model_test_acc`.)
 
+What `mlflow.pytorch.load_model` gives for such a model is torch.export's module of the program
+(a `torch.fx.GraphModule`, already in eval mode: the graph was traced so), whose `.eval()` and
+`.train()` raise `NotImplementedError: Calling eval() is not supported yet.` That comes from
+torch at load time, whatever was logged. `load_best` returns it through `evaluable`, which makes
+`.eval()` return the model and `.train()` say why it cannot train; `evaluable(model)` does the
+same for a model loaded with plain MLflow.
+
+The report sets two aliases on each registered model (autoall/aliases.py): `best`, the version it
+registered, and `champion`, on whichever of `-all` and `-baseline` the verdicts favour, and on
+`<name>-<arch>`, the name to deploy: `models:/<name>-<arch>@champion` loads the favoured model,
+`models:/<name>-<arch>-all@champion` only when the evidence favours the ALL, and
+`load_best("<name>-<arch>@champion")` or `load_best(name, alias="champion")` likewise.
+`load_best` loads only what autoall logs: a pt2 program with no code of its own (a pickled
+version is refused before anything of it runs), and it never creates a store.
+
 Registered names: `<study file name>-<arch>-all` for the ALL winner, `-baseline` for the tuned
 baseline (`registered_name`). `register` makes at most one version per run, whatever the reruns.
 """
@@ -26,14 +41,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from autoall.safe_model import check_stores_exist, load_pt2
+from autoall.safe_model import evaluable as evaluable  # for a model loaded with plain MLflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -116,6 +137,13 @@ class LoggedModel:
     model_uri: str  # models:/<model_id>
 
 
+def logged_model_name(*parts: str) -> str:
+    """A logged model's name from `parts` joined by '-', every character MLflow refuses in one
+    ('/', ':', '.', '%', quotes, spaces, ...) made '-': `("digits/mlp/r1", "trial3")` gives
+    `digits-mlp-r1-trial3`."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(parts)).strip("-") or ARTIFACT_NAME
+
+
 def log_model(
     uri: str,
     run_id: str,
@@ -124,11 +152,20 @@ def log_model(
     example: np.ndarray,
     num_classes: int,
     tags: Mapping[str, str] | None = None,
+    name: str = ARTIFACT_NAME,
+    experiment_id: str | None = None,
 ) -> LoggedModel:
-    """Log `model` as the logged model "model" of run `run_id` (store `uri`): a pt2 program with a
-    signature (uint8 (-1, C, H, W) -> float32 (-1, num_classes)) and `example` (uint8 (n, C, H, W),
-    n >= 2 so the batch dimension stays dynamic) as its input example."""
+    """Log `model` as a logged model `name` (`logged_model_name`) of run `run_id` (store `uri`)
+    in experiment `experiment_id` (default: the run's): a pt2 program with a signature (uint8
+    (-1, C, H, W) -> float32 (-1, num_classes)), `example` (uint8 (n, C, H, W), n >= 2 so the
+    batch dimension stays dynamic) as its input example, the run's params and `tags`.
+
+    The model is made first (`mlflow.initialize_logged_model`), in its experiment: left to
+    `mlflow.pytorch.log_model`, a run given by id and no active run put it in the Default
+    experiment whatever the run's. A model whose logging fails ends FAILED."""
+    import mlflow
     import mlflow.pytorch
+    from mlflow.entities import LoggedModelStatus
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
@@ -144,19 +181,32 @@ def log_model(
     )
     requirement = f"torch=={torch.__version__.split('+')[0]}"  # no local tag (+cu130)
     with _tracking(uri), warnings.catch_warnings():
+        run = mlflow.MlflowClient().get_run(run_id)
+        logged = mlflow.initialize_logged_model(
+            name=name,
+            source_run_id=run_id,
+            tags=dict(tags or {}),
+            params={k: str(v) for k, v in run.data.params.items()},
+            experiment_id=experiment_id or run.info.experiment_id,
+        )
         # the ALL keeps its custom loss as an attribute; export warns, though it is no output
         warnings.filterwarnings("ignore", message=".*assigned during export.*")
-        info = mlflow.pytorch.log_model(
-            model.eval(),
-            name=ARTIFACT_NAME,
-            signature=signature,
-            input_example=example,
-            serialization_format="pt2",
-            pip_requirements=[requirement],
-            tags=dict(tags or {}),
-            run_id=run_id,
-        )
-    return LoggedModel(model_id=info.model_id, model_uri=f"models:/{info.model_id}")
+        try:
+            mlflow.pytorch.log_model(
+                model.eval(),
+                name=name,
+                model_id=logged.model_id,
+                signature=signature,
+                input_example=example,
+                serialization_format="pt2",
+                pip_requirements=[requirement],
+                run_id=run_id,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                mlflow.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+    return LoggedModel(model_id=logged.model_id, model_uri=f"models:/{logged.model_id}")
 
 
 def register(
@@ -219,41 +269,34 @@ def load_best(
     *,
     tracking_uri: str | None = None,
     version: str | None = None,
+    alias: str | None = None,
     data_root: str | None = None,
 ) -> BestModel:
-    """`mlflow.pytorch.load_model("models:/<name>/<version>")` (default: the latest version),
-    and the test split of the data set it was trained on, prepared as autoall prepares it.
+    """The model of `<name>/<version>` (default: the latest version) or of `<name>@<alias>`
+    (`name="digits-mlp-all@champion"` or `alias="champion"`; autoall/aliases.py sets `best` and
+    `champion`), and the test split of the data set it was trained on, prepared as autoall
+    prepares it. Its `.eval()` works and `.train()` says it cannot (`evaluable`).
+
+    Read-only and safe: a tracking store (or $MLFLOW_REGISTRY_URI) that is a SQLite file which
+    does not exist is a ValueError saying where it looked, never a new empty database; a
+    version is loaded only if it is a torch.export (pt2) program that brings no code of its
+    own, else refused before anything of it is loaded (a pickled model runs its code when
+    loaded), and its pt2 archive is checked for pickled records (MLflow's own check, whatever
+    $MLFLOW_ALLOW_PICKLE_DESERIALIZATION says; autoall/safe_model.py).
 
     The data set and its split come from the version's tags (`data.name`, `data.root`,
     `data.val_fraction`, `data.split_seed`); `data_root` overrides the stored root.
     """
-    import mlflow.pytorch
     from mlflow import MlflowClient
 
     from autoall.data import load_data
     from autoall.tracking_store import client_uri, resolve_tracking_uri
-    from autoall.urls import mask_secrets
 
-    uri = client_uri(resolve_tracking_uri(tracking_uri))
+    name, alias = _split_alias(name, alias, version)
+    uri = client_uri(resolve_tracking_uri(tracking_uri, create=False))
+    check_stores_exist(uri)
     client = MlflowClient(uri)
-    quoted = name.replace("'", "\\'")
-    with _tracking(uri):
-        versions = client.search_model_versions(f"name = '{quoted}'")
-    if not versions:
-        names = sorted(m.name for m in client.search_registered_models())
-        there = ", ".join(names) if names else "none"
-        raise ValueError(
-            f"No registered model {name!r} with a version in {mask_secrets(uri)} (registered "
-            f"there: {there}); `autoall report` registers <study>-<arch>-all and -baseline."
-        )
-    if version is None:
-        chosen = max(versions, key=lambda v: int(v.version))
-    else:
-        found = [v for v in versions if str(v.version) == str(version)]
-        if not found:
-            have = ", ".join(sorted((str(v.version) for v in versions), key=int))
-            raise ValueError(f"{name!r} has no version {version!r}; it has {have}.")
-        chosen = found[0]
+    chosen = _version(client, uri, name, version, alias)
     tags = dict(chosen.tags)
     missing = [k for k in ("data.name", "data.val_fraction", "data.split_seed") if k not in tags]
     if missing:
@@ -261,8 +304,8 @@ def load_best(
             f"{name!r} version {chosen.version} lacks the tags {', '.join(missing)}: it was not "
             "registered by autoall, so its test split is unknown."
         )
-    with _tracking(uri):
-        model = mlflow.pytorch.load_model(f"models:/{name}/{chosen.version}")
+    with tempfile.TemporaryDirectory(prefix="autoall-model-") as tmp:
+        model = _load_pt2(uri, name, str(chosen.version), tmp)
     data = load_data(
         tags["data.name"],
         root=data_root or tags.get("data.root") or None,
@@ -278,6 +321,66 @@ def load_best(
         test_y=data.test_y,
         tags=tags,
     )
+
+
+def _split_alias(name: str, alias: str | None, version: str | None) -> tuple[str, str | None]:
+    """`"model@alias"` -> ("model", "alias"); an alias given twice, or with a version, is a
+    ValueError."""
+    if "@" in name:
+        model, _, named = name.rpartition("@")
+        if not model or not named:
+            raise ValueError(f"name must be <model> or <model>@<alias>, but got {name!r}.")
+        name = model
+        if alias is not None and alias != named:
+            raise ValueError(f"alias={alias!r} contradicts the name's alias {named!r}.")
+        alias = named
+    if alias is not None and version is not None:
+        raise ValueError(f"Pass version or alias, not both (got {version!r} and {alias!r}).")
+    return name, alias
+
+
+def _version(
+    client: MlflowClient, uri: str, name: str, version: str | None, alias: str | None
+) -> Any:
+    """The ModelVersion of `name` asked for: by alias, by number, or the latest."""
+    from mlflow.exceptions import MlflowException
+
+    from autoall.urls import mask_secrets
+
+    quoted = name.replace("'", "\\'")
+    with _tracking(uri):
+        versions = client.search_model_versions(f"name = '{quoted}'")
+    if not versions:
+        names = sorted(m.name for m in client.search_registered_models())
+        there = ", ".join(names) if names else "none"
+        raise ValueError(
+            f"No registered model {name!r} with a version in {mask_secrets(uri)} (registered "
+            f"there: {there}); `autoall report` registers <study>-<arch>-all and -baseline."
+        )
+    if alias is not None:
+        try:
+            return client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            held = client.get_registered_model(name).aliases
+            have = ", ".join(f"{a} (v{v})" for a, v in sorted(held.items())) or "none"
+            raise ValueError(f"{name!r} has no alias {alias!r}; its aliases: {have}.") from None
+    if version is None:
+        return max(versions, key=lambda v: int(v.version))
+    found = [v for v in versions if str(v.version) == str(version)]
+    if not found:
+        have = ", ".join(sorted((str(v.version) for v in versions), key=int))
+        raise ValueError(f"{name!r} has no version {version!r}; it has {have}.")
+    return found[0]
+
+
+def _load_pt2(uri: str, name: str, version: str, folder: str) -> nn.Module:
+    """Version `version` of `name`, downloaded into `folder`, loaded by `safe_model.load_pt2`:
+    a pt2 program with no code of its own, else a ValueError naming the version."""
+    import mlflow.artifacts
+
+    with _tracking(uri):
+        local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=folder)
+    return load_pt2(Path(local), name, version)
 
 
 def version_tags(

@@ -1,5 +1,7 @@
 """report.md, report.html and the CSV tables: the verdicts first, then the evidence.
 
+Each architecture's section opens with its conclusion in plain words (autoall/conclusion.py).
+
 One document model (headings, paragraphs, tables, images) is built once and rendered twice:
 Markdown next to the PNG files, and a self-contained HTML page (every image embedded as a base64
 data URI, one small style sheet). Accuracies and their differences are printed in percentage
@@ -21,6 +23,7 @@ from typing import Union
 
 from autoall import stats
 from autoall.claims import UNITS, family_size
+from autoall.conclusion import arch_conclusion
 from autoall.report_types import ArchReport, Claim, Report
 
 
@@ -130,7 +133,11 @@ def _headline(rep: ArchReport) -> str:
 
 def _arch_blocks(rep: ArchReport) -> list[Block]:
     n = len(rep.runs_of("all"))
-    blocks: list[Block] = [Heading(2, rep.arch), Heading(3, "Search budgets")]
+    blocks: list[Block] = [
+        Heading(2, rep.arch),
+        Paragraph(f"**Conclusion.** {arch_conclusion(rep)}"),  # autoall/conclusion.py
+        Heading(3, "Search budgets"),
+    ]
     blocks.append(
         Table(
             ("study", "finished trials", "random start-up", "guided", "trial-epochs", "seconds"),

@@ -213,14 +213,18 @@ def make_storage(url: str, cfg: StudyConfig | None = None, *, create: bool = Tru
     driver). With a study file's `cfg`, a trial's storage calls ride out a database outage
     shorter than the heartbeat's grace period less one interval (`ride_out`). With
     `create=False` (the inspecting commands) a SQLite file that does not exist is a
-    StorageError instead of a new, empty database.
+    StorageError, one line saying where it looked and what to pass, instead of a new, empty
+    database: nothing is created.
     """
     hb = cfg.heartbeat if cfg is not None else None
     shown = mask_secrets(url)
     url = storage_url(url)
     db = sqlite_file(url)
     if db is not None and not create and not db.is_file():
-        raise StorageError(f"No Optuna storage at {shown} (no file {db}).")
+        raise StorageError(
+            f"No Optuna storage at {shown} (no file {db}); pass --storage (or set "
+            "AUTOALL_STORAGE) to the storage the studies were run with."
+        )
     if db is not None and not db.parent.is_dir():
         raise StorageError(
             f"Cannot open the Optuna storage {shown}: the folder {db.parent} does not exist."

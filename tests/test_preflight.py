@@ -72,7 +72,7 @@ UNWRITABLE = [
         ["study", "run", "s.yaml", "--tracking-uri", "sqlite:///ro/m.db"],
         "the MLflow store's folder",
     ),
-    (["study", "export", "t/mlp", "-o", "ro/t.csv"], "--output's folder"),
+    (["study", "export", "t/mlp", "-o", "ro/t.csv"], "-o's folder"),
     (["report", "s.yaml", "--out", "ro/report"], "the report folder"),
     (["report", "s.yaml", "--tracking-uri", "sqlite:///ro/m.db"], "the MLflow store's folder"),
 ]
@@ -200,7 +200,8 @@ def test_inspecting_commands_never_create_a_sqlite_file(workdir: Path) -> None:
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, result.output
         assert _one_error(result.output) == (
-            "Error: No Optuna storage at sqlite:///autoall.db (no file autoall.db)."
+            "Error: No Optuna storage at sqlite:///autoall.db (no file autoall.db); pass "
+            "--storage (or set AUTOALL_STORAGE) to the storage the studies were run with."
         )
     assert list(workdir.iterdir()) == []
 
