@@ -100,15 +100,32 @@ def _signed(ci: tuple[float, float], claim: Claim) -> tuple[float, float]:
     return (min(low, high), max(low, high))
 
 
+_TARGET_METRICS = ("target_epoch", "target_seconds")  # claims timed to a task's own target
+
+
+def _task_free_title(claim: Claim, target_acc: float) -> str:
+    """The claim's title without its task's efficiency target: each report picks its own,
+    and the summary's cells name it."""
+    if claim.metric not in _TARGET_METRICS:
+        return claim.title
+    return claim.title.replace(
+        f"validation accuracy {target_acc:.4f}", "the task's target validation accuracy"
+    )
+
+
 def document(reports: list[Report]) -> list[render.Block]:
+    """The summary's blocks: each task's verdict per claim (an efficiency verdict with the
+    task's own target), then the aggregates across tasks."""
     tasks = [(r, rep.arch) for r in reports for rep in r.archs]
     header = ("claim", *(f"{r.name}: {r.data}/{arch}" for r, arch in tasks))
     cells: dict[tuple[str, str, str], str] = {}
     titles: dict[str, str] = {}
     for r in reports:
-        for c in r.claims:
-            titles.setdefault(c.key, c.title)
-            cells[(r.name, c.arch, c.key)] = f"**{c.verdict}**"
+        for rep in r.archs:
+            for c in rep.claims:
+                titles.setdefault(c.key, _task_free_title(c, rep.target_acc))
+                target = f" (to {rep.target_acc:.4f})" if c.metric in _TARGET_METRICS else ""
+                cells[(r.name, c.arch, c.key)] = f"**{c.verdict}**{target}"
     rows = [
         (title, *(cells.get((r.name, arch, key), "-") for r, arch in tasks))
         for key, title in titles.items()
@@ -129,7 +146,8 @@ def document(reports: list[Report]) -> list[render.Block]:
         render.Heading(1, "autoall summary across studies"),
         render.Paragraph(
             f"{len(tasks)} tasks from {len(reports)} reports: {links}. Each cell is the verdict "
-            "of the task's own report (Holm over that report's claims)."
+            "of the task's own report (Holm over that report's claims); an efficiency verdict "
+            "names the validation accuracy its report timed the runs to."
         ),
         render.Heading(2, "Verdicts per task"),
         render.Table(header, rows),

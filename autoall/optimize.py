@@ -33,6 +33,31 @@ from autoall.study import (
 from autoall.study_cohort import run_cohort, single_trials_reason
 
 log = logging.getLogger("autoall.study")
+_optuna_log = logging.getLogger("optuna.study._optimize")  # where `study.optimize` reports
+
+
+class _QuietInterrupt(logging.Filter):
+    """Drops what `study.optimize` logs about a trial cut short by Ctrl-C: the trial is FAIL
+    with `fail_reason` "interrupted (Ctrl-C)", and the command says so in one line, so
+    Optuna's traceback of the KeyboardInterrupt and its "failed with value None" line would
+    only bury that. Every other failure is logged as Optuna logs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._interrupted: int | None = None  # the trial whose second line is still to come
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            number = record.getMessage().split()[1]
+            self._interrupted = int(number) if number.isdigit() else None
+            return False
+        if record.getMessage() == f"Trial {self._interrupted} failed with value None.":
+            self._interrupted = None
+            return False
+        return True
+
+
+_QUIET_INTERRUPT = _QuietInterrupt()
 
 _MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials all fail stops instead of looping
 _MAX_OUTAGE_SECONDS = 300  # a worker waits this long for an unreachable database, then stops
@@ -45,6 +70,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
     A trial is started only while done + running < target, or when a retried trial is waiting;
     otherwise the worker waits for running trials to finish or turn stale.
     """
+    _optuna_log.addFilter(_QUIET_INTERRUPT)  # once per process: addFilter skips a repeat
     if ctx.cohort > 1:
         reason = single_trials_reason(ctx)
         if reason is not None:

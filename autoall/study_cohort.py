@@ -175,7 +175,7 @@ class _Cohort:
         with timing.span("trial.optuna_tell"):
             self.study.tell(trial, values, state=state)
         frozen = stored_trial(self.study, trial)
-        if error is not None:
+        if error is not None and not isinstance(error, KeyboardInterrupt):  # said once, above
             _optuna_log.warning(
                 "Trial %d failed with parameters: %s because of the following error: %s.",
                 trial.number, frozen.params, mask_secrets(repr(error)),

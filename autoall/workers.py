@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import optuna
@@ -222,7 +224,16 @@ def _work(
         registry.unregister()
 
 
-def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int) -> None:
+def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int, stop: Any) -> None:
+    """A spawned worker. It starts with Ctrl-C ignored (`_spawn_workers`), so a Ctrl-C during
+    its imports prints no traceback there; from here on Ctrl-C stops it once, and `stop` says
+    whether one came before."""
+    try:
+        signal.signal(signal.SIGINT, _interrupt_once)
+        if stop.is_set():  # Ctrl-C while this worker was starting up: nothing to fail
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        sys.exit(130)
     if opts.gpus > 0:  # before any CUDA call in this process; respects an inherited list
         inherited = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         visible = [d.strip() for d in inherited.split(",") if d.strip()]
@@ -241,25 +252,60 @@ def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int) -> None:
         sys.exit(1)
 
 
+def _interrupt_once(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C in a worker: one KeyboardInterrupt (its running trials are marked FAIL); a
+    second SIGINT, the one `_spawn_workers` passes on, is ignored meanwhile."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _spawn_workers(cfg: StudyConfig, opts: RunOptions) -> None:
+    """The workers as processes until each has ended. On Ctrl-C: `stop` set and SIGINT passed
+    on to each (a worker still starting up ignored the terminal's), 30 s for them to mark their
+    trials FAIL, then SIGTERM to any left; the KeyboardInterrupt is raised."""
     ctx = mp.get_context("spawn")
+    stop = ctx.Event()
     procs = [
-        ctx.Process(target=_worker_process, args=(cfg, opts, i), name=f"autoall-worker-{i}")
+        ctx.Process(target=_worker_process, args=(cfg, opts, i, stop), name=f"autoall-worker-{i}")
         for i in range(opts.n_jobs)
     ]
-    for p in procs:
-        p.start()
     try:
+        with _ctrl_c_ignored():  # inherited: a worker ignores Ctrl-C until it is ready
+            for p in procs:
+                p.start()
         for p in procs:
             p.join()
     except KeyboardInterrupt:
-        for p in procs:  # they got the same SIGINT; give them time to mark their trials FAIL
+        stop.set()
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGINT)
+        for p in procs:
             p.join(timeout=30)
+        for p in procs:
+            if p.is_alive():  # its trials stay RUNNING until the heartbeat fails them
+                p.terminate()
+                p.join(timeout=10)
         raise
     bad = [p for p in procs if p.exitcode not in (0, None)]
     if bad:
         codes = ", ".join(f"{p.name}: {p.exitcode}" for p in bad)
         raise RuntimeError(f"worker processes ended abnormally ({codes}); see their output above.")
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process (and in the processes it starts meanwhile, which inherit
+    the disposition); a no-op outside the main thread, where signals cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _Monitor:

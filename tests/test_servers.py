@@ -110,12 +110,48 @@ def test_ui_serves_the_project_store_prints_run_links_and_stops_with_children(
     assert result.exit_code == 0, result.output
     port = _free_port()
     out, alive, code = _serve_then_interrupt(
-        ["ui", "--port", str(port)], f"http://127.0.0.1:{port}/health", workdir
+        ["ui", "--port", str(port)], f"http://127.0.0.1:{port}/", workdir
     )
-    assert code == 0 and "stopped." in out
+    assert code == 130, out  # Ctrl-C, as for every command
     assert f"MLflow UI: http://127.0.0.1:{port}" in out
     assert f"  t: http://127.0.0.1:{port}/#/experiments/" in out and "/runs" in out
     assert not alive, f"processes left running: {alive}"
+    lines = out.splitlines()  # quiet: the links, each server warning on one line, the end
+    assert lines[0].startswith("MLflow UI: ") and lines[-1] == "stopped.", out
+    others = [x for x in lines[1:-1] if not x.startswith(("  t: ", "server warning: "))]
+    assert others == [], out
+    assert "GET /" not in out
+
+
+@pytest.mark.slow
+def test_ui_verbose_shows_the_server_s_access_log(workdir: Path) -> None:
+    port = _free_port()
+    out, alive, code = _serve_then_interrupt(
+        ["ui", "--port", str(port), "--verbose"], f"http://127.0.0.1:{port}/", workdir
+    )
+    assert code == 130, out
+    assert '"GET / HTTP/1.1" 200' in out
+    assert not alive, f"processes left running: {alive}"
+
+
+def test_quiet_lines_drop_requests_and_notices_and_shorten_warnings() -> None:
+    from autoall.servers import quiet_lines
+
+    server = [
+        "Registry store URI not provided. Using backend store URI.",
+        "[MLflow] Security middleware enabled with default settings (localhost-only). To ...",
+        "/x/fastapi_app.py:23: StarletteDeprecationWarning: starlette.middleware.wsgi is old.",
+        "  from starlette.middleware.wsgi import WSGIResponder, build_environ",
+        '2026/12/07 00:46:15 INFO:     127.0.0.1:35392 - "GET /health HTTP/1.1" 200 OK',
+        '127.0.0.1 - - [07/Dec/2026 00:46:15] "POST /api/studies HTTP/1.0" 500 12',
+        "ERROR: the store cannot be opened",
+        "  and its indented detail",
+    ]
+    assert list(quiet_lines(server)) == [
+        "server warning: StarletteDeprecationWarning: starlette.middleware.wsgi is old.",
+        "ERROR: the store cannot be opened",
+        "  and its indented detail",
+    ]
 
 
 @pytest.mark.slow
@@ -125,10 +161,14 @@ def test_dashboard_serves_the_study_storage_and_stops(study_file: Path, workdir:
     )
     assert result.exit_code == 0, result.output
     port = _free_port()
-    out, alive, _ = _serve_then_interrupt(
+    out, alive, code = _serve_then_interrupt(
         ["dashboard", "--port", str(port)], f"http://127.0.0.1:{port}/api/studies", workdir
     )
-    assert f"optuna-dashboard: http://127.0.0.1:{port}" in out
+    assert code == 130, out
+    assert out.splitlines() == [
+        f"optuna-dashboard: http://127.0.0.1:{port}  (sqlite:///autoall.db; Ctrl-C stops it)",
+        "stopped.",
+    ]  # quiet: no gunicorn start-up or shut-down lines, no access log
     assert not alive, f"processes left running: {alive}"
 
 
