@@ -278,8 +278,10 @@ def _beats_the_best(study: optuna.Study, value: float) -> bool:
 
 def _log_model(ctx: WorkerContext, run_id: str, number: int, model: torch.nn.Module) -> None:
     """Hand the trial's model (a float32 CPU copy, with the data's normalisation inside) to the
-    tracker, which logs it into the trial's run (autoall/registry.py)."""
-    from autoall.registry import serving_copy
+    tracker, which logs it into the trial's run and the study file's experiment as
+    `<study>-trial<n>` with the study's '/' as '-' (e.g. `digits-mlp-tuned-baseline-r1-trial7`;
+    autoall/registry.py)."""
+    from autoall.registry import logged_model_name, serving_copy
 
     data = ctx.data
     ctx.tracker.log_model(
@@ -288,6 +290,7 @@ def _log_model(ctx: WorkerContext, run_id: str, number: int, model: torch.nn.Mod
         example=data.train_x[:2].cpu().numpy(),
         num_classes=data.num_classes,
         tags={"autoall.study": ctx.study_name, "optuna.trial_number": str(number)},
+        name=logged_model_name(ctx.study_name, f"trial{number}"),
     )
 
 

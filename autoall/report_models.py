@@ -2,7 +2,9 @@
 
 Per architecture, the run of the first evaluation seed of the ALL winner (variant "all") and of
 the tuned baseline (variant "tuned-baseline") logs its model when it is trained, as part of that
-run (autoall/registry.py), and each such run becomes one version of its registered model, tagged
+run (autoall/registry.py), in the studies' experiment `<study>` (the report's runs are in
+`<study> report`) and named for what it is, `<study>-<arch>-all-r<replicate>-seed<seed>` (or
+`-baseline-`); each such run becomes one version of its registered model, tagged
 with the trial it came from (number and parameters), its validation and test figures, the data
 split and the report run. A rerun that reuses the run registers nothing new: the version is a tag
 of the run (and the registry is asked by run id before a version is made).
@@ -25,6 +27,7 @@ from autoall.registry import (
     LoggedModel,
     accuracy,
     log_model,
+    logged_model_name,
     register,
     registered_name,
     serving_copy,
@@ -138,6 +141,8 @@ class Publisher:
     ) -> Published:
         pub = self._new(arch, variant, selection, run_id, result.test_acc)
         data = self.data
+        made = self.store.created.get(run_id, {})  # the run's tags: its replicate and seed
+        kind, replicate, seed = PUBLISHED[variant], made.get("replicate", "0"), made.get("seed", "")
         try:
             serving = serving_copy(model, data)
             pub.model_test_acc = accuracy(serving, data.test_x.cpu(), data.test_y.cpu())
@@ -149,6 +154,8 @@ class Publisher:
                 example=example,
                 num_classes=data.num_classes,
                 tags={"autoall.registered_model": pub.name, "autoall.trial": str(pub.trial)},
+                name=logged_model_name(self.cfg.name, arch, kind, f"r{replicate}", f"seed{seed}"),
+                experiment_id=self.store.study_experiment_id,
             )
             pub.model_id = logged.model_id
             self.store.set_tags(

@@ -1,5 +1,11 @@
 """The report's runs in MLflow: one parent run per report, one child per trained run, reused.
 
+They are experiment `<name> report`, apart from the studies' experiment `<name>`, and linked to
+it both ways (`RunStore.link_studies`, autoall/report_mlflow.py). Each child is tagged with its
+role, variant, arm ("all": the network has an ALL; "baseline": it has none), replicate and seed
+(`autoall.role`, `autoall.variant`, `autoall.arm`, `autoall.replicate`, `autoall.seed`; and as
+before `variant`, `arch`, `replicate`, `seed`), so the UI's "Group by" gives per-variant figures.
+
 A child is keyed by the SHA-256 of everything that determines it (architecture, the plan with
 its seed, the data split, whether the test split is evaluated) and of the code that trained it
 (autoall's version, the git commit, a digest of autoall's sources, torch's version). A FINISHED
@@ -10,7 +16,8 @@ artifact `test_predictions.npy` (the statistics of the test set's own noise need
 
 Every MLflow call goes through the tracker's retry (`autoall.tracking_store._Logger`): a
 transient error is tried again, any other is raised. Params and the tags set later are masked,
-and params go in batches of MLflow's 100 a call.
+and params and tags go in batches of MLflow's 100 a call. Reading a run back downloads its
+predictions without MLflow's progress bars (`MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`, unless set).
 """
 
 from __future__ import annotations
@@ -29,17 +36,29 @@ from mlflow.exceptions import MlflowException
 from autoall.cohort import Outcome, fit_cohort, group_plans
 from autoall.data import DeviceData
 from autoall.plan import RunPlan, fit
-from autoall.report_types import FINAL_METRICS, SELECTION_METRICS, Report, RunRecord
+from autoall.report_mlflow import (
+    NOTE,
+    ours,
+    report_experiment,
+    report_experiment_note,
+    report_note,
+    run_link,
+    study_experiment_note,
+    study_note,
+)
+from autoall.report_types import FINAL_METRICS, SELECTION_METRICS, RunRecord
 from autoall.tracking import Tracker
 from autoall.tracking_run import final_metrics
 from autoall.tracking_store import (
     _MAX_METRICS_PER_BATCH,
+    _MAX_PARAMS_PER_BATCH,
     _MAX_TAG_LENGTH,
     _log_params,
     _Logger,
     _masked,
     _metrics,
     client_uri,
+    no_artifact_progress_bars,
 )
 from autoall.train import RunResult
 from autoall.version import code_version
@@ -89,16 +108,21 @@ def config_hash(settings: dict[str, Any]) -> str:
 
 
 class RunStore(_Logger):
-    """A report's parent run and its children: find a finished run, or train and log one."""
+    """A report's parent run and its children, in experiment `<name> report` (`experiment_id`;
+    the studies' experiment `<name>` is `study_experiment_id`): find a finished run, or train
+    and log one."""
 
     def __init__(self, name: str, tracking_uri: str | None) -> None:
         from mlflow import MlflowClient
 
         # Tracker.connect checks that the store answers and gets or creates the experiment
         tracker = Tracker.connect(tracking_uri, experiment=name)
-        self.uri, self.name, self.experiment_id = tracker.uri, name, tracker.experiment_id
+        self.uri, self.name, self.study_experiment_id = tracker.uri, name, tracker.experiment_id
+        self.experiment = report_experiment(name)
+        self.experiment_id = Tracker.connect(tracker.uri, experiment=self.experiment).experiment_id
         self.retries, self.retry_wait = tracker.retries, tracker.retry_wait
         self.client = MlflowClient(client_uri(tracker.uri))
+        no_artifact_progress_bars()  # a rerun reads every run's predictions back
         report = f"tags.\"autoall.report\" = '{name}' and tags.\"autoall.role\" = 'report'"
         parents = self._search(report)
         if parents:
@@ -113,19 +137,55 @@ class RunStore(_Logger):
             self.parent_id = run.info.run_id
         self.children: dict[str, list[Any]] = {}
         self.fresh: dict[str, RunRecord] = {}  # runs trained by this report, by key
+        self.created: dict[str, dict[str, str]] = {}  # the tags of the runs it created, by id
         for run in self._search(f"tags.\"mlflow.parentRunId\" = '{self.parent_id}'"):
             self.children.setdefault(run.data.tags.get("config_hash", ""), []).append(run)
 
-    def _search(self, filter_string: str) -> list[Any]:
+    def _search(self, filter_string: str, experiment_id: str | None = None) -> list[Any]:
         runs, token = [], None
+        experiments = [experiment_id or self.experiment_id]
         while True:
             page = self._retrying(
-                self.client.search_runs, [self.experiment_id], filter_string, page_token=token
+                self.client.search_runs, experiments, filter_string, page_token=token
             )
             runs += list(page)
             token = page.token
             if not token:
                 return runs
+
+    def link_studies(self, studies: Sequence[str], path: str) -> None:
+        """Link the report run and the parent runs of `studies` (Optuna study names) both ways,
+        and the studies' experiment (of study file `path`) and the report's, by tags and
+        descriptions (autoall/report_mlflow.py); a description someone else wrote is kept."""
+        found = self._search("tags.\"autoall.role\" = 'study'", self.study_experiment_id)
+        order = {study: i for i, study in enumerate(studies)}
+        parents = sorted(
+            (r for r in found if r.data.tags.get("autoall.study") in order),
+            key=lambda r: (order[r.data.tags["autoall.study"]], r.info.start_time),
+        )
+        here = (self.experiment, self.experiment_id)
+        for run in parents:
+            tags = {"autoall.report_run": run_link(self.experiment_id, self.parent_id)}
+            tags["autoall.report_experiment"] = self.experiment
+            if ours(run.data.tags.get(NOTE)):
+                tags[NOTE] = study_note(run.data.tags["autoall.study"], here, self.parent_id)
+            self.set_tags(run.info.run_id, tags)
+        studies_at = (self.name, self.study_experiment_id)
+        mine = self._retrying(self.client.get_run, self.parent_id).data.tags
+        tags = {"autoall.studies": run_link(self.study_experiment_id)}
+        tags["autoall.study_experiment"] = self.name
+        if ours(mine.get(NOTE)):
+            named = [(r.data.tags["autoall.study"], r.info.run_id) for r in parents]
+            tags[NOTE] = report_note(studies_at, named)
+        self.set_tags(self.parent_id, tags)
+        notes = {
+            self.study_experiment_id: study_experiment_note(path, here, self.study_experiment_id),
+            self.experiment_id: report_experiment_note(studies_at),
+        }
+        for experiment_id, note in notes.items():
+            held = self._retrying(self.client.get_experiment, experiment_id).tags
+            if ours(held.get(NOTE)):
+                self._retrying(self.client.set_experiment_tag, experiment_id, NOTE, note)
 
     def get_or_train(
         self,
@@ -271,7 +331,9 @@ class RunStore(_Logger):
             tags = {"mlflow.parentRunId": self.parent_id, "autoall.report": self.name}
             tags |= {"autoall.role": role, "arch": plan.arch, "variant": variant}
             tags |= {"seed": str(seed), "config_hash": chash, "cohort_size": str(len(plans))}
-            tags |= {"replicate": str(replicate)}
+            tags |= {"replicate": str(replicate), "autoall.variant": variant}
+            tags |= {"autoall.arm": "baseline" if plan.spec is None else "all"}
+            tags |= {"autoall.replicate": str(replicate), "autoall.seed": str(seed)}
             created = self._retrying(
                 self.client.create_run,
                 self.experiment_id,
@@ -279,6 +341,7 @@ class RunStore(_Logger):
                 run_name=f"{plan.arch}/{variant}/seed{seed}",
             )
             run_ids.append(created.info.run_id)
+            self.created[created.info.run_id] = tags
             self._retrying(_log_params, self.client, run_ids[-1], settings)
         records: list[RunRecord | None] = [None] * len(plans)
         kept: list[nn.Module] = []
@@ -379,7 +442,9 @@ class RunStore(_Logger):
         from mlflow.entities import RunTag
 
         items = [RunTag(k, v) for k, v in _masked(tags, _MAX_TAG_LENGTH).items()]
-        self._retrying(self.client.log_batch, run_id, tags=items, synchronous=True)
+        for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            batch = items[i : i + _MAX_PARAMS_PER_BATCH]
+            self._retrying(self.client.log_batch, run_id, tags=batch, synchronous=True)
 
     def finish(
         self, out: Path, *, tags: dict[str, str], metrics: Mapping[str, float] | None = None
@@ -398,21 +463,3 @@ class RunStore(_Logger):
 
 def _arrangement(size: int) -> str:
     return "alone" if size == 1 else f"cohort of {size}"
-
-
-def headline(report: Report) -> dict[str, float]:
-    """The report run's metrics, per architecture: mean test accuracy of the ALL winner and of
-    the tuned baseline over the evaluation seeds, and the accuracy claim's effect (mean paired
-    difference) and Holm-adjusted p."""
-    figures: dict[str, float] = {}
-    for rep in report.archs:
-        for variant in ("all", "tuned-baseline"):
-            accs = [r.metrics["test_acc"] for r in rep.runs_of(variant)]
-            if accs:
-                figures[f"{rep.arch}.{variant}.test_acc_mean"] = sum(accs) / len(accs)
-        claim = next((c for c in rep.claims if c.key == "accuracy"), None)
-        if claim is not None and claim.test is not None:
-            figures[f"{rep.arch}.accuracy.effect"] = claim.test.estimate.mean
-            if claim.adjusted_p is not None:
-                figures[f"{rep.arch}.accuracy.holm_p"] = claim.adjusted_p
-    return figures

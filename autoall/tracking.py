@@ -275,9 +275,11 @@ class Tracker(_Logger):
         example: Any,
         num_classes: int,
         tags: dict[str, str],
+        name: str,
     ) -> str | None:
-        """Log `model` (an `autoall.registry.ServingModel`) as the logged model of run `run_id`
-        and tag the run with its id (`autoall.model_id`); the id, or None (said in `lost`)."""
+        """Log `model` (an `autoall.registry.ServingModel`) as the logged model `name` of run
+        `run_id`, in this tracker's experiment (the study file's), and tag the run with its id
+        (`autoall.model_id`); the id, or None (said in `lost`)."""
         from autoall.registry import log_model
 
         logged = self._call(
@@ -289,6 +291,8 @@ class Tracker(_Logger):
             example=example,
             num_classes=num_classes,
             tags=tags,
+            name=name,
+            experiment_id=self.experiment_id,
         )
         if logged is None:
             return None

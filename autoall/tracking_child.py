@@ -171,8 +171,10 @@ class _Child:
             if key in self.parents:
                 tracker.log_parent_text(self.parents[key], text, artifact_file)
         elif op == "log_model":
-            run_id, model, example, num_classes, tags = args
-            tracker.log_model(run_id, model, example=example, num_classes=num_classes, tags=tags)
+            run_id, model, example, num_classes, tags, name = args
+            tracker.log_model(
+                run_id, model, example=example, num_classes=num_classes, tags=tags, name=name
+            )
         elif op == "finish_parent":
             (key,) = args
             if key in self.parents:

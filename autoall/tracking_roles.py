@@ -84,8 +84,15 @@ class StudyTracker(Protocol):
     def log_parent_text(self, parent_id: str, text: str, artifact_file: str) -> None: ...
 
     def log_model(
-        self, run_id: str, model: Any, *, example: Any, num_classes: int, tags: dict[str, str]
-    ) -> str | None: ...
+        self,
+        run_id: str,
+        model: Any,
+        *,
+        example: Any,
+        num_classes: int,
+        tags: dict[str, str],
+        name: str,
+    ) -> str | None: ...  # `name`: the logged model's, e.g. <study>-<arch>-trial<n>
 
     def finish_parent(self, parent_id: str) -> None: ...
 

@@ -1,7 +1,8 @@
 """The MLflow tracking store and the calls made to it: where the store is (URI, SQLite file,
-its start-up lock and write-ahead log), how MLflow logs (`quiet_mlflow`), and how a call is
-made (`_Logger`: retried on transient errors, a failure kept in `lost`), with the masking and
-the batch limits MLflow imposes on params, tags and metrics.
+its start-up lock and write-ahead log), how MLflow logs (`quiet_mlflow`: no INFO lines, no
+artifact progress bars), and how a call is made (`_Logger`: retried on transient errors, a
+failure kept in `lost`), with the masking and the batch limits MLflow imposes on params, tags
+and metrics.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ def quiet_mlflow() -> None:
     level = level if isinstance(level, int) else logging.WARNING
     logging.getLogger("mlflow").setLevel(level)
     logging.getLogger("alembic").setLevel(max(level, logging.WARNING))  # as MLflow sets it
+    no_artifact_progress_bars()
+
+
+def no_artifact_progress_bars() -> None:
+    """MLflow draws no "Downloading artifacts" progress bar (tqdm, one per download: a report
+    rerun reads every run's predictions back): `MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR` is false
+    unless the user set it. MLflow reads it at each download; setting it imports nothing."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def resolve_tracking_uri(uri: str | None = None, *, create: bool = True) -> str:

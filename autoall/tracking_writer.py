@@ -181,11 +181,19 @@ class TrackingWriter:
         self._send("parent_text", parent_id, text, artifact_file)
 
     def log_model(
-        self, run_id: str, model: Any, *, example: Any, num_classes: int, tags: dict[str, str]
+        self,
+        run_id: str,
+        model: Any,
+        *,
+        example: Any,
+        num_classes: int,
+        tags: dict[str, str],
+        name: str,
     ) -> None:
         """The child logs `model` (a CPU `ServingModel`, pickled through the pipe) into run
-        `run_id`; the worker goes on at once (the export takes seconds, in the child)."""
-        self._send("log_model", run_id, model, example, num_classes, tags)
+        `run_id` as the logged model `name`; the worker goes on at once (the export takes
+        seconds, in the child)."""
+        self._send("log_model", run_id, model, example, num_classes, tags, name)
 
     def finish_parent(self, parent_id: str) -> None:
         self._send("finish_parent", parent_id)

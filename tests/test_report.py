@@ -151,11 +151,11 @@ def _build(root: Path) -> Built:
         assert result.exit_code == 0, result.output
         out = root / "reports" / "t"
         with (out / "results.csv").open() as f:
-            rows = list(csv.DictReader(f))
+            rows = [r for r in csv.DictReader(f) if r["role"] == "evaluation"]
         with (out / "claims.csv").open() as f:
             claims = list(csv.DictReader(f))
     client = MlflowClient(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("t")
+    experiment = client.get_experiment_by_name("t report")  # the report's runs
     selection = [
         run
         for role in ("selection-run", "tuning-run")
@@ -241,7 +241,7 @@ def test_selection_reads_validation_only_and_seeds_are_disjoint(built: Built) ->
     assert selection and all(n == 0 for n in selection)  # the test split was not in memory
     assert evaluation and all(n == 360 for n in evaluation)
     client = built.client()
-    experiment = client.get_experiment_by_name("t")
+    experiment = client.get_experiment_by_name("t report")
     runs = client.search_runs([experiment.experiment_id], "tags.\"autoall.report\" = 't'")
     seeds: dict[str, set[int]] = {}
     for run in runs:
@@ -258,7 +258,7 @@ def test_selection_reads_validation_only_and_seeds_are_disjoint(built: Built) ->
 
 def test_results_csv_equals_the_mlflow_runs(built: Built) -> None:
     client = built.client()
-    experiment = client.get_experiment_by_name("t")
+    experiment = client.get_experiment_by_name("t report")
     parents = client.search_runs([experiment.experiment_id], "tags.\"autoall.role\" = 'report'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0].info.run_id
@@ -382,7 +382,7 @@ def test_a_rerun_reuses_every_run_and_gives_the_same_results(
     result = _report("--target-acc", "0.01", "--out", "elsewhere")
     assert result.exit_code == 0, result.output
     with (built.root / "elsewhere" / "results.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r["role"] == "evaluation"]
     assert [r["mlflow_run_id"] for r in rows] == [r["mlflow_run_id"] for r in built.rows]
     assert {r["target_epoch"] for r in rows} == {"1"}  # any model beats 1 % after one epoch
 
@@ -433,7 +433,7 @@ def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
     assert result.exit_code == 0, result.output
     assert set(runs) == {1} and len(runs) == len(built.rows) + built.selection_runs
     with (tmp_path / "reports" / "t" / "results.csv").open() as f:
-        alone = list(csv.DictReader(f))
+        alone = [r for r in csv.DictReader(f) if r["role"] == "evaluation"]
     assert [(r["variant"], r["replicate"], r["seed"]) for r in alone] == [
         (r["variant"], r["replicate"], r["seed"]) for r in built.rows
     ]
@@ -576,7 +576,7 @@ def test_several_study_files_get_one_summary_across_tasks(
     rows: dict[str, dict[str, list[float]]] = {}
     for name in ("t", "u"):
         with (built.root / "reports" / name / "results.csv").open() as f:
-            for row in csv.DictReader(f):
+            for row in (r for r in csv.DictReader(f) if r["role"] == "evaluation"):
                 rows.setdefault(name, {}).setdefault(row["variant"], []).append(
                     float(row["test_acc"])
                 )
