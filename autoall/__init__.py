@@ -17,6 +17,7 @@ def load_best(name: str, *, tracking_uri: str | None = None, **kwargs: Any) -> B
         best = autoall.load_best("digits-mlp-all")
         best.accuracy()      # the test accuracy the report gave its run
         best.model(best.test_x[:8]).argmax(1)
+        autoall.load_best("digits-mlp-all@champion")  # only if the verdicts favour the ALL
 
     See `autoall.registry.load_best` (torch and MLflow load only when this is called).
     """

@@ -20,9 +20,11 @@ from autoall.options import (
     DEFAULT_STORAGE,
     DEFAULT_TRACKING_URI,
     MAX_REPLICATES,
+    REPORT_COUNTS,
     ReportOptions,
     RunOptions,
 )
+from autoall.train_options import given_options, train_options
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -58,65 +60,14 @@ def main() -> None:
 
 
 @main.command("train")
-@click.option("--arch", default="mlp", show_default=True, help="mlp, cnn, vgg16 or resnet18.")
-@click.option(
-    "--dataset",
-    default="digits",
-    show_default=True,
-    help="digits, mnist, fashion-mnist or cifar10.",
-)
-@click.option(
-    "--all-hidden", type=int, default=None, help="ALL hidden size; without it the baseline trains."
-)
-@click.option(
-    "--all-lr", type=float, default=None, help="The ALL's own learning rate [default: the base lr]."
-)
-@click.option(
-    "--aux-weight",
-    type=float,
-    default=0.1,
-    show_default=True,
-    help="Weight of the ALL's custom loss.",
-)
-@click.option(
-    "--aux-loss",
-    default="reconstruction",
-    show_default=True,
-    help="reconstruction, sparsity, orthogonality or none.",
-)
-@click.option(
-    "--positions",
-    type=click.Choice(["head", "blocks"]),
-    default="head",
-    show_default=True,
-    help="The ALL before the head only, or after every block or stage too.",
-)
-@click.option(
-    "--epochs",
-    type=int,
-    default=None,
-    help="[default: the architecture's baseline settings, autoall/baselines.py]",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Initialisation, batch order and augmentation.",
-)
-@click.option(
-    "--data-root",
-    default="data",
-    show_default=True,
-    help="Where mnist / fashion-mnist / cifar10 files live.",
-)
-@click.option("--download", is_flag=True, help="Download a missing data set (needs the internet).")
-@click.option(
-    "--device", default=None, help="cpu, cuda, cuda:1, mps [default: cuda, then mps, then cpu]."
-)
+@train_options
 def train_cmd(**options: Any) -> None:
-    """Train one model (baseline, or with an ALL) and print validation and test results."""
-    commands.train_one(**options)
+    """Train one model (baseline, or with an ALL) and print validation and test results.
+
+    Settings come from the architecture's baseline (autoall/baselines.py), then --study's
+    file (its data set, split and training settings), then the options given here.
+    """
+    commands.train_one(options, given_options(click.get_current_context(), options))
 
 
 _storage_option = click.option(
@@ -131,7 +82,7 @@ _architectures_option = click.option(
     "--architectures", default=None, help="Comma-separated subset of the file's architectures."
 )
 _device_option = click.option(
-    "--device", default=None, help="cpu, cuda, mps [default: cuda, then mps, then cpu]."
+    "--device", default=None, help="cpu, cuda, cuda:N, mps [default: cuda, then mps, then cpu]."
 )
 _tracking_uri_option = click.option(
     "--tracking-uri",
@@ -282,15 +233,27 @@ def study_list(**options: Any) -> None:
     "-o",
     type=click.Path(dir_okay=False),
     default=None,
-    help="File to write [default: stdout].",
+    help="File to write (missing folders are made) [default: stdout]. Never the storage, the "
+    "MLflow database or a study file.",
 )
+@click.option("--force", is_flag=True, help="Overwrite an existing -o file.")
 @_storage_option
 def study_export(**options: Any) -> None:
-    """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture)."""
+    """Write the trials table of NAME (`digits/mlp`, or `digits` for every architecture): the
+    columns of Optuna's trials_dataframe after a `study` column, times and durations in ISO
+    8601 (times as Optuna stores them: local, no UTC offset), floats in full."""
     commands.study_export(**options)
 
 
 _PORT = click.IntRange(1, 65535)
+
+
+_verbose_option = click.option(
+    "--verbose",
+    is_flag=True,
+    help="Everything the server prints: its access log, start-up lines and warnings in full "
+    "(default: none of these, each warning on one line, errors always).",
+)
 
 
 @main.command("ui")
@@ -300,87 +263,110 @@ _PORT = click.IntRange(1, 65535)
     default=None,
     help=f"[default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI}]",
 )
-def ui(port: int, tracking_uri: str | None) -> None:
+@_verbose_option
+def ui(port: int, tracking_uri: str | None, verbose: bool) -> None:
     """Start the MLflow UI on 127.0.0.1 for the project's tracking store.
 
-    Ctrl-C, SIGTERM and SIGHUP stop it and every process it started.
+    Ctrl-C (exit code 130), SIGTERM and SIGHUP stop it and every process it started.
     """
     from autoall.servers import mlflow_ui
 
-    sys.exit(commands.serve(mlflow_ui(port, tracking_uri)))
+    sys.exit(commands.serve(mlflow_ui(port, tracking_uri, verbose=verbose)))
 
 
 @main.command("dashboard")
 @_storage_option
 @click.option("--port", type=_PORT, default=8080, show_default=True)
-def dashboard(storage: str | None, port: int) -> None:
-    """Start optuna-dashboard on the study storage (Ctrl-C, SIGTERM and SIGHUP stop it)."""
+@_verbose_option
+def dashboard(storage: str | None, port: int, verbose: bool) -> None:
+    """Start optuna-dashboard on the study storage (Ctrl-C, exit code 130, SIGTERM and SIGHUP
+    stop it)."""
     from autoall.servers import optuna_dashboard
 
-    sys.exit(commands.serve(optuna_dashboard(port, storage)))
-
-
-_DEMO_REPLICATES = 2  # the fewest that show whether a search's winner is repeatable
-_DEMO_TUNING_TRIALS = 4  # re-tuning candidates per control: the inherited knobs and 3 draws
+    sys.exit(commands.serve(optuna_dashboard(port, storage, verbose=verbose)))
 
 
 @main.command("demo")
-@click.option("--n-trials", type=click.IntRange(min=1), default=12, show_default=True)
-@click.option("--seeds", type=click.IntRange(min=2), default=3, show_default=True)
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Trials per study [default: studies/demo.yaml's n_trials, 12].",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(*REPORT_COUNTS["seeds"]),
+    default=None,
+    help="Evaluation seeds [default: studies/demo.yaml's report.seeds, 3].",
+)
 @click.option(
     "--tuning-trials",
     type=click.IntRange(min=0, max=1000),
-    default=_DEMO_TUNING_TRIALS,
-    show_default=True,
-    help="Re-tuning candidates per control and reduced-data arm.",
+    default=None,
+    help="Re-tuning candidates per control and reduced-data arm [default: studies/demo.yaml's "
+    "report.tuning_trials, 4].",
 )
-def demo(n_trials: int, seeds: int, tuning_trials: int) -> None:
-    """The embedded default, small: the digits mlp study and its tuned baseline, each searched
-    twice (2 replicates, 2 workers), their summary, then the report (3 evaluation seeds, the
-    top 2 trials of each search on 2 selection seeds, 4 re-tuning candidates per control).
+def demo(n_trials: int | None, seeds: int | None, tuning_trials: int | None) -> None:
+    """The embedded default, small: studies/demo.yaml, the digits mlp study and its tuned
+    baseline, each searched twice (2 replicates, 2 workers), their summary, then the report
+    (3 evaluation seeds, the top 2 trials of each search on 2 selection seeds, 4 re-tuning
+    candidates per control). What it runs is that file, so `autoall report studies/demo.yaml`
+    afterwards reuses every run.
 
     A few minutes on 2 cores. With 2 replicates every test has one degree of freedom, so the
     report says before training that no verdict is reachable and how many replicates would be:
     `autoall study run studies/digits.yaml` and `autoall report studies/digits.yaml` give that
     answer.
     """
-    study_file = str(Path(__file__).resolve().parent.parent / "studies" / "digits.yaml")
+    path = Path(__file__).resolve().parent.parent / "studies" / "demo.yaml"
+    study_file = str(_shown(path))
     start = time.monotonic()
     ctx = click.get_current_context()
-    ctx.invoke(study_run, file=study_file, n_trials=n_trials, architectures="mlp",
-               storage=DEFAULT_STORAGE, replicates=_DEMO_REPLICATES, n_jobs=2)  # fmt: skip
-    commands.study_status(target=study_file, storage=DEFAULT_STORAGE,
-                          replicates=_DEMO_REPLICATES)  # fmt: skip
-    commands.report(targets=(study_file,), seeds=seeds, architectures="mlp",
-                    storage=DEFAULT_STORAGE, replicates=_DEMO_REPLICATES, top_k=2,
-                    selection_seeds=2, tuning_trials=tuning_trials)  # fmt: skip
-    click.echo(f"demo finished in {time.monotonic() - start:.0f} s; `autoall ui` shows the runs.")
+    ctx.invoke(study_run, file=study_file, n_trials=n_trials, storage=DEFAULT_STORAGE, n_jobs=2)
+    commands.study_status(target=study_file, storage=DEFAULT_STORAGE)
+    commands.report(targets=(study_file,), seeds=seeds, storage=DEFAULT_STORAGE,
+                    tuning_trials=tuning_trials)  # fmt: skip
+    given = [("--seeds", seeds), ("--tuning-trials", tuning_trials)]
+    extra = "".join(f" {option} {value}" for option, value in given if value is not None)
+    name = commands.load(study_file).name
+    click.echo(
+        f"demo finished in {time.monotonic() - start:.0f} s. Next:\n"
+        f"  autoall ui                                 # the studies and the report in MLflow\n"
+        f"  autoall report {study_file}{extra}   # reuses every run: nothing trains again\n"
+        f"  python -c \"import autoall; print(autoall.load_best('{name}-mlp@champion').accuracy())\"\n"
+        f"Then the full answer: autoall study run studies/digits.yaml && "
+        f"autoall report studies/digits.yaml"
+    )
+
+
+def _shown(path: Path) -> Path:
+    """`path` relative to the working folder when it is inside it (what a user types)."""
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 @main.command("report")
 @click.argument("targets", nargs=-1, required=True)
 @click.option(
     "--seeds",
-    type=click.IntRange(min=2),
-    default=ReportOptions.seeds,
-    show_default=True,
-    help="Evaluation seeds per variant and replicate (seed = search seed + 1000 + i). The "
-    "tests' unit is the replicate (df = replicates - 1; the seeds with one replicate), so more "
-    "replicates sharpen a verdict more than more seeds.",
+    type=click.IntRange(*REPORT_COUNTS["seeds"]),
+    default=None,
+    help="Evaluation seeds per variant and replicate (seed = search seed + 1000 + i) "
+    "[default: the file's report.seeds, 3]. The tests' unit is the replicate (df = replicates "
+    "- 1; the seeds with one replicate), so more replicates sharpen a verdict more than seeds.",
 )
 @click.option(
     "--selection-seeds",
-    type=click.IntRange(min=1),
-    default=ReportOptions.selection_seeds,
-    show_default=True,
-    help="Seeds each top-k trial is retrained on to pick the winner (validation only).",
+    type=click.IntRange(*REPORT_COUNTS["selection_seeds"]),
+    default=None,
+    help="Seeds each top-k trial is retrained on to pick the winner (validation only) "
+    "[default: the file's report.selection_seeds, 3].",
 )
 @click.option(
     "--top-k",
-    type=click.IntRange(min=1),
-    default=ReportOptions.top_k,
-    show_default=True,
-    help="Trials per study re-evaluated on the selection seeds.",
+    type=click.IntRange(*REPORT_COUNTS["top_k"]),
+    default=None,
+    help="Trials per study re-evaluated on the selection seeds [default: the file's "
+    "report.top_k, 3].",
 )
 @click.option(
     "--target-acc",

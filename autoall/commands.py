@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,78 +90,56 @@ def print_table(rows: list[tuple[str, str]]) -> None:
         click.echo(f"{key:<{width}}  {value}")
 
 
-def train_one(
-    *,
-    arch: str,
-    dataset: str,
-    all_hidden: int | None,
-    all_lr: float | None,
-    aux_weight: float,
-    aux_loss: str,
-    positions: str,
-    epochs: int | None,
-    seed: int,
-    data_root: str,
-    download: bool,
-    device: str | None,
-) -> None:
-    """`autoall train`: one model (baseline, or with an ALL), validation and test results."""
-    from autoall.baselines import baseline
+def train_one(options: Mapping[str, Any], given: frozenset[str] = frozenset()) -> None:
+    """`autoall train`: one model (baseline, or with an ALL) from the options, given or default
+    (`given`: those the user gave), and a --study file (autoall/train_options.py); its
+    validation and test results, and with --tracking its MLflow run."""
     from autoall.data import load_data
-    from autoall.layer import ALLSpec
     from autoall.models import build_model
-    from autoall.preflight import check_model_fits
+    from autoall.preflight import check_model_fits, check_writable
+    from autoall.tracking_store import tracking_sqlite_file
     from autoall.train import resolve_device, seed_everything, train
+    from autoall.train_options import TrainTracking, resolve, result_rows
+    from autoall.urls import mask_secrets
 
-    base = baseline(arch, dataset)
-    # checked even for the baseline, so a typo never goes unnoticed
-    checked = ALLSpec(
-        hidden_size=1 if all_hidden is None else all_hidden,
-        aux_loss=aux_loss,
-        aux_weight=aux_weight,
-        positions=positions,
-    )
-    spec = checked if all_hidden is not None else None
-    cfg = replace(
-        base.config,
-        epochs=base.config.epochs if epochs is None else epochs,
-        seed=seed,
-        all_lr=all_lr if spec else None,
-        device=device,
-        evaluate_test=True,
-    )
-    dev = resolve_device(device)
-    check_model_fits(arch, data=dataset, spec=spec, device=dev, option="--all-hidden")
-    data = load_data(dataset, root=data_root, device=dev, download=download)
-    seed_everything(seed)
-    model = build_model(arch, in_shape=data.in_shape, num_classes=data.num_classes, all_spec=spec)
-    label = (
-        f"{arch} + ALL(h={all_hidden}, {aux_loss}, w={aux_weight}, {positions})"
-        if spec
-        else f"{arch} baseline"
-    )
-    _echo(f"{label} on {dataset} ({dev}); settings: {base.source}")
+    setup = resolve(options, given)
+    cfg, spec = setup.config, setup.spec
+    dev = resolve_device(cfg.device)
+    check_model_fits(setup.arch, data=setup.dataset, spec=spec, device=dev, option="--all-hidden")
+    store = tracking_sqlite_file(options["tracking_uri"]) if options["tracking"] else None
+    if store is not None:
+        check_writable(store.parent, what="the MLflow store's folder")
+    data = load_data(setup.dataset, root=setup.root, val_fraction=setup.val_fraction,
+                     split_seed=setup.split_seed, device=dev, download=setup.download)  # fmt: skip
+    tracking = TrainTracking(setup, options["tracking_uri"]) if options["tracking"] else None
+    seed_everything(cfg.seed)
+    model = build_model(setup.arch, in_shape=data.in_shape, num_classes=data.num_classes,
+                        all_spec=spec)  # fmt: skip
+    _echo(f"{setup.label} on {setup.dataset} ({dev}); settings: {setup.settings}")
+    if setup.split_source:
+        _echo(f"validation: {data.sizes['val']:,} images ({setup.split_source})")
     with click.progressbar(length=cfg.epochs, label="epochs", file=sys.stderr) as bar:
 
         def on_epoch(stats: Any) -> None:
             bar.label = f"epoch {stats.epoch} val_acc {stats.val_acc:.4f}"
             bar.update(1)
+            if tracking is not None:
+                tracking.log_epoch(stats)
 
-        result = train(model, data, cfg, on_epoch=on_epoch)
-    print_table(
-        [
-            ("model", label),
-            ("validation accuracy (final)", f"{result.final_val_acc:.4f}"),
-            (
-                "validation accuracy (best)",
-                f"{result.best_val_acc:.4f} (epoch {result.best_epoch})",
-            ),
-            ("test accuracy", f"{result.test_acc:.4f}"),
-            ("training time", f"{result.wall_seconds:.2f} s ({result.epochs_run} epochs)"),
-            ("parameters", f"{result.params.total:,} (ALL: {result.params.all:,})"),
-            ("device", result.device),
-        ]
-    )
+        try:
+            result = train(model, data, cfg, on_epoch=on_epoch)
+        except BaseException as exc:
+            if tracking is not None:
+                tracking.fail(exc)
+            raise
+    if tracking is not None:
+        tracking.finish(result)
+    print_table(result_rows(setup, model, result))
+    if tracking is not None:
+        where = f"experiment {tracking.experiment!r} of {mask_secrets(tracking.uri)}"
+        _echo(f"MLflow: run {tracking.run_id} in {where}")
+        for line in tracking.lost:
+            _echo(line)
 
 
 def study_run(
@@ -294,37 +273,36 @@ def study_list(*, storage: str | None) -> None:
         click.echo(f"{s.study_name:<28} {s.n_trials:>5} trials  best {best}")
 
 
-def study_export(*, name: str, fmt: str, output: str | None, storage: str | None) -> None:
-    """`autoall study export`: the trials table as CSV or JSON, to a file or stdout."""
-    from autoall.preflight import check_writable
-    from autoall.summary import trials_table
+def study_export(
+    *, name: str, fmt: str, output: str | None, storage: str | None, force: bool = False
+) -> None:
+    """`autoall study export`: the trials table as CSV or JSON (ISO 8601 times and durations,
+    floats that read back exactly), to stdout or `-o`: its missing folders made, an existing
+    file replaced only with `--force`, the storage, the MLflow database and study files never."""
+    from autoall.summary import check_export_file, export_text, trial_records, write_export
 
-    if output:
-        check_writable(Path(output).absolute().parent, what="--output's folder")
+    path = check_export_file(output, storage=storage, force=force) if output else None
     try:
-        frame = trials_table(name, storage=storage)
+        columns, records = trial_records(name, storage=storage)
     except KeyError as exc:  # Optuna's "no such study"
         raise UserError(str(exc)) from exc
-    text = (  # datetimes as ISO 8601 strings in both, as pandas will default to
-        frame.to_csv(index=False)
-        if fmt == "csv"
-        else frame.to_json(orient="records", indent=2, date_format="iso")
-    )
-    if output:
-        Path(output).write_text(text)
-        _echo(f"Wrote {len(frame)} trials to {output}")
-    else:
+    text = export_text(columns, records, fmt)
+    if path is None:
         click.echo(text, nl=False)
+        return
+    write_export(text, path)
+    _echo(f"Wrote {len(records)} trials to {output}")
 
 
 def serve(server: Server) -> int:
-    """Show where the server is, run it until it exits or we are told to stop; its exit code
-    (autoall/servers.py)."""
+    """Show where the server is, run it until it exits or we are told to stop (quiet unless
+    `--verbose`); its exit code: the server's, or 130 after Ctrl-C, 128 + the signal after
+    SIGTERM or SIGHUP (autoall/servers.py)."""
     from autoall.servers import serve as supervise
 
     for line in server.lines:
         click.echo(line)
-    code, stopped = supervise(server.cmd)
+    code, stopped = supervise(server)
     _echo("stopped." if stopped else f"the server exited with code {code}.")
     return code
 
@@ -332,9 +310,9 @@ def serve(server: Server) -> int:
 def report(
     *,
     targets: tuple[str, ...],
-    seeds: int = ReportOptions.seeds,
-    selection_seeds: int = ReportOptions.selection_seeds,
-    top_k: int = ReportOptions.top_k,
+    seeds: int | None = None,
+    selection_seeds: int | None = None,
+    top_k: int | None = None,
     target_acc: float | None = None,
     out: str | None = None,
     storage: str | None = None,
@@ -349,8 +327,9 @@ def report(
 ) -> None:
     """`autoall report`: each study file's report; with several files, their summary too.
 
-    `replicates`, `margin` and `tuning_trials` (None: each file's) override the study files:
-    in the configuration the report reads and in its options alike."""
+    `replicates`, `margin`, `tuning_trials`, `seeds`, `selection_seeds` and `top_k` (None: each
+    file's) override the study files: in the configuration the report reads and in its options
+    alike."""
     from autoall.report import ReportError, check_out, check_studies, resolve_study_file, run_report
 
     url = storage or DEFAULT_STORAGE

@@ -18,7 +18,7 @@ from autoall.baselines import baseline
 from autoall.data import DATASETS
 from autoall.layer import ACTIVATIONS
 from autoall.models import ARCHITECTURES
-from autoall.options import KINDS, MAX_REPLICATES
+from autoall.options import KINDS, MAX_REPLICATES, REPORT_COUNTS
 from autoall.safe_yaml import YamlProblem, load_yaml, read_text
 from autoall.search_space import DEFAULT_SEARCH, ParamSpec, check_grid, parse_space
 from autoall.train import TrainConfig
@@ -80,6 +80,9 @@ class ReportConfig:
 
     margin: float | None = None  # equivalence margin, accuracy points; None: the report's default
     tuning_trials: int = 8  # re-tuning per control and reduced-data arm (0: untuned controls)
+    seeds: int = 3  # evaluation runs per variant and replicate (2 or more: a spread)
+    selection_seeds: int = 3  # seeds each top-k trial is re-evaluated on (validation)
+    top_k: int = 3  # trials per study re-evaluated to pick its winner
 
 
 @dataclass(frozen=True)
@@ -361,7 +364,8 @@ def _check_replicates(cfg: StudyConfig, replicates: Any, *, what: str = "") -> N
 
 def _parse_report(v: _Validator, raw: Any) -> ReportConfig:
     """The `report:` section: margin a number of accuracy points in (0, 100) or null,
-    tuning_trials an integer from 0 to 1000."""
+    tuning_trials an integer from 0 to 1000, seeds, selection_seeds and top_k integers in
+    `REPORT_COUNTS`' ranges."""
     given = v.mapping(raw, "report")
     v.keys(given, "report", allowed={f.name for f in fields(ReportConfig)})
     margin = given.get("margin")
@@ -373,14 +377,13 @@ def _parse_report(v: _Validator, raw: Any) -> ReportConfig:
             "must be a number of accuracy points > 0 and < 100 (the equivalence margin), or "
             f"null for the report's default, but got {_short(margin)}.",
         )
-    trials = given.get("tuning_trials", ReportConfig.tuning_trials)
-    if not _int_in(trials, 0, 1000):
-        v.fail(
-            "report.tuning_trials",
-            "must be an integer from 0 to 1000 (re-tuning trials per control and per "
-            f"reduced-data arm; 0: controls keep the winner's knobs), but got {_short(trials)}.",
-        )
-    return ReportConfig(margin=None if margin is None else float(margin), tuning_trials=trials)
+    counts = {}
+    for key, (low, high) in {"tuning_trials": (0, 1000), **REPORT_COUNTS}.items():
+        counts[key] = given.get(key, getattr(ReportConfig, key))
+        if not _int_in(counts[key], low, high):
+            v.fail(f"report.{key}", f"must be an integer from {low} to {high}, but got "
+                   f"{_short(counts[key])}.")  # fmt: skip
+    return ReportConfig(margin=None if margin is None else float(margin), **counts)
 
 
 def _int_in(value: Any, low: int, high: int) -> bool:

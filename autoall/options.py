@@ -6,8 +6,9 @@ dataclasses, so `autoall --help` says what the library does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 DEFAULT_STORAGE = (
     "sqlite:///autoall.db"  # the Optuna storage when neither --storage nor $AUTOALL_STORAGE
@@ -15,6 +16,9 @@ DEFAULT_STORAGE = (
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # MLflow 3's file store is in maintenance mode
 KINDS: tuple[str, ...] = ("all", "baseline")  # the ALL study; the equal-budget tuned baseline
 MAX_REPLICATES = 100  # independent searches per study (`replicates`, --replicates)
+# The report's counts (the study file's `report:` keys, the options that override them):
+# inclusive ranges; more seeds than 100 only make the memory of one cohort grow
+REPORT_COUNTS = {"seeds": (2, 100), "selection_seeds": (1, 100), "top_k": (1, 100)}
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,10 @@ class RunOptions:
 class ReportOptions:
     """How `autoall report` evaluates a study file (autoall/report.py)."""
 
-    seeds: int = 3  # K: evaluation runs per variant and replicate (the replicate is the unit)
-    selection_seeds: int = 3  # seeds each top-k trial is re-evaluated on (validation)
-    top_k: int = 3
+    # None: the study file's `report:` keys (seeds, selection_seeds, top_k; 3 each by default)
+    seeds: int | None = None  # K: evaluation runs per variant and replicate (unit: the replicate)
+    selection_seeds: int | None = None  # seeds each top-k trial is re-evaluated on (validation)
+    top_k: int | None = None
     fractions: tuple[float, ...] = (0.1, 0.3)  # of the train split, for generalisation
     target_acc: float | None = None  # None: TARGET_FRACTION of the weaker winner (validation)
     out: Path | None = None  # None: reports/<name>
@@ -56,3 +61,16 @@ class ReportOptions:
     replicates: int | None = None  # independent searches per study the report reads
     margin: float | None = None  # equivalence margin, accuracy percentage points
     tuning_trials: int | None = None  # re-tuning trials per control and reduced-data arm
+
+    def resolved(self, file: Any) -> ReportOptions:
+        """These options with the study file's `report:` section (`file`, a ReportConfig) filled
+        in wherever an option is None: the command line wins over the file."""
+        given = {k: getattr(self, k) for k in REPORT_COUNTS}
+        return replace(self, **{k: getattr(file, k) if v is None else v for k, v in given.items()})
+
+    def count(self, key: str) -> int:
+        """`seeds`, `selection_seeds` or `top_k` of options `resolved` against a study file."""
+        value = getattr(self, key)
+        if value is None:
+            raise ValueError(f"ReportOptions.{key} is unset: resolve the options first.")
+        return int(value)

@@ -26,7 +26,9 @@ are registered as `<name>-<arch>-all` and `<name>-<arch>-baseline` (autoall/repo
 Seeds: replicate r searched with `train.seed + r` (s0 + r); evaluation seeds are s0 + 1000 + i
 (shared by the replicates, so runs pair by seed) and replicate r's selection seeds
 s0 + 2000 + 100 r + j, so none of them is a search seed. Every run is an MLflow child of one
-report run and is reused when nothing that determines it changed (autoall/report_store.py).
+report run and is reused when nothing that determines it changed (autoall/report_store.py);
+they are experiment `<name> report`, linked both ways to the studies' experiment `<name>`, and
+the report run holds every claim's and variant's figures (autoall/report_mlflow.py).
 Outputs are written to a temporary folder and moved into place.
 """
 
@@ -40,15 +42,16 @@ from pathlib import Path
 
 import optuna
 
-from autoall import claims, decision, plots, render, render_csv
+from autoall import aliases, claims, decision, plots, render, render_csv
 from autoall.config import BASELINE_SUFFIX, StudyConfig, StudyFileError, load_study_file
 from autoall.data import DeviceData, load_data
 from autoall.options import ReportOptions, RunOptions
 from autoall.plan import RunPlan
 from autoall.report_arch import ArchRun, ReportError, eval_seeds, selection_seeds
+from autoall.report_mlflow import run_figures
 from autoall.report_models import Publisher, report_tags
 from autoall.report_retune import equal_steps
-from autoall.report_store import RunStore, headline
+from autoall.report_store import RunStore
 from autoall.report_types import Report
 from autoall.storage import make_storage
 from autoall.study import count_trials
@@ -192,6 +195,7 @@ def run_report(
     """Train (or reuse) every run, test the claims, write the report, log it to MLflow."""
     say = echo or (lambda line: print(line, file=sys.stderr))
     cfg, tuning_trials = report_settings(cfg, opts)
+    opts = opts.resolved(cfg.report)  # seeds, selection seeds, top-k: the option, else the file's
     studies = check_studies(cfg, opts.storage)  # before anything is written anywhere
     out = check_out(opts.out or Path("reports") / cfg.name)
     device = resolve_device(opts.device)
@@ -206,17 +210,20 @@ def run_report(
     check_fractions(cfg, opts, data)
     m = claims.claims_per_arch(len(opts.fractions)) * len(cfg.architectures)
     reachable = decision.reachable(
-        replicates=cfg.replicates, seeds=opts.seeds, claims=m, alpha=opts.alpha
+        replicates=cfg.replicates, seeds=opts.count("seeds"), claims=m, alpha=opts.alpha
     )
     if reachable is not None:
         say(f"Before training: {reachable}")
     base_studies = baseline_studies(cfg, opts, studies, say)
     store = RunStore(cfg.name, opts.tracking_uri)
     say(
-        f"MLflow: experiment {cfg.name!r}, report run {store.parent_id} ({mask_secrets(store.uri)})"
+        f"MLflow: report run {store.parent_id} in experiment {store.experiment!r}, the studies "
+        f"in {cfg.name!r} ({mask_secrets(store.uri)})"
     )
     publisher = Publisher(store=store, cfg=cfg, data=data)
     try:
+        names = [s.study_name for pair in (studies, base_studies) for s in pair.values()]
+        store.link_studies(sorted(names), cfg.path)  # both ways, before anything trains
         archs = [
             ArchRun(
                 cfg=cfg,
@@ -238,11 +245,12 @@ def run_report(
             data=cfg.data.name,
             test_size=int(data.test_y.numel()),
             archs=archs,
-            seeds=eval_seeds(first, opts.seeds),
+            seeds=eval_seeds(first, opts.count("seeds")),
             selection_seeds=tuple(
-                selection_seeds(first, opts.selection_seeds, r) for r in range(cfg.replicates)
+                selection_seeds(first, opts.count("selection_seeds"), r)
+                for r in range(cfg.replicates)
             ),
-            top_k=opts.top_k,
+            top_k=opts.count("top_k"),
             alpha=opts.alpha,
             tracking_uri=store.uri,
             parent_run_id=store.parent_id,
@@ -251,12 +259,14 @@ def run_report(
             reachable=reachable,
         )
         claims.decide(report.claims, alpha=opts.alpha)
+        aliases.follow_verdicts(report, publisher.published, store.client, say, store.uri)
         write_report(report, out)
         report.out = out
-        tags = {"autoall.seeds": str(opts.seeds), "autoall.out": str(out)}
+        tags = {"autoall.seeds": str(opts.count("seeds")), "autoall.out": str(out)}
         tags |= {"autoall.replicates": str(cfg.replicates)}
         tags |= report_tags(publisher.published)
-        store.finish(out, tags=tags, metrics=headline(report))
+        metrics, verdicts = run_figures(report)
+        store.finish(out, tags=tags | verdicts, metrics=metrics)
     except BaseException as exc:
         store.end_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise

@@ -148,8 +148,8 @@ class ArchRun:
             kind,
             study,
             budget=rp.budget,
-            k=self.opts.top_k,
-            seeds=selection_seeds(self.s0, self.opts.selection_seeds, rp.index),
+            k=self.opts.count("top_k"),
+            seeds=selection_seeds(self.s0, self.opts.count("selection_seeds"), rp.index),
             data=self.no_test,
             store=self.store,
             split=self.split,
@@ -219,7 +219,7 @@ class ArchRun:
         """`variant` on every evaluation seed: the timed arms alone, the others as cohorts; the
         published replicate's winner logs its model on the first seed."""
         arch, r, store = self.arch, rp.index, self.store
-        seeds = eval_seeds(self.s0, self.opts.seeds)
+        seeds = eval_seeds(self.s0, self.opts.count("seeds"))
         plans = [variant.plan.with_seed(seed) for seed in seeds]
         chosen = rp.selections[PUBLISHED[variant.name]] if carries == r else None
         common: dict[str, Any] = dict(split=self.split, evaluate_test=True, replicate=r)

@@ -169,7 +169,11 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"report": {"tuning_trials": -1}}, "report.tuning_trials", "from 0 to 1000"),
     ({"report": {"tuning_trials": 1001}}, "report.tuning_trials", "from 0 to 1000"),
     ({"report": {"tuning_trials": 2.5}}, "report.tuning_trials", "but got 2.5"),
-    ({"report": {"seeds": 3}}, "report.seeds", "unknown key; expected one of margin"),
+    ({"report": {"seed": 3}}, "report.seed", "unknown key; expected one of margin"),
+    ({"report": {"seeds": 1}}, "report.seeds", "must be an integer from 2 to 100, but got 1"),
+    ({"report": {"seeds": 3000}}, "report.seeds", "from 2 to 100, but got 3000"),
+    ({"report": {"selection_seeds": 0}}, "report.selection_seeds", "from 1 to 100"),
+    ({"report": {"top_k": 101}}, "report.top_k", "from 1 to 100, but got 101"),
     ({"report": [1]}, "report", "must be a mapping"),
 ]
 

@@ -237,7 +237,9 @@ def test_report_options_override_the_study_file(
     assert (default.margin, default.tuning_trials) == (None, 8)
 
 
-def test_the_demo_runs_and_reports_two_replicates(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_demo_runs_studies_demo_yaml_whose_report_reruns_as_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls: dict[str, dict[str, Any]] = {}
     for name in ("study_run", "study_status", "report"):
         monkeypatch.setattr(
@@ -245,12 +247,43 @@ def test_the_demo_runs_and_reports_two_replicates(monkeypatch: pytest.MonkeyPatc
         )
     result = _invoke("demo")
     assert result.exit_code == 0, result.output
-    assert {name: kw["replicates"] for name, kw in calls.items()} == {
-        "study_run": 2,
-        "study_status": 2,
-        "report": 2,
-    }
-    assert calls["study_run"]["n_trials"] == 12
+    demo_file = Path(calls["study_run"]["file"])
+    assert demo_file.name == "demo.yaml"
+    assert calls["study_status"]["target"] == calls["study_run"]["file"]
+    assert calls["report"]["targets"] == (calls["study_run"]["file"],)
+    # nothing overridden: what ran is the file, so the printed rerun reuses every run
+    assert calls["study_run"]["n_trials"] is None and calls["report"]["seeds"] is None
+    cfg = load_study_file(demo_file)
+    assert (cfg.name, cfg.replicates, cfg.n_trials, cfg.architectures) == ("demo", 2, 12, ("mlp",))
+    assert (cfg.report.seeds, cfg.report.top_k, cfg.report.selection_seeds) == (3, 2, 2)
+    assert cfg.report.tuning_trials == 4
+    lines = result.output.splitlines()
+    nxt = lines[lines.index(next(x for x in lines if x.startswith("demo finished in"))) + 1 :]
+    assert [x.split()[:2] for x in nxt[:2]] == [["autoall", "ui"], ["autoall", "report"]]
+    assert nxt[1].split()[2] == calls["study_run"]["file"]
+    assert "autoall.load_best('demo-mlp@champion')" in nxt[2]
+
+
+def test_report_counts_come_from_the_file_unless_an_option_says_otherwise(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Any] = []
+
+    def fake_report(cfg: Any, opts: Any, *, echo: Any = None) -> Any:
+        seen.append(opts.resolved(cfg.report))  # as run_report resolves them
+        return SimpleNamespace(out=workdir / "reports" / cfg.name)
+
+    monkeypatch.setattr(autoall.report, "check_studies", lambda cfg, url: {})
+    monkeypatch.setattr(autoall.report, "run_report", fake_report)
+    path = write_study(workdir / "c.yaml", report={"seeds": 5, "top_k": 2})
+    assert _invoke("report", str(path)).exit_code == 0
+    assert (seen[-1].seeds, seen[-1].top_k, seen[-1].selection_seeds) == (5, 2, 3)
+    assert _invoke("report", str(path), "--seeds", "4", "--selection-seeds", "1").exit_code == 0
+    assert (seen[-1].seeds, seen[-1].top_k, seen[-1].selection_seeds) == (4, 2, 1)
+    result = _invoke("report", str(path), "--seeds", "3000")
+    assert (
+        result.exit_code == 2 and "'--seeds': 3000 is not in the range 2<=x<=100" in result.output
+    )
 
 
 def test_a_replicate_s_checkpoints_have_their_own_folder(tmp_path: Path) -> None:
