@@ -43,6 +43,7 @@ from pathlib import Path
 import optuna
 
 from autoall import aliases, claims, decision, plots, render, render_csv
+from autoall.conclusion import conclusion
 from autoall.config import BASELINE_SUFFIX, StudyConfig, StudyFileError, load_study_file
 from autoall.data import DeviceData, load_data
 from autoall.options import ReportOptions, RunOptions
@@ -266,6 +267,7 @@ def run_report(
         tags |= {"autoall.replicates": str(cfg.replicates)}
         tags |= report_tags(publisher.published)
         metrics, verdicts = run_figures(report)
+        verdicts |= {f"{a.arch}.conclusion": conclusion(report, a.arch) for a in report.archs}
         store.finish(out, tags=tags | verdicts, metrics=metrics)
     except BaseException as exc:
         store.end_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

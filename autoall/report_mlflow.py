@@ -67,6 +67,16 @@ def report_note(study_experiment: tuple[str, str], parents: list[tuple[str, str]
     )
 
 
+_CONCLUSION = "\n\n**Conclusion**"  # where the report run's description gives its conclusions
+
+
+def with_conclusions(note: str, conclusions: dict[str, str]) -> str:
+    """The report run's description `note` with the conclusion of each architecture (arch ->
+    sentence) after it, in place of the ones an earlier run of the report wrote."""
+    lines = "".join(f"\n\n*{arch}*: {text}" for arch, text in conclusions.items())
+    return note.split(_CONCLUSION, 1)[0] + _CONCLUSION + lines
+
+
 def study_note(study: str, experiment: tuple[str, str], report_run: str) -> str:
     """A study parent's description: the report run and the report's experiment (name, id)."""
     name, eid = experiment

@@ -45,6 +45,7 @@ from autoall.report_mlflow import (
     run_link,
     study_experiment_note,
     study_note,
+    with_conclusions,
 )
 from autoall.report_types import FINAL_METRICS, SELECTION_METRICS, RunRecord
 from autoall.tracking import Tracker
@@ -449,8 +450,15 @@ class RunStore(_Logger):
     def finish(
         self, out: Path, *, tags: dict[str, str], metrics: Mapping[str, float] | None = None
     ) -> None:
-        """The report's headline `metrics` and `tags` on the parent run, every output file as its
+        """The report's headline `metrics` and `tags` on the parent run (a tag
+        `<arch>.conclusion` is also added to the run's description), every output file as its
         artifact (report.html among them); then it ends FINISHED."""
+        said = {
+            k.removesuffix(".conclusion"): v for k, v in tags.items() if k.endswith(".conclusion")
+        }
+        note = self._retrying(self.client.get_run, self.parent_id).data.tags.get(NOTE)
+        if said and ours(note):
+            tags = {**tags, NOTE: with_conclusions(note or "", said)}
         self.set_tags(self.parent_id, tags)
         if metrics:
             self._log_metrics(self.parent_id, _metrics(metrics, step=0))

@@ -251,6 +251,11 @@ def test_the_report_run_holds_every_claim_s_figures_and_verdict(built: Built) ->
     assert "mlp.data-10pct.effect" in metrics  # 'data-10%': an MLflow key without '%'
     accuracy = next(c for c in built.claims if c["claim"] == "accuracy")
     assert tags["mlp.accuracy.verdict"] == accuracy["verdict"] != ""
+    # the conclusion the report opens with, as a tag and in the run's description, once
+    markdown = (built.root / "reports" / "t" / "report.md").read_text()
+    assert tags["mlp.conclusion"] and tags["mlp.conclusion"] in markdown
+    assert tags["mlflow.note.content"].count(tags["mlp.conclusion"]) == 1
+    assert tags["mlflow.note.content"].count("**Conclusion**") == 1  # the rerun replaced it
 
 
 def test_the_report_run_holds_every_variant_s_accuracy_over_seeds_and_replicates(
