@@ -29,14 +29,14 @@ s0 + 2000 + 100 r + j, so none of them is a search seed. Every run is an MLflow 
 report run and is reused when nothing that determines it changed (autoall/report_store.py);
 they are experiment `<name> report`, linked both ways to the studies' experiment `<name>`, and
 the report run holds every claim's and variant's figures (autoall/report_mlflow.py).
-Outputs are written to a temporary folder and moved into place.
+The outputs go into the report folder, which may hold anything else: autoall replaces only
+the files it wrote there, holds the folder's lock from before the first training to the end,
+and renames whole files into place (autoall/report_out.py).
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -51,6 +51,7 @@ from autoall.plan import RunPlan
 from autoall.report_arch import ArchRun, ReportError, eval_seeds, selection_seeds
 from autoall.report_mlflow import run_figures
 from autoall.report_models import Publisher, report_tags
+from autoall.report_out import check_out, hold, write_outputs
 from autoall.report_retune import equal_steps
 from autoall.report_store import RunStore
 from autoall.report_types import Report
@@ -58,8 +59,6 @@ from autoall.storage import make_storage
 from autoall.study import count_trials
 from autoall.train import resolve_device
 from autoall.urls import mask_secrets, sqlite_file
-
-_OUTPUTS = frozenset({".md", ".html", ".csv", ".png"})  # what a report folder holds
 
 
 def resolve_study_file(target: str) -> StudyConfig:
@@ -199,6 +198,19 @@ def run_report(
     opts = opts.resolved(cfg.report)  # seeds, selection seeds, top-k: the option, else the file's
     studies = check_studies(cfg, opts.storage)  # before anything is written anywhere
     out = check_out(opts.out or Path("reports") / cfg.name)
+    with hold(out):  # one report at a time into `out`, from before anything trains
+        return _run_report(cfg, opts, studies, out, say, tuning_trials)
+
+
+def _run_report(
+    cfg: StudyConfig,
+    opts: ReportOptions,
+    studies: dict[tuple[str, int], optuna.Study],
+    out: Path,
+    say: Callable[[str], None],
+    tuning_trials: int,
+) -> Report:
+    """`run_report` from its data on, while this process holds the lock of `out`."""
     device = resolve_device(opts.device)
     data = load_data(
         cfg.data.name,
@@ -261,37 +273,25 @@ def run_report(
         )
         claims.decide(report.claims, alpha=opts.alpha)
         aliases.follow_verdicts(report, publisher.published, store.client, say, store.uri)
-        write_report(report, out)
+        files = write_report(report, out)
         report.out = out
         tags = {"autoall.seeds": str(opts.count("seeds")), "autoall.out": str(out)}
         tags |= {"autoall.replicates": str(cfg.replicates)}
         tags |= report_tags(publisher.published)
         metrics, verdicts = run_figures(report)
         verdicts |= {f"{a.arch}.conclusion": conclusion(report, a.arch) for a in report.archs}
-        store.finish(out, tags=tags | verdicts, metrics=metrics)
+        for line in store.finish(files, tags=tags | verdicts, metrics=metrics):
+            say(f"MLflow: {line} (recorded in the report run's tag autoall.lost_logging)")
     except BaseException as exc:
         store.end_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     return report
 
 
-def check_out(out: Path) -> Path:
-    """`out`, absolute; it is replaced as a whole, so an existing one must hold only a report."""
-    out = out.resolve()
-    if out.exists() and (
-        not out.is_dir() or any(p.is_dir() or p.suffix not in _OUTPUTS for p in out.iterdir())
-    ):
-        raise ReportError(
-            f"{out} exists and is not a report folder (it holds more than "
-            f"{', '.join(sorted(_OUTPUTS))} files), and the report replaces its folder as a "
-            "whole; pass another --out."
-        )
-    return out
-
-
-def write_report(report: Report, out: Path) -> Path:
-    """Write every output into a temporary folder next to `out`, then move it into place."""
-    return write_atomically(out, lambda tmp: _write_files(report, tmp))
+def write_report(report: Report, out: Path) -> list[Path]:
+    """Write every output into `out`, replacing only autoall's own files there (whole files,
+    renamed into place); returns the files written."""
+    return write_outputs(out, lambda folder: _write_files(report, folder), kind="report")
 
 
 def _write_files(report: Report, folder: Path) -> None:
@@ -302,22 +302,10 @@ def _write_files(report: Report, folder: Path) -> None:
 
 
 def write_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the report is meant to be read
-    try:
-        fill(tmp)
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    """`fill(folder)`'s files (the summary across reports) into `out` as `write_report` writes
+    a report's: only autoall's own files there are replaced."""
+    write_outputs(out, fill, kind="summary")
+    return out.resolve()
 
 
-__all__ = ["BASELINE_SUFFIX", "ReportError", "ReportOptions", "run_report"]
+__all__ = ["BASELINE_SUFFIX", "ReportError", "ReportOptions", "check_out", "run_report"]

@@ -15,8 +15,10 @@ Runs that evaluate the test split keep the predicted class of every test example
 artifact `test_predictions.npy` (the statistics of the test set's own noise need them).
 
 Every MLflow call goes through the tracker's retry (`autoall.tracking_store._Logger`): a
-transient error is tried again, any other is raised. Params and the tags set later are masked,
-and params and tags go in batches of MLflow's 100 a call. Reading a run back downloads its
+transient error is tried again, any other is raised; but an artifact that cannot be stored (a
+full or read-only artifact folder) is lost logging, which never stops the report: `finish`
+records it in the report run's tag `autoall.lost_logging`. Params and the tags set later are
+masked, and params and tags go in batches of MLflow's 100 a call. Reading a run back downloads its
 predictions without MLflow's progress bars (`MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`, unless set).
 """
 
@@ -58,6 +60,7 @@ from autoall.tracking_store import (
     _Logger,
     _masked,
     _metrics,
+    _reason,
     client_uri,
     no_artifact_progress_bars,
 )
@@ -139,6 +142,7 @@ class RunStore(_Logger):
         self.children: dict[str, list[Any]] = {}
         self.fresh: dict[str, RunRecord] = {}  # runs trained by this report, by key
         self.created: dict[str, dict[str, str]] = {}  # the tags of the runs it created, by id
+        self.lost: list[str] = []  # artifacts that could not be logged, one line each
         for run in self._search(f"tags.\"mlflow.parentRunId\" = '{self.parent_id}'"):
             self.children.setdefault(run.data.tags.get("config_hash", ""), []).append(run)
 
@@ -399,7 +403,8 @@ class RunStore(_Logger):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / _PREDICTIONS
                 np.save(path, result.test_predictions)
-                self._retrying(self.client.log_artifact, run_id, str(path))
+                if why := self._artifact(run_id, path):
+                    self.lost.append(f"run {run_id}'s {_PREDICTIONS} not logged ({why})")
 
     def _log_metrics(self, run_id: str, metrics: list[Any]) -> None:
         """`metrics` in batches of MLflow's most per call."""
@@ -447,12 +452,31 @@ class RunStore(_Logger):
             batch = items[i : i + _MAX_PARAMS_PER_BATCH]
             self._retrying(self.client.log_batch, run_id, tags=batch, synchronous=True)
 
+    def _artifact(self, run_id: str, path: Path) -> str | None:
+        """Log file `path` into run `run_id`; why it could not be (lost logging), or None."""
+        try:
+            self._retrying(self.client.log_artifact, run_id, str(path))
+        except Exception as exc:  # a full or read-only artifact store
+            return _reason(exc)
+        return None
+
     def finish(
-        self, out: Path, *, tags: dict[str, str], metrics: Mapping[str, float] | None = None
-    ) -> None:
+        self,
+        files: Sequence[Path],
+        *,
+        tags: dict[str, str],
+        metrics: Mapping[str, float] | None = None,
+    ) -> list[str]:
         """The report's headline `metrics` and `tags` on the parent run (a tag
-        `<arch>.conclusion` is also added to the run's description), every output file as its
-        artifact (report.html among them); then it ends FINISHED."""
+        `<arch>.conclusion` is also added to the run's description), each of `files` (the
+        report's outputs) as its artifact; then it ends FINISHED. Returns what could not be
+        logged (artifacts), which is added to the tag `autoall.lost_logging`."""
+        why = {p.name: self._artifact(self.parent_id, p) for p in files}
+        if failed := [name for name, w in why.items() if w]:
+            self.lost.append(f"report files {', '.join(failed)} not logged ({why[failed[0]]})")
+        if self.lost:  # after the models' losses, if any
+            held = [t for t in [tags.get("autoall.lost_logging", "none")] if t != "none"]
+            tags = {**tags, "autoall.lost_logging": " ".join(held + self.lost)}
         said = {
             k.removesuffix(".conclusion"): v for k, v in tags.items() if k.endswith(".conclusion")
         }
@@ -462,8 +486,8 @@ class RunStore(_Logger):
         self.set_tags(self.parent_id, tags)
         if metrics:
             self._log_metrics(self.parent_id, _metrics(metrics, step=0))
-        self._retrying(self.client.log_artifacts, self.parent_id, str(out))
         self.end_parent("FINISHED")
+        return list(self.lost)
 
     def end_parent(self, status: str) -> None:
         self._retrying(self.client.set_terminated, self.parent_id, status)

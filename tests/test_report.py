@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 import autoall.report_store
 from autoall import decision, stats_across
 from autoall.cli import main
+from autoall.report_out import MANIFEST
 from autoall.report_store import config_hash, run_settings
 from autoall.report_types import FINAL_METRICS
 from autoall.version import code_version
@@ -216,7 +217,7 @@ def test_every_file_is_written(built: Built) -> None:
     figures = [f for f in FIGURES if f != "param_importances_mlp" or len(values) > 1]
     expected = {"report.md", "report.html", "results.csv", "claims.csv"}
     expected |= {f"{f}.png" for f in figures}
-    assert {p.name for p in built.out.iterdir()} == expected
+    assert {p.name for p in built.out.iterdir()} == expected | {MANIFEST}  # and no lock left
     assert all((built.out / name).stat().st_size > 0 for name in expected)
     assert [p.name for p in built.out.parent.iterdir()] == ["t"]  # no temporary folder left
     variants = list(dict.fromkeys(r["variant"] for r in built.rows))
@@ -263,7 +264,7 @@ def test_results_csv_equals_the_mlflow_runs(built: Built) -> None:
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0].info.run_id
     artifacts = {a.path for a in client.list_artifacts(parent)}
-    assert artifacts == {p.name for p in built.out.iterdir()}
+    assert artifacts == {p.name for p in built.out.iterdir()} - {MANIFEST}  # the outputs only
     md = (built.out / "report.md").read_text()
     target = float(re.search(r"Target validation accuracy (\d\.\d+)", md).group(1))  # type: ignore[union-attr]
     for row in built.rows:
@@ -386,9 +387,11 @@ def test_a_rerun_reuses_every_run_and_gives_the_same_results(
     assert [r["mlflow_run_id"] for r in rows] == [r["mlflow_run_id"] for r in built.rows]
     assert {r["target_epoch"] for r in rows} == {"1"}  # any model beats 1 % after one epoch
 
-    result = _report("--out", ".")  # a folder that holds more than a report is never replaced
-    assert result.exit_code == 2 and "is not a report folder" in result.output
-    assert (built.root / "study.yaml").exists()
+    (built.root / "mine").mkdir()
+    (built.root / "mine" / "report.md").write_text("my notes")
+    result = _report("--out", "mine")  # a file autoall did not write is never replaced
+    assert result.exit_code == 2 and "that autoall did not write there" in result.output
+    assert (built.root / "mine" / "report.md").read_text() == "my notes"
 
 
 def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
