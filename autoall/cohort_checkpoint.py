@@ -54,10 +54,16 @@ def restore_member(
     fused: bool,
 ) -> int:
     """Load a checkpoint (a cohort's or `train()`'s) into row `row`, `generator` and `result`
-    (history, best, target); return its last finished epoch."""
+    (history, best, target); return its last finished epoch, 0 when it is not one this member
+    can use (a directory, a link, a damaged file or another run's: warned, nothing loaded)."""
     optimizer = _make_optimizer(shell, cfg, fused=fused)
     scheduler = _warmup_cosine(optimizer, cfg, steps_per_epoch=state.steps_per_epoch)
-    epoch = _restore(path, shell, optimizer, scheduler, generator, result)
+    epoch = _restore(
+        path, shell, optimizer, scheduler, generator, result,
+        epochs=cfg.epochs, steps_per_epoch=state.steps_per_epoch,
+    )  # fmt: skip
+    if epoch is None:
+        return 0
     moments = _moments(optimizer, shell, kind=cfg.optimizer)
     state.load_member(row, shell, moments, step=scheduler.last_epoch)
     return epoch

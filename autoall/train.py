@@ -17,7 +17,6 @@ module autoall/train_types.py and are importable from here.
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import time
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoall import timing
+from autoall import checkpoint_file, timing
 from autoall.data import DeviceData, augment_batch, iterate_batches
 from autoall.layer import all_layers, auxiliary_loss, param_groups
 from autoall.models import count_parameters
@@ -108,7 +107,10 @@ def train(
     states, history) is written to that file, atomically, once `checkpoint_every` seconds have
     passed since the last save (or the start; 0: every epoch); a run that finds the file
     resumes after its last epoch, with the same batch order it would have had. `on_epoch`
-    sees only the epochs trained in this call. The caller removes the file when done.
+    sees only the epochs trained in this call. The caller removes the file when done. A
+    checkpoint that cannot be written (full disk, read-only folder) or used (a directory, a
+    link, a damaged file or one of another run) is one warning: the run goes on without it,
+    or starts from epoch 1 (autoall/checkpoint_file.py).
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -157,8 +159,12 @@ def train(
         target_acc=cfg.target_acc,
     )
     first_epoch = 1
-    if checkpoint is not None and Path(checkpoint).exists():
-        first_epoch = _restore(checkpoint, model, optimizer, scheduler, generator, result) + 1
+    if checkpoint is not None:
+        restored = _restore(
+            checkpoint, model, optimizer, scheduler, generator, result,
+            epochs=cfg.epochs, steps_per_epoch=steps,
+        )  # fmt: skip
+        first_epoch = 1 if restored is None else restored + 1
     start = time.perf_counter() - sum(s.epoch_seconds for s in history)
     saved = time.perf_counter()
     try:
@@ -323,7 +329,8 @@ def _save(
     generator: torch.Generator,
     result: RunResult,
 ) -> None:
-    """Tensors and plain data only, so `torch.load(weights_only=True)` reads it back."""
+    """Tensors and plain data only, so `torch.load(weights_only=True)` reads it back; written
+    safely or not at all, with a warning (`checkpoint_file.write`)."""
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
@@ -335,11 +342,7 @@ def _save(
         "target_epoch": result.target_epoch,
         "target_seconds": result.target_seconds,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a reader never sees half a checkpoint
+    checkpoint_file.write(Path(path), state)  # a reader never sees half a checkpoint
 
 
 def _restore(
@@ -349,9 +352,24 @@ def _restore(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator,
     result: RunResult,
-) -> int:
-    """Load a checkpoint written by `_save`; return the last finished epoch."""
-    state = torch.load(path, map_location=generator.device, weights_only=True)
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+) -> int | None:
+    """Load a checkpoint written by `_save` into a run of `epochs` epochs; return its last
+    finished epoch, or None when there is none to use: no file, or one that is not this run's
+    (warned, see `checkpoint_file.mismatch`), and nothing was loaded."""
+    path = Path(path)
+    state = checkpoint_file.read(path, map_location=generator.device)
+    if state is None:
+        return None
+    problem = checkpoint_file.mismatch(
+        state, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
+        epochs=epochs, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    if problem is not None:
+        checkpoint_file.ignore(path, problem)
+        return None
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
