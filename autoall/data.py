@@ -16,13 +16,16 @@ instead) and uses torchvision only to download and md5-check the archive.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import importlib.util
+import logging
 import math
 import os
 import pickle
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,7 @@ _MNIST_FILES = (
 _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST = ("test_batch",)
+log = logging.getLogger("autoall.data")
 
 
 class DataNotFoundError(ValueError):
@@ -297,8 +301,9 @@ def _randperm(n: int, *, generator: torch.Generator | None, device: torch.device
 def _stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Sorted ``(keep, held_out)`` indices; ``held_out`` is a stratified ``fraction``.
 
-    scikit-learn's ``train_test_split``; the indices are cached under `cache_dir()` by the
-    labels, fraction and seed, so later studies skip importing scikit-learn (~1 s).
+    scikit-learn's ``train_test_split``, cached under `cache_dir()` by the labels, fraction and
+    seed (later studies skip importing scikit-learn, ~1 s); a cached split is used only if it
+    splits ``0..n-1`` as asked and its digest matches, else rebuilt with one warning line.
     """
     n, n_classes = len(labels), len(np.unique(labels))
     n_held = math.ceil(fraction * n)
@@ -307,30 +312,50 @@ def _stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tupl
             f"val_fraction={fraction} splits {n} images into {n - n_held} and {n_held}, but a "
             f"stratified split needs at least {n_classes} (one per class) on each side."
         )
-    key = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    key.update(f"{fraction!r}/{seed}".encode())
-    path = cache_dir() / "splits" / f"{key.hexdigest()[:32]}.npz"
+    source = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    source.update(f"{fraction!r}/{seed}".encode())
+    path = cache_dir() / "splits" / f"{source.hexdigest()[:32]}.npz"
     try:
-        with np.load(path) as cached:
-            keep, held = cached["keep"], cached["held"]
-        if len(keep) + len(held) == n:
+        with np.load(path, allow_pickle=False) as cached:
+            keep, held, digest = cached["keep"], cached["held"], str(cached["digest"])
+        if _is_split(keep, held, n, n_held) and digest == _split_digest(source, keep, held):
             return torch.from_numpy(keep), torch.from_numpy(held)
-    except (OSError, KeyError, ValueError):
-        pass  # not cached yet (or unreadable): compute it
+        log.warning("split cache %s does not match the labels it was made from; rebuilt.", path)
+    except FileNotFoundError:
+        pass  # not cached yet: compute it
+    except Exception:  # truncated, not an npz (BadZipFile), no digest (older autoall)
+        log.warning("split cache %s is unreadable or unverifiable; rebuilt.", path)
     from sklearn.model_selection import train_test_split
 
     keep, held = train_test_split(
         np.arange(n), test_size=fraction, stratify=labels, random_state=seed
     )
     keep, held = np.sort(keep), np.sort(held)
-    try:
+    with contextlib.suppress(OSError):  # a read-only cache: compute it every time
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, keep=keep, held=held)
-        os.replace(tmp, path)  # concurrent workers write the same content; readers see all
-    except OSError:
-        pass  # a read-only home: compute it every time
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        try:  # a new file (never a planted link) that replaces the old whole
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, keep=keep, held=held, digest=_split_digest(source, keep, held))
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return torch.from_numpy(keep), torch.from_numpy(held)
+
+
+def _is_split(keep: np.ndarray, held: np.ndarray, n: int, n_held: int) -> bool:
+    """Whether ``keep`` and ``held`` are ascending int64 indices that split ``0..n-1``."""
+    for part in (keep, held):
+        shaped = part.dtype == np.int64 and part.ndim == 1 and len(part) > 0
+        if not (shaped and part[0] >= 0 and part[-1] < n and np.all(np.diff(part) > 0)):
+            return False
+    sizes = len(held) == n_held and len(keep) + n_held == n  # and disjoint: a split of 0..n-1
+    return sizes and not bool(np.isin(held, keep).any())
+
+
+def _split_digest(source: hashlib._Hash, keep: np.ndarray, held: np.ndarray) -> str:
+    indices = np.concatenate([keep, held]).astype("<i8").tobytes()  # held: the last n_held
+    return hashlib.sha256(source.digest() + indices).hexdigest()  # source: labels, fraction, seed
 
 
 def cache_dir() -> Path:

@@ -118,7 +118,9 @@ def test_ui_serves_the_project_store_prints_run_links_and_stops_with_children(
     assert not alive, f"processes left running: {alive}"
     lines = out.splitlines()  # quiet: the links, each server warning on one line, the end
     assert lines[0].startswith("MLflow UI: ") and lines[-1] == "stopped.", out
-    others = [x for x in lines[1:-1] if not x.startswith(("  t: ", "server warning: "))]
+    assert f"  t studies: http://127.0.0.1:{port}/#/experiments/" in out  # its study parents
+    known = ("  t: ", "  t studies: ", "server warning: ")
+    others = [x for x in lines[1:-1] if not x.startswith(known)]
     assert others == [], out
     assert "GET /" not in out
 
@@ -152,6 +154,101 @@ def test_quiet_lines_drop_requests_and_notices_and_shorten_warnings() -> None:
         "ERROR: the store cannot be opened",
         "  and its indented detail",
     ]
+
+
+def test_quiet_lines_show_a_traceback_as_the_lines_of_its_exceptions() -> None:
+    from autoall.servers import quiet_lines
+
+    server = [
+        "2026/12/07 00:46:15 ERROR mlflow.cli: Error initializing backend store",
+        "Traceback (most recent call last):",
+        '  File "/x/base.py", line 1977, in _exec_single_context',
+        "    self.dialect.do_execute(",
+        "    ^^^^^^^^^^^^^^^^^^^^^^^^",
+        "sqlite3.DatabaseError: file is not a database",
+        "",
+        "The above exception was the direct cause of the following exception:",
+        "",
+        "Traceback (most recent call last):",
+        '  File "/x/cli.py", line 3, in <module>',
+        "sqlalchemy.exc.DatabaseError: (sqlite3.DatabaseError) file is not a database",
+        "[SQL: SELECT name FROM sqlite_master",
+        "WHERE type='table']",
+        "(Background on this error at: https://sqlalche.me/e/21/4xp6)",
+        "ERROR: the next line of the server",
+        "  its indented detail",
+    ]
+    assert list(quiet_lines(server)) == [
+        "2026/12/07 00:46:15 ERROR mlflow.cli: Error initializing backend store",
+        "server error: sqlite3.DatabaseError: file is not a database",
+        "server error: sqlalchemy.exc.DatabaseError: (sqlite3.DatabaseError) file is not a database",
+        "ERROR: the next line of the server",
+        "  its indented detail",
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///autoall.db",
+        'postgresql://u:a "quoted" \\ pass\tword\x7f\x01@h:5432/d?application_name=é',
+    ],
+)
+def test_toml_string_keeps_every_character_of_a_url(url: str) -> None:
+    import tomllib
+
+    from autoall.servers import toml_string
+
+    assert tomllib.loads(f"storage = {toml_string(url)}") == {"storage": url}
+
+
+def test_the_dashboard_reads_its_storage_from_a_toml_file_on_its_stdin(tmp_path: Path) -> None:
+    """The storage URL goes to optuna-dashboard in the TOML it reads with `--from-config`, never
+    on its command line."""
+    import optuna
+    import tomllib
+
+    from autoall.servers import optuna_dashboard
+
+    url = f"sqlite:///{tmp_path}/o.db"
+    optuna.create_study(storage=url)
+    server = optuna_dashboard(_free_port(), url)
+    assert server.cmd[1:3] == ["--from-config", "/dev/stdin"]
+    assert not [arg for arg in server.cmd if "sqlite" in arg or "o.db" in arg]
+    assert tomllib.loads(server.stdin or "") == {"optuna_dashboard": {"storage": url}}
+
+
+def test_an_optuna_dashboard_too_old_to_read_a_config_file_is_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.19.0")
+    result = CliRunner().invoke(main, ["dashboard", "--port", str(_free_port())])
+    if "optuna-dashboard is not installed" in result.output:
+        pytest.skip("optuna-dashboard is not installed")
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        "Error: optuna-dashboard 0.19.0 is too old: autoall needs 0.20 or later, which reads the "
+        "storage URL from a file instead of its command line (where every user of the host sees "
+        "it); pip install -U 'autoall[dashboard]'.\n"
+    )
+    assert list(workdir.iterdir()) == []
+
+
+def test_the_mlflow_ui_reads_its_stores_from_its_environment(
+    tracked: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoall.servers import mlflow_ui
+
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)  # mlflow_ui sets it for the server
+    server = mlflow_ui(_free_port(), None)
+    assert not [arg for arg in server.cmd if "sqlite" in arg or "mlruns" in arg]
+    assert server.env == {
+        "MLFLOW_BACKEND_STORE_URI": "sqlite:///mlruns/mlflow.db",
+        "MLFLOW_REGISTRY_STORE_URI": "sqlite:///mlruns/mlflow.db",
+        "MLFLOW_DEFAULT_ARTIFACT_ROOT": (tracked / "mlruns" / "artifacts").resolve().as_uri(),
+    }
 
 
 @pytest.mark.slow

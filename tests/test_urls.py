@@ -77,6 +77,94 @@ def test_every_secret_form_is_masked_and_the_rest_kept(text: str, kept: str) -> 
     assert mask_secrets(masked) == masked  # idempotent
 
 
+# Passwords with blanks and percent-encoding. Each case has a password of its own, with a space
+# and a tab: no case is masked only because an earlier one taught `mask_secrets` its password.
+SPACED: list[tuple[str, str, str]] = [
+    ("user-info", "postgresql+psycopg2://alice:{pw}@db:5432/optuna", "alice:***@db:5432/optuna"),
+    (
+        "user-info, query",
+        "postgresql://alice:{pw}@db/o?sslmode=require",
+        "***@db/o?sslmode=require",
+    ),
+    ("user-info with @", "postgresql://alice:{pw}@x@db/optuna", "alice:***@db/optuna"),
+    (
+        "user-info in a sentence",
+        "Cannot open postgresql://u:{pw}@h/d: refused",
+        "u:***@h/d: refused",
+    ),
+    (
+        "after a URL without one",
+        "MLflow UI: http://127.0.0.1:5000  (postgresql://u:{pw}@h/d; Ctrl-C stops it)",
+        "MLflow UI: http://127.0.0.1:5000  (postgresql://u:***@h/d; Ctrl-C stops it)",
+    ),
+    (
+        "in a repr",
+        "{{'storage': 'postgresql://u:{pw}@h/d'}}",
+        "{'storage': 'postgresql://u:***@h/d'}",
+    ),
+    (
+        "query, then more",
+        "postgresql://u@h/d?password={pw}&sslmode=require",
+        "password=***&sslmode=require",
+    ),
+    ("query, last", "postgresql://u@h/d?password={pw}", "postgresql://u@h/d?password=***"),
+    (
+        "option value",
+        "--storage=postgresql://u@h/d?sslpassword={pw}",
+        "--storage=postgresql://u@h/d?sslpassword=***",
+    ),
+    (
+        "libpq quoted, escaped quote",
+        "host=db password='it\\'s {pw}' user=alice",
+        "password='***' user=alice",
+    ),
+    ("user-info percent-encoded", "postgresql://alice:{pct}@db/o", "alice:***@db/o"),
+    ("query percent-encoded", "http://h/?token={pct}&x=1", "token=***&x=1"),
+    ("query, '+' for blanks", "http://h/?password={plus}&x=1", "password=***&x=1"),
+    (
+        "a URL encoded in another",
+        "https://sso.example/login?next=postgresql%3A%2F%2Falice%3A{pct}%40db%2Fo",
+        "next=postgresql%3A%2F%2Falice%3A***%40db%2Fo",
+    ),
+    (
+        "encoded twice",
+        "https://sso.example/login?next=postgresql%253A%252F%252Falice%253A{pct2}%2540db",
+        "next=postgresql%253A%252F%252Falice%253A***%2540db",
+    ),
+]
+
+
+@pytest.mark.parametrize(("form", "kept"), [f[1:] for f in SPACED], ids=[f[0] for f in SPACED])
+def test_passwords_with_blanks_and_percent_encoding_are_masked(form: str, kept: str) -> None:
+    import secrets
+    from urllib.parse import quote, quote_plus
+
+    words = [secrets.token_hex(4) for _ in range(3)]  # a fresh password per case
+    pw = f"{words[0]} {words[1]}\t{words[2]}"
+    text = form.format(
+        pw=pw, pct=quote(pw, safe=""), plus=quote_plus(pw), pct2=quote(quote(pw, safe=""), safe="")
+    )
+    masked = mask_secrets(text)
+    assert not [w for w in words if w in masked], masked
+    assert kept in masked, masked
+    assert mask_secrets(masked) == masked  # idempotent
+
+
+def test_a_password_seen_in_a_url_is_masked_in_later_text_in_every_encoding() -> None:
+    """A storage URL masked once (as every command does before it prints it) teaches its
+    password: a driver's message that quotes it, as it is or percent-encoded, is masked too."""
+    from urllib.parse import quote, quote_plus
+
+    pw = "Pa55 with\tblanks-4f1c"
+    assert mask_secrets(f"postgresql://u:{quote(pw, safe='')}@h/d") == "postgresql://u:***@h/d"
+    said = f"FATAL: password '{pw}' rejected; tried {quote(pw, safe='')} and {quote_plus(pw)}"
+    assert mask_secrets(said) == "FATAL: password '***' rejected; tried *** and ***"
+    assert mask_secrets("Pa55 alone") == "Pa55 alone"  # only the whole password
+    # a password without blanks is masked where it stands, never taught: other texts keep the word
+    assert mask_secrets("postgresql://u:Hunter2x@h/d") == "postgresql://u:***@h/d"
+    assert mask_secrets("Hunter2x") == "Hunter2x"
+
+
 @pytest.mark.parametrize(
     "plain",
     [
@@ -86,6 +174,9 @@ def test_every_secret_form_is_masked_and_the_rest_kept(text: str, kept: str) -> 
         "sslkey=/etc/ssl/key.pem sslmode=require",
         "user:pw without scheme",
         "ssh://git@github.com/owner/repo",
+        "MLflow UI: http://127.0.0.1:5000  (sqlite:///mlruns/mlflow.db; Ctrl-C stops it)",
+        "http://127.0.0.1:5000 is up; mail admin at ops@example.com",  # no ':' before the '@'
+        "postgresql://u@h/d?sslmode=require&application_name=my app",
     ],
 )
 def test_text_without_secrets_is_unchanged(plain: str) -> None:
