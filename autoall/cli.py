@@ -24,7 +24,7 @@ from autoall.options import (
     ReportOptions,
     RunOptions,
 )
-from autoall.train_options import given_options, train_options
+from autoall.train_options import NumberRange, given_options, train_options
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -144,7 +144,7 @@ def study_group() -> None:
 )
 @click.option(
     "--checkpoint-every",
-    type=click.FloatRange(min=0),
+    type=NumberRange(min=0),
     default=RunOptions.checkpoint_every,
     show_default=True,
     help="Seconds between a trial's checkpoints (0: after every epoch).",
@@ -370,7 +370,7 @@ def _shown(path: Path) -> Path:
 )
 @click.option(
     "--target-acc",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=NumberRange(0, 1, min_open=True),
     default=None,
     help="Validation accuracy whose first crossing is timed [default: 99 % of the weaker "
     "winner's mean validation accuracy on the selection seeds].",
@@ -408,7 +408,7 @@ def _shown(path: Path) -> Path:
 )
 @click.option(
     "--margin",
-    type=click.FloatRange(0, 100, min_open=True, max_open=True),
+    type=NumberRange(0, 100, min_open=True, max_open=True),
     default=None,
     metavar="POINTS",
     help="Equivalence margin in accuracy percentage points: a difference inside +-POINTS "

@@ -27,9 +27,8 @@ SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "grid", "nsgaii")
 PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 KNOBS: tuple[str, ...] = ("hidden_size", "all_lr", "aux_weight", "aux_loss", "positions")
 BASELINE_KNOBS: tuple[str, ...] = ("lr", "weight_decay")  # the tuned baseline's own knobs
-BASELINE_SUFFIX = (
-    "tuned-baseline"  # the baseline study of <name>/<arch> is <name>/<arch>/tuned-baseline
-)
+# the baseline study of <name>/<arch> is <name>/<arch>/tuned-baseline
+BASELINE_SUFFIX = "tuned-baseline"
 SECOND_OBJECTIVES: tuple[str, ...] = ("params", "epoch_seconds")
 _STUDY_TRAIN_KEYS = frozenset(TrainConfig.field_names()) - {"all_lr", "device", "evaluate_test"}
 
@@ -191,17 +190,20 @@ def load_study_file(path: str | Path) -> StudyConfig:
 
 
 NAME_MAX_LENGTH = 100  # MLflow keeps 250 characters of a run name: <name>/<arch>/tuned-baseline#n
+# A file name holds 255 bytes; the longest a name is part of is the report's figure (plots.py)
+# optimisation_history_<name>_<arch>_tuned-baseline_r<r>.png (a checkpoint folder: 31 bytes more)
+_LONGEST = f"optimisation_history__{max(ARCHITECTURES, key=len)}_{BASELINE_SUFFIX}_r99.png"
+NAME_MAX_BYTES = 255 - len(_LONGEST)  # 202: 100 ASCII characters, 67 CJK ones (3 bytes each)
 _NAME = re.compile(r"[^\W_][\w.\-]*")
 
 
 def check_name(name: object, *, what: str = "name") -> str:
-    """`name` if it can name the Optuna studies `<name>/<arch>[/tuned-baseline]`, the MLflow
-    experiment and its runs, the report folder `reports/<name>` and checkpoint folders; else a
-    ValueError saying what is allowed."""
+    """`name` if it can name the Optuna studies, the MLflow experiment and its runs, the report
+    folder `reports/<name>`, its figures and checkpoint folders; else a ValueError saying why."""
     allowed = (
         f"letters, digits, '.', '_' and '-', starting with a letter or digit, at most "
-        f"{NAME_MAX_LENGTH} characters (it names the Optuna studies, the MLflow experiment and "
-        "the report folder)"
+        f"{NAME_MAX_LENGTH} characters and {NAME_MAX_BYTES} bytes in UTF-8 (it names the Optuna "
+        "studies, the MLflow experiment, the report folder and its files)"
     )
     if not isinstance(name, str):
         raise ValueError(f"{what} must be a string of {allowed}, but got {_short(name)}.")
@@ -209,15 +211,18 @@ def check_name(name: object, *, what: str = "name") -> str:
         raise ValueError(f"{what} must have {allowed}, but got {len(name)} characters.")
     if not _NAME.fullmatch(name):
         raise ValueError(f"{what} must have {allowed}, but got {_short(name)}.")
+    if len(name.encode()) > NAME_MAX_BYTES:
+        raise ValueError(f"{what} must have {allowed}, but got {len(name.encode())} bytes.")
+    if name.casefold() == "default":
+        raise ValueError(
+            f"{what} cannot be {name!r}: MLflow's own experiment is 'Default', and the runs of "
+            "a study named so would land among whatever else is logged there; choose another."
+        )
     return name
 
 
-_PRUNER_LOWEST = {
-    "n_startup_trials": 0,
-    "n_warmup_steps": 0,
-    "min_resource": 1,
-    "reduction_factor": 2,
-}
+_PRUNER_LOWEST = {"n_startup_trials": 0, "n_warmup_steps": 0, "min_resource": 1,
+                  "reduction_factor": 2}  # fmt: skip
 _TOP_KEYS = {"name", "data", "architectures", "train", "search", "activation", "sampler",
              "pruner", "n_trials", "objective", "heartbeat", "baseline_search", "replicates",
              "report"}  # fmt: skip
@@ -233,11 +238,7 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
         v.fail("name", str(exc))
 
     data = v.dataclass(DataConfig, top.get("data", {}), "data")
-    if data.name not in DATASETS:
-        v.fail(
-            "data.name",
-            f"unknown data set {_short(data.name)}; expected one of {_one_of(DATASETS)}.",
-        )
+    v.choice("data.name", data.name, DATASETS, "data set")
     if not 0 < data.val_fraction < 1:
         v.fail("data.val_fraction", f"must be in (0, 1), but got {_short(data.val_fraction)}.")
     _check_range(v, "data.split_seed", data.split_seed, low=0, high=_MAX_SEED)
@@ -248,11 +249,7 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
     if not isinstance(archs, list) or not archs:
         v.fail("architectures", f"must be a non-empty list, but got {_short(archs)}.")
     for i, arch in enumerate(archs):
-        if arch not in ARCHITECTURES:
-            v.fail(
-                f"architectures[{i}]",
-                f"unknown architecture {_short(arch)}; expected one of {_one_of(ARCHITECTURES)}.",
-            )
+        v.choice(f"architectures[{i}]", arch, ARCHITECTURES, "architecture")
     if len(set(archs)) != len(archs):
         v.fail("architectures", f"lists an architecture twice: {_short(archs)}.")
 
@@ -264,11 +261,7 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
         )
 
     sampler = v.dataclass(SamplerConfig, top.get("sampler", {}), "sampler")
-    if sampler.name not in SAMPLERS:
-        v.fail(
-            "sampler.name",
-            f"unknown sampler {_short(sampler.name)}; expected one of {_one_of(SAMPLERS)}.",
-        )
+    v.choice("sampler.name", sampler.name, SAMPLERS, "sampler")
     if sampler.seed is not None:
         _check_range(v, "sampler.seed", sampler.seed, low=0, high=_MAX_SEED)
     _check_range(v, "sampler.n_startup_trials", sampler.n_startup_trials, low=0)
@@ -296,11 +289,7 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
 
     pruner_raw = top.get("pruner", {"name": "none"} if second else {})
     pruner = v.dataclass(PrunerConfig, pruner_raw, "pruner")
-    if pruner.name not in PRUNERS:
-        v.fail(
-            "pruner.name",
-            f"unknown pruner {_short(pruner.name)}; expected one of {_one_of(PRUNERS)}.",
-        )
+    v.choice("pruner.name", pruner.name, PRUNERS, "pruner")
     for field_name, low in _PRUNER_LOWEST.items():
         _check_range(v, f"pruner.{field_name}", getattr(pruner, field_name), low=low)
     if second and pruner.name != "none":
@@ -338,12 +327,12 @@ def parse_study(raw: Any, *, file: str = "<study>") -> StudyConfig:
         report=report,
     )
     _check_replicates(cfg, replicates)
+    _check_train_seeds(cfg)
     return replace(cfg, replicates=replicates)
 
 
 def _check_replicates(cfg: StudyConfig, replicates: Any, *, what: str = "") -> None:
-    """`replicates` is an integer from 1 to MAX_REPLICATES, and every replicate's training seed
-    (`train.seed + r`) stays a valid seed. `what`: the option that gave it, if not the file."""
+    """`replicates` is an integer from 1 to MAX_REPLICATES (`what`: the option giving it)."""
     if not _int_in(replicates, 1, MAX_REPLICATES):
         raise StudyFileError(
             cfg.path,
@@ -351,14 +340,19 @@ def _check_replicates(cfg: StudyConfig, replicates: Any, *, what: str = "") -> N
             f"{what + ' ' if what else ''}must be an integer from 1 to {MAX_REPLICATES} "
             f"(independent searches per study), but got {_short(replicates)}.",
         )
-    top = _MAX_SEED - (replicates - 1)  # the last replicate trains with seed + replicates - 1
-    for seed in sorted({cfg.train_config(arch).seed for arch in cfg.architectures}):
-        if not _int_in(seed, 0, top):
+
+
+def _check_train_seeds(cfg: StudyConfig) -> None:
+    """Every architecture's `train.seed` leaves room for each seed derived from it (`SEED_SPAN`)."""
+    for arch in cfg.architectures:
+        if not _int_in(seed := cfg.train_config(arch).seed, 0, MAX_TRAIN_SEED):
+            own = "seed" in cfg.train_per_arch.get(arch, {})
             raise StudyFileError(
                 cfg.path,
-                "train.seed",
-                f"must be an integer between 0 and {top} (replicate r trains with seed + r; "
-                f"{replicates} replicates), but got {_short(seed)}.",
+                f"train.{arch}.seed" if own else "train.seed",
+                f"must be an integer between 0 and {MAX_TRAIN_SEED} (the report trains with seeds "
+                f"up to train.seed + {SEED_SPAN}; NumPy's and scikit-learn's end at {_MAX_SEED}), "
+                f"but got {_short(seed)}.",
             )
 
 
@@ -433,6 +427,10 @@ class _Validator:
             )
         return raw
 
+    def choice(self, key: str, value: Any, allowed: Any, what: str) -> None:
+        if value not in allowed:
+            self.fail(key, f"unknown {what} {_short(value)}; expected one of {_one_of(allowed)}.")
+
     def keys(self, raw: dict, key: str, *, allowed: set[str], required: tuple = ()) -> None:
         prefix = f"{key}." if key else ""
         for k in raw:
@@ -454,6 +452,10 @@ class _Validator:
 
 
 _MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's seeds are 32-bit
+# The seeds derived from train.seed s0 (autoall/report_arch.py): replicate r searches with s0 + r,
+# evaluates on s0 + 1000 + i and selects on s0 + 2000 + 100 r + j (r, i, j < 100): s0 + 11999 at most
+SEED_SPAN = 2000 + 100 * (MAX_REPLICATES - 1) + REPORT_COUNTS["selection_seeds"][1] - 1
+MAX_TRAIN_SEED = _MAX_SEED - SEED_SPAN
 
 
 def _check_range(v: _Validator, key: str, value: int, *, low: int, high: int | None = None) -> None:

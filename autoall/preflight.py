@@ -5,7 +5,9 @@ A user's mistake must cost one line and nothing else: not a study full of FAIL t
 
 - every output location can be written (`check_writable`): the report folder, the checkpoint
   folder, the folders of SQLite files, probed with a file that is removed at once;
-- the largest model the search space allows fits in the device's memory (`check_model_size`);
+- the Optuna storage is not the MLflow tracking database (`check_storage_apart`);
+- the largest model the search space allows fits in the device's memory, as many times as
+  runs train at once (`check_model_size`, with `--cohort` or the report's `report_cohort`);
 - the number of workers fits the host (`cap_workers`): at most one per core on a CPU, one per
   GPU times `--trials-per-gpu`, and as many as the memory holds.
 
@@ -17,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -71,16 +74,86 @@ def check_writable(path: str | Path, *, what: str) -> Path:
     return target
 
 
+def check_storage_apart(storage: str, tracking_uri: str | None) -> None:
+    """Refuse an Optuna storage that is the MLflow tracking database (`tracking_uri`, else
+    $MLFLOW_TRACKING_URI, else the default): Optuna's tables would go into MLflow's database,
+    whose schema checks then fail. Compared as files for SQLite (the same file however it is
+    reached), else as the same database on the same server."""
+    from autoall.tracking_store import resolve_tracking_uri
+    from autoall.urls import sqlite_file, storage_url
+
+    tracking = resolve_tracking_uri(tracking_uri, create=False)
+    db, mlflow_db = sqlite_file(storage), sqlite_file(tracking)
+    if db is not None and mlflow_db is not None:
+        same = _same_file(db, mlflow_db)
+    else:
+        ours, theirs = _database(storage_url(storage)), _database(tracking)
+        same = db is None and mlflow_db is None and ours is not None and ours == theirs
+    if same:
+        raise PreflightError(
+            f"--storage {storage} is the MLflow tracking database ({tracking}), and Optuna's "
+            "tables cannot share MLflow's: point --storage (or $AUTOALL_STORAGE) or the "
+            "tracking URI (--tracking-uri, $MLFLOW_TRACKING_URI) at another database."
+        )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def _database(url: str) -> tuple[object, ...] | None:
+    """(backend, host, port, database) of a SQLAlchemy URL; None if it is not one."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    return (parsed.get_backend_name(), parsed.host, parsed.port, parsed.database)
+
+
+class Cohort(NamedTuple):
+    """Runs that train at once, as one batched job, and what sets their number (for the
+    message: the option or key, and what to change)."""
+
+    size: int = 1
+    source: str = ""  # "--cohort 8", "report.tuning_trials 8"
+    fix: str = ""  # "lower --cohort"
+
+
+def report_cohort(
+    cfg: StudyConfig, *, seeds: int | None, selection_seeds: int | None, cohorts: bool
+) -> Cohort:
+    """The largest cohort `autoall report` trains for `cfg`: a variant's evaluation seeds
+    (`--seeds`), a top-k trial's selection seeds (`--selection-seeds`) or a control's re-tuning
+    candidates (`report.tuning_trials`, already overridden by `--tuning-trials`); one run at a
+    time with `--no-cohorts`. An option given wins over the study file's key."""
+    if not cohorts:
+        return Cohort()
+    given = {"seeds": seeds, "selection_seeds": selection_seeds, "tuning_trials": None}
+    counts = []
+    for key, value in given.items():
+        option = "--" + key.replace("_", "-")
+        source = option if value is not None else f"{cfg.path}: report.{key}"
+        counts.append((getattr(cfg.report, key) if value is None else value, source, option))
+    size, source, option = max(counts, key=lambda c: c[0])
+    return Cohort(size, f"{source} {size}", f"lower {option} or pass --no-cohorts")
+
+
 @dataclass(frozen=True)
 class ModelSize:
     arch: str
     hidden_size: int | None
     positions: str | None
     parameters: int
+    cohort: int = 1  # copies that train at once
 
     @property
     def train_bytes(self) -> int:
-        return self.parameters * TRAIN_BYTES_PER_PARAMETER
+        """Bytes to train the model (16 per parameter), times the cohort's size."""
+        return self.parameters * TRAIN_BYTES_PER_PARAMETER * self.cohort
 
 
 def largest_models(cfg: StudyConfig) -> list[ModelSize]:
@@ -168,25 +241,39 @@ def device_memory(device: torch.device) -> tuple[int, str]:
     )
 
 
-def check_model_size(cfg: StudyConfig, device: torch.device) -> list[ModelSize]:
-    """Refuse a search space whose largest model cannot be trained in `device`'s memory, with the
-    figures (parameters, bytes to train them, bytes there are)."""
-    sizes = largest_models(cfg)
+def check_model_size(
+    cfg: StudyConfig, device: torch.device, cohort: Cohort | None = None
+) -> list[ModelSize]:
+    """Refuse a search space whose largest model cannot be trained in `device`'s memory, or not
+    `cohort.size` times at once, with the figures (parameters, bytes to train them, bytes there
+    are). The sizes returned count the cohort (`ModelSize.train_bytes`)."""
+    cohort = cohort or Cohort()
+    sizes = [replace(s, cohort=cohort.size) for s in largest_models(cfg)]
     memory, where = device_memory(device)
     for size in sizes:
-        if memory and size.train_bytes > memory:
-            knob = (
-                f"hidden_size {size.hidden_size:,} (positions: {size.positions})"
-                if size.hidden_size is not None
-                else "no ALL"
-            )
+        one = size.parameters * TRAIN_BYTES_PER_PARAMETER
+        if not memory or size.train_bytes <= memory:
+            continue
+        knob = (
+            f"hidden_size {size.hidden_size:,} (positions: {size.positions})"
+            if size.hidden_size is not None
+            else "no ALL"
+        )
+        model = (
+            f"the largest model this search space allows, {size.arch} with {knob}, has "
+            f"{size.parameters:,} parameters: ~{_bytes(one)} to train (float32 weights, "
+            "gradients and AdamW's two moments)"
+        )
+        if one > memory:
             raise PreflightError(
-                f"{cfg.path}: search.hidden_size: the largest model this search space allows, "
-                f"{size.arch} with {knob}, has {size.parameters:,} parameters: "
-                f"~{_bytes(size.train_bytes)} to train (float32 weights, gradients and AdamW's "
-                f"two moments), more than {where}, {_bytes(memory)}; lower "
-                "search.hidden_size's high (or its choices)."
+                f"{cfg.path}: search.hidden_size: {model}, more than {where}, {_bytes(memory)}; "
+                "lower search.hidden_size's high (or its choices)."
             )
+        raise PreflightError(
+            f"{cohort.source}: {cohort.size} runs train at once, and {model}: "
+            f"~{_bytes(size.train_bytes)} together, more than {where}, {_bytes(memory)}; "
+            f"{cohort.fix} (at most {memory // one} fit), or lower search.hidden_size's high."
+        )
     return sizes
 
 

@@ -7,7 +7,9 @@ can do to a program that then walks, prints or stores the data:
   into a value of 10^9 leaves that any `repr`, `yaml.safe_dump` or MLflow param walks forever;
 - a recursive alias (`a: &x [*x]`), whose walk never ends;
 - a duplicate key, which silently wins over the first;
-- bytes that are not UTF-8, which `Path.read_text()` raises as a traceback.
+- bytes that are not UTF-8, which `Path.read_text()` raises as a traceback;
+- a control character (NUL, 0x01, DEL, ...), which PyYAML's reader raises as a traceback;
+- a path that is not a regular file: reading a named pipe (FIFO) waits for a writer forever.
 
 `load_yaml` composes the node graph (aliases are shared nodes there, so composing is cheap),
 counts the nodes the document expands to (each alias counted as the whole subtree it names,
@@ -17,6 +19,9 @@ constructing anything. Every problem is a `YamlProblem`: one line with the line 
 
 from __future__ import annotations
 
+import os
+import stat
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +66,19 @@ class _Loader(yaml.SafeLoader):
 
 
 def read_text(path: Path) -> str:
-    """The file as UTF-8 text, at most `MAX_BYTES`; every problem is one `YamlProblem` line."""
+    """The file as UTF-8 text, at most `MAX_BYTES`; every problem is one `YamlProblem` line.
+
+    Only a regular file (or a symlink to one) is read: a folder, a named pipe, a device or a
+    socket is refused without waiting on it (the file is opened non-blocking and checked
+    once it is open, so swapping it for a pipe meanwhile does not block either)."""
     try:
-        with path.open("rb") as handle:
+        _check_regular(path.stat().st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as handle:
+            _check_regular(os.fstat(handle.fileno()).st_mode)
             data = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise YamlProblem("no such study file.") from None
-    except IsADirectoryError:
-        raise YamlProblem("is a folder, not a study file.") from None
     except OSError as exc:
         raise YamlProblem(f"cannot be read: {exc.strerror or exc}.") from None
     if len(data) > MAX_BYTES:
@@ -84,8 +94,37 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}  # fmt: skip
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise YamlProblem("is a folder, not a study file.")
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise YamlProblem(f"is {kind}, not a study file; give the path of a YAML file.")
+
+
+def check_printable(text: str) -> None:
+    """Refuse the first character YAML does not allow (a control character such as NUL, 0x01
+    or DEL, or U+FFFE; tabs and line breaks are fine), naming its line and column."""
+    found = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if found is None:
+        return
+    line = text.count("\n", 0, found.start()) + 1
+    column = found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
+    what = "control character" if unicodedata.category(found.group()) == "Cc" else "character"
+    raise YamlProblem(
+        f"holds the {what} U+{ord(found.group()):04X} at line {line}, column {column}, which "
+        "YAML does not allow; a study file is plain text (tabs and line breaks only): remove it."
+    )
+
+
 def load_yaml(text: str) -> Any:
-    """The one YAML document in `text` as plain data, bounded by `MAX_NODES` expanded values."""
+    """The one YAML document in `text` as plain data, bounded by `MAX_NODES` expanded values;
+    a control character is refused first (`check_printable`)."""
+    check_printable(text)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()

@@ -13,6 +13,7 @@ A light module: click at import; torch, MLflow and the study file's schema load 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,20 @@ if TYPE_CHECKING:
     from autoall.train_types import EpochStats, RunResult, TrainConfig
 
 _OR_FILE = "[default: the baseline's (autoall/baselines.py), or --study's]"
+
+
+class NumberRange(click.FloatRange):
+    """click's FloatRange that refuses NaN too, which passes every comparison of its bounds
+    (`--target-acc nan` would be taken as a target no accuracy crosses)."""
+
+    name = "float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value} is not a number in the range {self._describe_range()}.", param, ctx)
+        return number
+
 
 # TrainConfig field -> its option and click's keywords: every key of a study file's `train:`
 # section (autoall/config.py), and all_lr and device. Flags are on/off pairs, None by default.
@@ -265,6 +280,10 @@ def resolve(options: Mapping[str, Any], given: frozenset[str]) -> TrainSetup:
                 )
 
     cli = {f: options[f] for f in TRAIN_FIELDS if f in given}
+    if "seed" in cli and not 0 <= cli["seed"] <= _MAX_SEED:  # NumPy's and scikit-learn's range
+        raise ValueError(
+            f"--seed must be an integer between 0 and {_MAX_SEED}, but got {cli['seed']!r}."
+        )
     from_file = {**study.train, **study.train_per_arch.get(arch, {})} if study else {}
     names = {f: TRAIN_FIELDS[f][0] for f in cli}
     names |= {f: f"{study.path}: train.{f}" for f in from_file if f not in cli} if study else {}

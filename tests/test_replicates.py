@@ -56,10 +56,10 @@ def test_replicates_name_seed_and_order_the_studies(workdir: Path) -> None:
     for bad in (0, 101, True):
         with pytest.raises(StudyFileError, match=r"replicates: --replicates must be an integer"):
             cfg.with_replicates(bad)  # type: ignore[arg-type]
-    top = load_study_file(write_study(workdir / "top.yaml", train={"seed": 2**32 - 2}))
-    assert top.with_replicates(2).train_config("mlp", 1).seed == 2**32 - 1
+    top = load_study_file(write_study(workdir / "top.yaml", train={"seed": 2**32 - 12000}))
+    assert top.with_replicates(100).train_config("mlp", 99).seed == 2**32 - 11901
     with pytest.raises(StudyFileError, match=r"train.seed: must be an integer between 0 and"):
-        top.with_replicates(3)  # the last replicate's seed would be 2**32
+        load_study_file(write_study(workdir / "over.yaml", train={"seed": 2**32 - 11999}))
 
 
 def test_the_all_study_searches_the_baseline_s_lr_and_weight_decay(workdir: Path) -> None:
