@@ -61,17 +61,20 @@ def preflight(
     tracking_uri: str | None,
     folders: list[tuple[Path, str]],
     tracking: bool = True,
+    cohort: Any = None,
 ) -> list[Any]:
     """Everything a user can get wrong, checked before anything is stored, created or trained
-    (exit code 2): the device, the largest model of the search space against its memory, and
+    (exit code 2): the storage apart from the MLflow database, the device, the largest model of
+    the search space against its memory (`cohort` copies at once: a `preflight.Cohort`), and
     every output location (`folders`, the SQLite files' folders). Returns the model sizes."""
-    from autoall.preflight import check_model_size, check_writable
+    from autoall.preflight import check_model_size, check_storage_apart, check_writable
     from autoall.tracking_store import tracking_sqlite_file
     from autoall.train import resolve_device
     from autoall.urls import sqlite_file
 
+    check_storage_apart(storage, tracking_uri)
     dev = resolve_device(device)
-    sizes = check_model_size(cfg, dev)
+    sizes = check_model_size(cfg, dev, cohort)
     places = list(folders)
     db = sqlite_file(storage)
     if db is not None and db.parent.is_dir():  # else make_storage says the folder is missing
@@ -171,6 +174,8 @@ def study_run(
         )
     cfg = load(file, architectures, study_name, replicates)
     url = storage or DEFAULT_STORAGE
+    from autoall.preflight import Cohort
+
     sizes = preflight(
         cfg,
         device=device,
@@ -178,6 +183,7 @@ def study_run(
         tracking_uri=tracking_uri,
         tracking=not no_tracking,
         folders=[(Path(checkpoint_dir), "--checkpoint-dir")],
+        cohort=Cohort(cohort, f"--cohort {cohort}", "lower --cohort"),
     )
     import optuna
     import torch
@@ -219,7 +225,7 @@ def study_run(
     resume = "autoall " + shlex.join(mask_secrets(a) for a in sys.argv[1:])
     with hint(
         failed=f"Resume with:\n  {resume}",
-        interrupted=f"the running trials are marked FAIL. Resume with:\n  {resume}",
+        interrupted=f"Resume with:\n  {resume}",  # run_study says first what became of the trials
     ):
         counts = run_study(cfg, opts)
     for name, c in counts.items():
@@ -231,12 +237,14 @@ def study_create(
 ) -> None:
     """`autoall study create`: the storage schema and the studies (every architecture, kind and
     replicate), once, before the workers."""
+    from autoall.preflight import check_storage_apart
     from autoall.storage import make_storage
     from autoall.study import create_studies
     from autoall.urls import mask_secrets
 
     cfg = load(file, study_name=study_name, replicates=replicates)
     url = storage or DEFAULT_STORAGE
+    check_storage_apart(url, None)
     create_studies(cfg, make_storage(url, cfg), n_trials=cfg.n_trials)
     names = ", ".join(cfg.study_name(a, k, r) for a, k, r in cfg.studies())
     click.echo(f"Studies {names} ready in {mask_secrets(url)}.")
@@ -351,8 +359,12 @@ def report(
     ]
     if several:
         folders.append((Path(out or "reports/summary"), "the summary folder"))
+    from autoall.preflight import report_cohort
+
     for cfg in cfgs:
-        preflight(cfg, device=device, storage=url, tracking_uri=tracking_uri, folders=folders)
+        cohort = report_cohort(cfg, seeds=seeds, selection_seeds=selection_seeds, cohorts=cohorts)
+        preflight(cfg, device=device, storage=url, tracking_uri=tracking_uri, folders=folders,
+                  cohort=cohort)  # fmt: skip
         check_studies(cfg, url)  # every study there, before the first report trains
     for folder, _ in folders:
         check_out(folder)
@@ -374,7 +386,10 @@ def report(
         margin=margin,
         tuning_trials=tuning_trials,
     )
-    with hint(interrupted="finished runs are kept. Rerun the same command to continue."):
+    from autoall.report_out import hold_all
+
+    held = hold_all([folder for folder, _ in folders])  # every folder's lock, before training
+    with hint(interrupted="finished runs are kept. Rerun the same command to continue."), held:
         done = [run_report(c, opts, echo=_echo) for c in cfgs]
         if several:
             from autoall.across import write_summary

@@ -6,12 +6,15 @@ links and checkpoint) and decides its end (`TrialRun.conclude`, through one fail
 `_ending`): COMPLETE with its value, PRUNED (the pruner, or a non-finite loss), or FAIL with the
 reason in the user attribute `fail_reason`, queued again when the GPU ran out of memory. A fresh
 trial that turns out beyond the study's target (a retry took its place) fails as surplus. A
+trial that the heartbeat failed as stale while its worker was paused (SIGSTOP, a suspended
+laptop) is dropped (`TrialFailedElsewhere`): its retry owns it and its checkpoint now. A
 single trial and a cohort's members (autoall/study_cohort.py) both go through `TrialRun`. The
 objective never sees the test split.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -32,7 +35,8 @@ from autoall.config import BASELINE_KNOBS
 from autoall.host import share_cores
 from autoall.plan import fit, trial_plan
 from autoall.samplers import PHASE_ATTR
-from autoall.storage import _storage_error, storage_reason
+from autoall.storage import _storage_error, storage_reason, stored_trial
+from autoall.storage_outage import stop_waiting
 from autoall.study import WorkerContext, best_trial, suggest
 from autoall.tracking_roles import TrackedRun
 from autoall.tracking_store import flatten
@@ -48,6 +52,18 @@ _SURPLUS_CHECK_SECONDS = 5.0  # a running fresh trial checks this often whether 
 
 class _SurplusTrial(Exception):
     """Another worker met the target between our check and our ask: this trial is not needed."""
+
+
+class TrialFailedElsewhere(Exception):
+    """The trial was failed as stale by the heartbeat (another worker's check) while this
+    worker was paused; its retry runs elsewhere, so this worker drops it and goes on."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        super().__init__(
+            f"trial {number} was failed as stale while this worker was paused; "
+            "its retry runs elsewhere"
+        )
 
 
 def objective(trial: optuna.Trial, ctx: WorkerContext) -> float | tuple[float, float]:
@@ -67,11 +83,29 @@ def noting_failure(
     except optuna.TrialPruned:
         raise
     except KeyboardInterrupt:  # also when Ctrl-C lands outside train(), e.g. in run set-up
-        _note_failure(trial, "interrupted (Ctrl-C)")
+        stop_waiting()  # stop now: no storage call rides out an outage any more
+        with contextlib.suppress(Exception):  # a storage that fails keeps the trial RUNNING
+            _note_failure(trial, "interrupted (Ctrl-C)")
         raise
     except Exception as exc:
+        if _failed_elsewhere(trial, exc):
+            raise TrialFailedElsewhere(trial.number) from None
         _note_failure(trial, _failure_reason(exc))
         raise
+
+
+def _failed_elsewhere(trial: optuna.Trial, exc: BaseException) -> bool:
+    """Whether `exc` comes from writing to a trial that is already FAIL in the storage (the
+    heartbeat failed it as stale while this worker was paused)."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, optuna.exceptions.UpdateFinishedTrialError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return False
+    try:
+        return stored_trial(trial.study, trial).state == TrialState.FAIL
+    except Exception:  # the storage cannot tell: the trial ends as any failed trial does
+        return False
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -144,18 +178,42 @@ class TrialRun:
         self.linked = _link_run(trial, run, linked=False)
         if retry_of is not None:
             trial.set_user_attr("retry_of", retry_of)
+            lost = self.frozen.system_attrs.get("retry_history", [retry_of])[-1]  # the stale one
+            reason = f"worker lost (heartbeat stale); retried as trial {trial.number}"
             lost_run = self.frozen.user_attrs.get("mlflow_run_id")  # copied from the stale trial
+            if lost != retry_of:  # a retry's retry: the id copied may be the first trial's
+                lost_run = None
             if not lost_run and ctx.parent_run_id:  # killed before it learnt its run id
-                lost_run = ctx.tracker.find_trial_run(ctx.parent_run_id, retry_of)
+                lost_run = ctx.tracker.find_trial_run(ctx.parent_run_id, lost)
             if lost_run:
-                ctx.tracker.fail_run(
-                    lost_run, f"worker lost (heartbeat stale); retried as trial {trial.number}"
-                )
+                ctx.tracker.fail_run(lost_run, reason)
+            elif ctx.parent_run_id:  # killed before its run was made: made now, FAILED
+                self._lost_run(lost, flat_params(ctx, params, tcfg), reason)
         self.checkpoint = ctx.checkpoint_path(retry_of if retry_of is not None else trial.number)
         self.multi = cfg.second_objective is not None
         self.last_epoch = 0
         self.next_surplus_check = time.monotonic() + _SURPLUS_CHECK_SECONDS
         self.trained: list[torch.nn.Module] = []  # the trained model, for --log-models
+
+    def _lost_run(self, number: int, params: dict[str, Any], reason: str) -> None:
+        """The MLflow run of stale trial `number`, whose worker was killed before the run was
+        made (its tracking writer still connecting): made now and ended FAILED with `reason`,
+        so that every trial has its run. Its host and pid are unknown: not tagged."""
+        ctx = self.ctx
+        tags = _trial_tags(ctx, number, None)
+        for unknown in ("host", "pid", "device_name"):
+            tags.pop(unknown)
+        lost = ctx.tracker.start_trial(
+            parent_id=ctx.parent_run_id or "",
+            trial_number=number,
+            params=params,
+            tags={**tags, "autoall.run_made_by_retry": str(self.trial.number)},
+            config_yaml=yaml.safe_dump(
+                resolved_config(ctx, self.params, self.plan.train), sort_keys=False
+            ),
+            run_name=f"{ctx.study_name}#{number}",
+        )
+        lost.finish("FAIL", reason=reason)
 
     def on_epoch(self, stats: Any) -> None:
         trial = self.trial
@@ -184,7 +242,9 @@ class TrialRun:
         _link_run(self.trial, self.run, linked=self.linked)
 
     def _requeue(self) -> None:
-        """The same knobs queued again (at most _MAX_OOM_RETRIES times), GPU memory freed."""
+        """The same knobs queued again (at most _MAX_OOM_RETRIES times), GPU memory freed. When
+        the retries are spent, the trial is marked `oom_retries_spent`: its failure then counts
+        toward the worker's stop after repeated failures (autoall/study.py)."""
         oom_retries = int(self.frozen.user_attrs.get("oom_retries", 0))
         if oom_retries < _MAX_OOM_RETRIES:
             attrs = {"retry_of": self.trial.number, "oom_retries": oom_retries + 1}
@@ -192,12 +252,28 @@ class TrialRun:
             if PHASE_ATTR in stored.user_attrs:  # the same knobs, drawn as they were drawn
                 attrs[PHASE_ATTR] = stored.user_attrs[PHASE_ATTR]
             self.trial.study.enqueue_trial(self.params, user_attrs=attrs)
+        else:
+            self.trial.set_user_attr("oom_retries_spent", True)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     def conclude(self, outcome: RunResult | BaseException) -> float | tuple[float, float]:
         """The trial's end from its training's outcome: its run finished, the value returned,
-        or what Optuna must see raised (TrialPruned; the error that failed it)."""
+        or what Optuna must see raised (TrialPruned; the error that failed it).
+
+        A trial that the heartbeat failed as stale meanwhile (its worker was paused) cannot be
+        written to any more: its run ends FAILED, its checkpoint stays for its retry, and the
+        storage's UpdateFinishedTrialError is raised (`noting_failure` makes it a
+        `TrialFailedElsewhere`)."""
+        if isinstance(outcome, KeyboardInterrupt):
+            stop_waiting()  # stop now: no storage call rides out an outage any more
+        try:
+            return self._conclude(outcome)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.run.finish("FAIL", reason="failed as stale while its worker was paused; retried")
+            raise
+
+    def _conclude(self, outcome: RunResult | BaseException) -> float | tuple[float, float]:
         trial, finish = self.trial, self._finish
         if isinstance(outcome, BaseException):
             end = _ending(outcome, last_epoch=self.last_epoch, multi=self.multi)
@@ -245,7 +321,7 @@ def _ending(exc: BaseException, *, last_epoch: int, multi: bool) -> _Ending:
     | raised | run | Optuna | requeue |
     | TrialPruned (the pruner) | PRUNED | PRUNED | no |
     | NonFiniteLossError | PRUNED | PRUNED (FAIL if multi-objective: Optuna cannot prune it) | no |
-    | TrainingOOMError | FAIL | FAIL | yes |
+    | TrainingOOMError | FAIL | FAIL | yes, twice; then `oom_retries_spent`, counted as a failure |
     | anything else, Ctrl-C and surplus included | FAIL | FAIL (never left RUNNING) | no |
     """
     if isinstance(exc, optuna.TrialPruned):

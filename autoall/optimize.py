@@ -3,23 +3,30 @@
 `run_worker` asks for one trial at a time (or `--cohort K` at once, autoall/study_cohort.py)
 only while done + running < target or a retried trial waits, under the storage's start lock so
 that workers on many hosts never overshoot; rides out a database outage of up to
-`_MAX_OUTAGE_SECONDS`; stops after `_MAX_CONSECUTIVE_FAILURES` trials in a row failed by their
-own fault. One step of the loop ends with a `Step` (autoall/study.py); a trial itself is
+`_MAX_OUTAGE_SECONDS`, but not a full disk (`StorageFullError`, raised at once with the trials
+it leaves RUNNING) nor Ctrl-C (a KeyboardInterrupt even when the storage then failed to store
+the trial's end); stops after `_MAX_CONSECUTIVE_FAILURES` trials in a row failed by their own
+fault (out-of-memory failures count once their retries are spent; surplus trials and trials
+dropped because the heartbeat failed them while this worker was paused count neither way).
+One step of the loop ends with a `Step` (autoall/study.py); a trial itself is
 autoall/objective.py.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from autoall import timing
-from autoall.objective import objective
+from autoall.objective import TrialFailedElsewhere, objective
 from autoall.storage import _StartLock, _storage_error, fail_stale_trials, storage_reason
+from autoall.storage_outage import StorageFullError, resume_waiting
 from autoall.study import (
     Counts,
     Step,
@@ -37,9 +44,9 @@ _optuna_log = logging.getLogger("optuna.study._optimize")  # where `study.optimi
 
 
 class _QuietInterrupt(logging.Filter):
-    """Drops what `study.optimize` logs about a trial cut short by Ctrl-C: the trial is FAIL
-    with `fail_reason` "interrupted (Ctrl-C)", and the command says so in one line, so
-    Optuna's traceback of the KeyboardInterrupt and its "failed with value None" line would
+    """Drops what `study.optimize` logs about a trial cut short by Ctrl-C, by a full storage
+    disk, or dropped because the heartbeat failed it while its worker was paused: the command
+    says each in one line, so Optuna's traceback and its "failed with value None" line would
     only bury that. Every other failure is logged as Optuna logs it."""
 
     def __init__(self) -> None:
@@ -47,7 +54,7 @@ class _QuietInterrupt(logging.Filter):
         self._interrupted: int | None = None  # the trial whose second line is still to come
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if record.exc_info and _said_in_one_line(record.exc_info[1]):
             number = record.getMessage().split()[1]
             self._interrupted = int(number) if number.isdigit() else None
             return False
@@ -55,6 +62,23 @@ class _QuietInterrupt(logging.Filter):
             self._interrupted = None
             return False
         return True
+
+
+def _said_in_one_line(exc: BaseException | None) -> bool:
+    if isinstance(exc, KeyboardInterrupt | TrialFailedElsewhere):
+        return True
+    return _find(exc, StorageFullError) is not None
+
+
+def _find(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """`exc`, or what caused it, that is a `kind`; None if none is."""
+    seen, visited = exc, set()
+    while seen is not None and id(seen) not in visited:
+        if isinstance(seen, kind):
+            return seen
+        visited.add(id(seen))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 _QUIET_INTERRUPT = _QuietInterrupt()
@@ -71,6 +95,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
     otherwise the worker waits for running trials to finish or turn stale.
     """
     _optuna_log.addFilter(_QUIET_INTERRUPT)  # once per process: addFilter skips a repeat
+    resume_waiting()  # storage calls ride out outages (again, after an earlier Ctrl-C)
     if ctx.cohort > 1:
         reason = single_trials_reason(ctx)
         if reason is not None:
@@ -81,10 +106,16 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
     start_lock = _StartLock(study)
     unbeaten: dict[int, float] = {}  # trial id -> when this worker first saw it without heartbeat
     outage_since: float | None = None
+    asked: list[int] = []  # the numbers of the trials this worker ran, for a full disk's error
     while True:
         try:
-            step = _step(ctx, study, start_lock, unbeaten, poll_seconds)
+            step = _step(ctx, study, start_lock, unbeaten, poll_seconds, asked)
         except Exception as exc:
+            if _find(exc, KeyboardInterrupt) is not None:  # Ctrl-C, then the storage failed
+                raise KeyboardInterrupt from exc
+            full = _find(exc, StorageFullError)
+            if full is not None:  # waiting frees no space: stop now
+                raise StorageFullError(f"{full}{_left_running(ctx, study, asked)}") from None
             error = _storage_error(exc)
             if error is None:
                 raise
@@ -103,7 +134,10 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
         if step.final is not None:
             _sweep(ctx, study)
             return step.final
-        consecutive_failures = consecutive_failures + 1 if step.failed else 0
+        if step.failed:
+            consecutive_failures += 1
+        elif step.last is not None and step.last.state != TrialState.FAIL:
+            consecutive_failures = 0  # a success; FAIL not by its own fault counts neither way
         if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
             last = step.last
             reason = last.user_attrs.get("fail_reason", "see the log") if last else ""
@@ -113,12 +147,35 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             )
 
 
+def _left_running(ctx: WorkerContext, study: optuna.Study, asked: list[int]) -> str:
+    """What the full disk leaves RUNNING of this worker's trials, said honestly."""
+    try:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except Exception:
+        return " Trials this worker was running may stay RUNNING until the heartbeat fails them."
+    host, pid = socket.gethostname(), os.getpid()
+    mine = [
+        t.number
+        for t in running
+        if t.number in asked
+        or (t.user_attrs.get("worker_pid") == pid and t.user_attrs.get("worker_host") == host)
+    ]
+    if not mine:
+        return ""
+    numbers = ", ".join(str(n) for n in mine)
+    return (
+        f" Left RUNNING, as its end could not be stored: trial {numbers} of {ctx.study_name}; "
+        "the heartbeat fails it and queues its retry when the study resumes."
+    )
+
+
 def _step(
     ctx: WorkerContext,
     study: optuna.Study,
     start_lock: _StartLock,
     unbeaten: dict[int, float],
     poll_seconds: float,
+    asked: list[int],
 ) -> Step:
     """Until one trial (or one cohort) has run, or the study has met its target."""
     while True:
@@ -132,6 +189,7 @@ def _step(
 
         def guarded(trial: optuna.Trial) -> float | tuple[float, float]:
             start_lock.release()  # the trial exists now: others may count it
+            asked.append(trial.number)
             return objective(trial, ctx)
 
         ctx.tracker.check()  # the writer process could not open the store: stop here
@@ -146,8 +204,8 @@ def _step(
             outcome = run_cohort(ctx, study, start_lock)  # releases the lock
             ctx.tracker.check()
             return outcome
+        clock = _OptunaClock(guarded)
         try:
-            clock = _OptunaClock(guarded)
             with timing.span("trial.optimize"):
                 study.optimize(
                     clock.objective,
@@ -156,11 +214,22 @@ def _step(
                     callbacks=[clock.told, after_trial(ctx)],
                     gc_after_trial=False,
                 )
+        except Exception as exc:
+            if clock.interrupted:  # Ctrl-C, then Optuna could not store the trial's end
+                raise KeyboardInterrupt from exc
+            if clock.dropped is None:
+                raise
+            # Optuna's tell of a trial already FAIL: "Cannot tell a FAIL trial."
         finally:
             start_lock.release()
             drop_ended_checkpoint(ctx, study)
+        if clock.dropped is not None:
+            log.warning("%s: %s", ctx.study_name, clock.dropped)
+            return Step()  # neither a failure nor a success of this worker
         ctx.tracker.check()
-        last = study.get_trials(deepcopy=False)[-1] if ctx.n_trials else None
+        # the trial that ran (by number: a requeue after it, out of memory, comes last)
+        trials = study.get_trials(deepcopy=False)
+        last = trials[clock.number] if clock.number is not None else None
         return Step(failed=last is not None and failed_by_its_own_fault(last), last=last)
 
 
@@ -189,11 +258,19 @@ class _OptunaClock:
     def __init__(self, objective: Callable[[optuna.Trial], float | tuple[float, float]]) -> None:
         self._objective = objective
         self.mark = time.perf_counter()
+        self.number: int | None = None  # the trial that ran
+        self.interrupted = False  # the objective ended by Ctrl-C
+        self.dropped: TrialFailedElsewhere | None = None  # failed as stale while paused
 
     def objective(self, trial: optuna.Trial) -> float | tuple[float, float]:
         timing.since("trial.optuna_ask", self.mark)
+        self.number = trial.number
         try:
             return self._objective(trial)
+        except BaseException as exc:  # Ctrl-C, also when storing its FAIL failed after it
+            self.interrupted = _find(exc, KeyboardInterrupt) is not None
+            self.dropped = exc if isinstance(exc, TrialFailedElsewhere) else None
+            raise
         finally:
             self.mark = time.perf_counter()
 

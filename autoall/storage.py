@@ -6,19 +6,11 @@ schema of an empty database at once retry; PostgreSQL gets one connection per ca
 is an RDBStorage subclass (`_Storage`) with Optuna's heartbeat (a worker killed mid-trial has its
 trial rerun with the same parameters) whose beat survives a database blip.
 
-Outage: a live trial makes storage calls all along: its parameters, `trial.report` and
-`trial.should_prune` every epoch, the surplus check, user attributes, Optuna's `tell` at the end.
-During a database restart each of them fails at once ("connection refused"), and before this
-module a 2-second PostgreSQL restart failed every running trial, which was then run again.
-`ride_out` retries such a call, with growing waits, for up to `seconds`: autoall gives a trial's
-calls the heartbeat's grace period less one interval, so an outage that no other worker can
-tell from a dead worker (the heartbeat is still fresh) fails no trial, and a longer one takes the
-existing failure path (the trial is failed as stale and rerun from its checkpoint).
-
-Only calls that are safe to repeat are retried (reads, and writes that are upserts); a trial is
-never created twice. Only connection failures are retried (SQLAlchemy's OperationalError and
-InterfaceError, a connection invalidated mid-call): an IntegrityError or a value too long for
-its column fails at once, with its own message.
+Outage and failures (autoall/storage_outage.py): a trial's storage calls ride out a database
+outage shorter than the heartbeat's grace period less one interval (`ride_out`); a full disk
+and a damaged SQLite file are one line at once, by a hook on the database engine
+(`translate_errors`); an in-memory SQLite URL is refused (each process would see its own empty
+database).
 
 Workers on one host sharing a SQLite file count and create trials under a file lock
 (`_StartLock`); a RUNNING trial that never got a heartbeat row is failed and retried here
@@ -46,8 +38,8 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -56,83 +48,21 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from autoall import timing
-from autoall.errors import UserError
+from autoall.storage_outage import (
+    StorageError,
+    StorageFullError,
+    fatal_error,
+    retrying,
+    set_state_through_outage,
+    storage_reason,
+    translate_errors,
+)
 from autoall.urls import mask_secrets, sqlite_file, storage_url
 
 if TYPE_CHECKING:
     from autoall.config import StudyConfig
 
 log = logging.getLogger("autoall.study")
-T = TypeVar("T")
-_FIRST_WAIT = 0.25  # seconds; doubled after each failed attempt, up to _LONGEST_WAIT
-_LONGEST_WAIT = 2.0
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: BaseException | None = exc
-    visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:
-        visited.add(id(seen))
-        yield seen
-        seen = seen.__cause__ or seen.__context__
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether `exc` (or what caused it) is a lost or refused database connection."""
-    from sqlalchemy import exc as sa
-
-    for error in _chain(exc):
-        if isinstance(error, sa.OperationalError | sa.InterfaceError):
-            return True
-        if isinstance(error, sa.DBAPIError) and error.connection_invalidated:
-            return True
-    return False
-
-
-def storage_reason(exc: BaseException) -> str:
-    """The real reason of a storage error, one line, secrets masked.
-
-    Optuna wraps every database error of a commit in a StorageInternalError that says "This
-    typically happens due to invalid data in the commit, e.g. exceeding max length", also when
-    the server is simply down; the driver's own message is further down the chain.
-    """
-    from sqlalchemy import exc as sa
-
-    for error in _chain(exc):
-        if isinstance(error, sa.DBAPIError) and error.orig is not None:
-            return _first_line(error.orig)
-    for error in _chain(exc):
-        if not isinstance(error, optuna.exceptions.StorageInternalError):
-            return _first_line(error)
-    return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return mask_secrets(f"{type(exc).__name__}: {lines[0].strip() if lines else ''}")[:500]
-
-
-def ride_out(call: Callable[[], T], *, seconds: float, what: str) -> T:
-    """`call()`, retried while the database is unreachable, for up to `seconds` in all."""
-    deadline = time.monotonic() + seconds
-    wait = _FIRST_WAIT
-    warned = False
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            if not is_outage(exc) or time.monotonic() + wait > deadline:
-                raise
-            if not warned:
-                log.warning(
-                    "Optuna storage unreachable during %s (%s); retrying for up to %.0f s",
-                    what,
-                    storage_reason(exc),
-                    max(0.0, deadline - time.monotonic()),
-                )
-                warned = True
-        time.sleep(wait)
-        wait = min(2 * wait, _LONGEST_WAIT)
 
 
 # RDBStorage methods that are safe to repeat: reads, and writes that are upserts (Optuna
@@ -158,49 +88,6 @@ RETRIED = (
 )
 
 
-def retrying(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`method` of an RDBStorage with an `outage_seconds` attribute, ridden through outages."""
-
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        seconds = getattr(self, "outage_seconds", 0.0)
-        if seconds <= 0:
-            return method(self, *args, **kwargs)
-        return ride_out(
-            lambda: method(self, *args, **kwargs), seconds=seconds, what=method.__name__
-        )
-
-    call.__name__ = method.__name__
-    call.__doc__ = method.__doc__
-    return call
-
-
-def set_state_through_outage(
-    storage: Any,
-    method: Callable[..., bool],
-    trial_id: int,
-    state: TrialState,
-    values: Any = None,
-) -> bool:
-    """Optuna's `set_trial_state_values`, retried: a retry that finds the trial already in
-    `state` (the first attempt was committed, only its answer was lost) has succeeded."""
-    attempts = 0
-
-    def once() -> bool:
-        nonlocal attempts
-        attempts += 1
-        try:
-            return method(storage, trial_id, state, values)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            if attempts > 1 and storage.get_trial(trial_id).state == state:
-                return True
-            raise
-
-    seconds = getattr(storage, "outage_seconds", 0.0)
-    if seconds <= 0:
-        return method(storage, trial_id, state, values)
-    return ride_out(once, seconds=seconds, what="set_trial_state_values")
-
-
 class NoStorageError(ValueError):
     """An inspecting command was pointed at a SQLite file that does not exist."""
 
@@ -220,6 +107,12 @@ def make_storage(url: str, cfg: StudyConfig | None = None, *, create: bool = Tru
     shown = mask_secrets(url)
     url = storage_url(url)
     db = sqlite_file(url)
+    if db is None and url.startswith("sqlite"):
+        raise StorageError(
+            f"The Optuna storage {shown} is an in-memory database: each worker, the progress "
+            "monitor and every later command would open its own empty one. Pass --storage (or "
+            "set AUTOALL_STORAGE) to a file, e.g. sqlite:///autoall.db."
+        )
     if db is not None and not create and not db.is_file():
         raise StorageError(
             f"No Optuna storage at {shown} (no file {db}); pass --storage (or set "
@@ -247,7 +140,10 @@ def make_storage(url: str, cfg: StudyConfig | None = None, *, create: bool = Tru
                     "installed; for PostgreSQL, pip install 'autoall[postgres]' (psycopg2) and use "
                     "a postgresql:// or postgresql+psycopg2:// URL."
                 ) from None
-            except (SQLAlchemyError, ValueError) as exc:
+            except (SQLAlchemyError, ValueError, optuna.exceptions.StorageInternalError) as exc:
+                fatal = fatal_error(url, exc)
+                if fatal is not None:
+                    raise fatal from None
                 reason = storage_reason(exc)
                 # several workers creating the schema of an empty database at once: retry
                 racing = any(w in reason.lower() for w in _RACE_WORDS)
@@ -257,16 +153,15 @@ def make_storage(url: str, cfg: StudyConfig | None = None, *, create: bool = Tru
                 raise StorageError(f"Cannot open the Optuna storage {shown}: {reason}") from None
             if hb is not None:
                 storage.outage_seconds = max(0.0, float(hb.grace_period - hb.interval))
+            from sqlalchemy import event
+
+            event.listen(storage.engine, "handle_error", translate_errors(url))
             return storage
     raise AssertionError("unreachable")
 
 
 _SCHEMA_RACE_ATTEMPTS = 5
 _RACE_WORDS = ("already exists", "locked", "duplicate", "unique constraint", "alembic")
-
-
-class StorageError(UserError, RuntimeError):
-    """The Optuna storage cannot be opened (wrong URL, server down, bad password); no secrets."""
 
 
 class _Storage(RDBStorage):
@@ -355,7 +250,8 @@ def _storage_error(exc: BaseException) -> BaseException | None:
     from its `finally` when the database is gone at `tell`)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, optuna.exceptions.StorageInternalError | SQLAlchemyError):
+        storage_errors = optuna.exceptions.StorageInternalError | SQLAlchemyError
+        if isinstance(seen, storage_errors | StorageFullError):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None

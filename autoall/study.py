@@ -28,7 +28,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from autoall import timing
+from autoall import checkpoint_file, timing
 from autoall.config import KINDS, ParamSpec, SamplerConfig, StudyConfig
 from autoall.data import DeviceData, load_data
 from autoall.host import WorkerRegistry
@@ -284,15 +284,17 @@ def drop_ended_checkpoint(
         except Exception:  # the database is down: the trial stays RUNNING and is retried
             return
     if trial.state.is_finished():
-        path.unlink(missing_ok=True)
+        checkpoint_file.remove(path)  # a folder that refuses (read-only) is a warning
 
 
 def sweep_checkpoints(folder: Path, trials: list[FrozenTrial]) -> list[Path]:
     """Delete the checkpoints in `folder` (one study's) that no trial can resume from: those of
-    finished trials that no RUNNING or WAITING retry points at; return them.
+    finished trials that no RUNNING or WAITING retry points at; return them. Also delete the
+    temp files of checkpoint writers that are gone (killed mid-write; logged, not returned).
 
     `drop_ended_checkpoint` deletes a trial's checkpoint as it ends; this catches what it could
-    not (a worker killed, or the database lost, between Optuna's `tell` and the deletion).
+    not (a worker killed, or the database lost, between Optuna's `tell` and the deletion). A
+    directory in a checkpoint's place is left; a folder that refuses is a warning.
     """
     pending = {
         t.system_attrs.get("failed_trial")
@@ -303,9 +305,10 @@ def sweep_checkpoints(folder: Path, trials: list[FrozenTrial]) -> list[Path]:
     swept = []
     for path in sorted(folder.glob("trial-*.pt")):
         key = path.stem.removeprefix("trial-")
-        if key.isdigit() and int(key) in finished and int(key) not in pending:
-            path.unlink(missing_ok=True)
+        resumable = not key.isdigit() or int(key) not in finished or int(key) in pending
+        if not resumable and checkpoint_file.remove(path):
             swept.append(path)
+    checkpoint_file.sweep_temp_files(folder)
     return swept
 
 
@@ -336,14 +339,12 @@ def after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], Non
 
 
 def failed_by_its_own_fault(trial: FrozenTrial) -> bool:
-    """FAIL, but not out of memory (its knobs are queued again) and not surplus (another worker
-    met the target): what the worker's stop after repeated failures counts."""
+    """FAIL, but not out of memory while its knobs are queued again (once its retries are
+    spent, `oom_retries_spent`, it counts) and not surplus (another worker met the target):
+    what the worker's stop after repeated failures counts."""
     reason = trial.user_attrs.get("fail_reason", "")
-    return (
-        trial.state == TrialState.FAIL
-        and "out of memory" not in reason
-        and not reason.startswith("surplus")
-    )
+    requeued = "out of memory" in reason and not trial.user_attrs.get("oom_retries_spent")
+    return trial.state == TrialState.FAIL and not requeued and not reason.startswith("surplus")
 
 
 def best_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:

@@ -3,7 +3,8 @@ tracking calls in order with a `Tracker`, holds epochs back to write them in bat
 answers the calls the worker waits for.
 
 Both ends send their messages with `_send` and read them with `_receive`, one
-`multiprocessing.connection.Connection` each way.
+`multiprocessing.connection.Connection` each way. A worker that is gone (killed) cannot be
+answered: the child then carries out the calls it got, silently, and exits at the end of them.
 """
 
 from __future__ import annotations
@@ -53,9 +54,16 @@ class _Child:
         self.held: dict[int, list[EpochPoint]] = {}  # epochs not written yet, by run
         self.flushed: dict[int, float] = {}  # when each run's epochs were last written
         self.reported = 0  # how much of tracker.lost went to the worker
+        self.worker_gone = False  # its answers pipe is broken: nothing more is answered
 
     def answer(self, call_id: int | None, kind: str, value: Any) -> None:
-        _send(self.answers, (call_id, kind, value))
+        """Send an answer; none once the worker is gone (its calls are still carried out)."""
+        if self.worker_gone:
+            return
+        try:
+            _send(self.answers, (call_id, kind, value))
+        except OSError:  # BrokenPipeError: the worker was killed
+            self.worker_gone = True
 
     def serve(self, requests: Connection) -> None:
         """Carry out the calls in order until the worker closes (or is gone).

@@ -106,6 +106,8 @@ def _is_transient(exc: BaseException) -> bool:
 
     if "database is locked" in str(exc):
         return True
+    if "disk is full" in str(exc) or "No space left on device" in str(exc):
+        return False  # waiting frees no space (MLflow calls it TEMPORARILY_UNAVAILABLE)
     if isinstance(exc, MlflowException):  # its connection errors come as INTERNAL_ERROR (500)
         status = exc.get_http_status_code()
         return status >= 500 or status == 429

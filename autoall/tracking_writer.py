@@ -17,8 +17,13 @@ is checked before the child starts, so a server that is down still fails the stu
 trial; a store that fails later in the child (a broken SQLite file, a parent run that cannot
 be made) is raised by `check()` as a `TrackingError`, at the latest a few epochs in.
 
-If the worker dies, the child sees its pipe close, finishes what it got and exits. What the
-child does with each call: autoall/tracking_child.py.
+If the worker dies, the child sees its pipe close, finishes what it got (a trial's run is made
+even when the worker was killed before it learnt the run's id) and exits without a word: it has
+nobody left to answer. What the child does with each call: autoall/tracking_child.py.
+
+Before the study starts, `check_artifact_location` refuses a SQLite store whose experiment keeps
+its artifacts in a local folder that is gone (the project folder moved: MLflow keeps absolute
+artifact paths and would silently make the old folder again and write there).
 """
 
 from __future__ import annotations
@@ -35,14 +40,16 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from autoall.tracking import TrackingError, check_server
 from autoall.tracking_child import _Child, _receive, _send
 from autoall.tracking_roles import Epoch
 from autoall.tracking_run import TRIAL_STATES, EpochPoint, final_metrics
 from autoall.tracking_store import client_uri, quiet_mlflow, resolve_tracking_uri
-from autoall.urls import install_log_masking
+from autoall.urls import install_log_masking, sqlite_file
 
 if TYPE_CHECKING:
     from autoall.tracking_roles import StudyTracker, TrackedRun
@@ -50,6 +57,64 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("autoall.tracking")
 _WAIT_SLICE = 1.0  # seconds between checks that the child is still alive while waiting
+
+
+def check_artifact_location(uri: str, experiment: str) -> None:
+    """Raise `TrackingError` if the SQLite store `uri` has experiment `experiment` keeping its
+    artifacts in a local folder outside the store's folder that is gone, parent folder and all:
+    the project folder was moved, and MLflow, which keeps that absolute path, would make it
+    again and write every artifact there. Says where and what to do, in one line.
+
+    Read with sqlite3 from MLflow's `experiments` table, in milliseconds, before anything is
+    stored: opening an MLflow client here would cost the seconds the writer process saves.
+    Anything else (no such file or experiment yet, a server, a remote artifact store, a
+    store it cannot read) passes: the writer process reports what is wrong with the store.
+    """
+    import sqlite3
+
+    db = sqlite_file(uri)
+    if db is None or not db.is_file():
+        return
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        ) as connection:
+            rows = connection.execute(
+                "SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)
+            ).fetchall()
+    except sqlite3.Error:
+        return
+    store = db.resolve().parent
+    paths = [_local_path(location or "") for (location,) in rows]
+    gone = [
+        path
+        for path in paths
+        if path is not None
+        and not path.is_relative_to(store)
+        and not path.exists()
+        and not path.parent.exists()
+    ]
+    if not gone or len(gone) < len(rows):  # no such experiment, or one that is in place
+        return
+    path = gone[0]
+    moved = store / path.name
+    target = moved if moved.exists() else Path("NEW_FOLDER")
+    raise TrackingError(
+        f"MLflow experiment {experiment!r} in {db} keeps its artifacts in {path}, which is gone "
+        "(was the project folder moved?); MLflow would make that folder again and write there. "
+        f"Move the project back, or link the old place to the new one (mkdir -p {path.parent} "
+        f"&& ln -s {target} {path}), then run the command again."
+    )
+
+
+def _local_path(location: str) -> Path | None:
+    """The local folder of an artifact location (`file:///...` or an absolute path), else None."""
+    parts = urlsplit(location)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    if not parts.scheme and location.startswith("/"):
+        return Path(location)
+    return None
 
 
 @dataclass
@@ -374,12 +439,17 @@ def main() -> None:
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the answers
     logging.basicConfig(format="autoall tracking: %(message)s", level=logging.WARNING)
     quiet_mlflow()  # no INFO lines ("Creating initial MLflow database tables...") on stderr
+    # MLflow logs every failed SQLite write (a full disk: each epoch) with its traceback before
+    # raising it; the call's one-line reason reaches the user as lost logging instead
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     install_log_masking()  # MLflow's own warnings may quote a tracking URI
     import mlflow  # noqa: F401  (now, while the worker starts; the calls come later)
 
+    logging.raiseExceptions = False  # a stderr gone with its reader: no "Logging error" dumps
     _Child(answers).serve(requests)
-    answers.close()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        answers.close()
+        sys.stderr.flush()
     # every call is written (MLflow's synchronous calls): skip the interpreter's teardown of
     # MLflow, SQLAlchemy and matplotlib, ~0.7 s the worker would wait for at the end
     os._exit(0)

@@ -8,9 +8,11 @@ thread polls the storage, so the progress shown is the study's, whichever worker
 from __future__ import annotations
 
 import contextlib
+import datetime
 import multiprocessing as mp
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -23,13 +25,14 @@ from typing import IO, Any
 import optuna
 import torch
 
-from autoall import timing
+from autoall import errors, timing
 from autoall.config import StudyConfig
 from autoall.host import WorkerRegistry
 from autoall.optimize import run_worker
 from autoall.options import RunOptions
 from autoall.preflight import SMALL_STEP_FLOPS, step_flops
 from autoall.storage import make_storage
+from autoall.storage_outage import stop_waiting
 from autoall.study import (
     Counts,
     WorkerContext,
@@ -45,7 +48,7 @@ from autoall.tracking import check_server
 from autoall.tracking_roles import StudyTracker
 from autoall.tracking_run import NullTracker
 from autoall.tracking_store import resolve_tracking_uri
-from autoall.tracking_writer import TrackingWriter
+from autoall.tracking_writer import TrackingWriter, check_artifact_location
 from autoall.urls import install_log_masking, mask_secrets
 
 
@@ -65,7 +68,9 @@ def run_study(
     # first what fails without creating anything: a tracking server that is down, then the
     # Optuna storage (a wrong URL or password); only then the MLflow store and the studies
     if opts.tracking:
-        check_server(resolve_tracking_uri(opts.tracking_uri, create=False))
+        uri = resolve_tracking_uri(opts.tracking_uri, create=False)
+        check_server(uri)
+        check_artifact_location(uri, cfg.name)  # not after a project folder moved
     storage = make_storage(opts.storage, cfg)
     with _tracking(cfg, opts) as tracker:  # the writer process opens the store meanwhile
         studies = create_studies(cfg, storage, n_trials=opts.n_trials, kinds=opts.kinds)
@@ -80,11 +85,16 @@ def run_study(
         parents = _parents(tracker, cfg, opts)
         monitor = _Monitor(cfg, opts, out=out)
         monitor.start()
+        pids = {os.getpid()}  # the processes whose trials this command ran
+        started = datetime.datetime.now()  # Optuna's trial times: naive, this host's clock
         try:
             if opts.n_jobs == 1:
                 _work(cfg, opts, tracker=tracker, parents=parents)
             else:
-                _spawn_workers(cfg, opts)
+                _spawn_workers(cfg, opts, pids)
+        except KeyboardInterrupt:
+            with errors.hint(interrupted=_after_interrupt(studies, pids, started)):
+                raise
         finally:
             monitor.stop()
             _summarise_parents(tracker, studies, parents)
@@ -97,6 +107,37 @@ def run_study(
         print(f"warning: {message}", file=out)
     tracker.check()
     return counts
+
+
+def _after_interrupt(
+    studies: dict[str, optuna.Study], pids: set[int], started: datetime.datetime
+) -> str:
+    """What Ctrl-C made of the trials this command's workers were running, read from the
+    storage: FAIL, or still RUNNING (the storage could not store their end, or Ctrl-C came while
+    Optuna was creating them) until the heartbeat fails them and queues their retries when the
+    study resumes. A trial counts as this command's when one of its processes (`pids`) ran it,
+    or when it has no worker yet and was created on this host's clock since `started`."""
+    stop_waiting()  # the storage is read once, not waited for
+    host, left = socket.gethostname(), []
+    try:
+        for name, study in studies.items():
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                attrs = t.user_attrs
+                ours = attrs.get("worker_host") == host and attrs.get("worker_pid") in pids
+                unowned = "worker_pid" not in attrs and (t.datetime_start or started) > started
+                if ours or unowned:
+                    left.append(f"{t.number} of {name}")
+    except Exception:
+        return (
+            "the storage could not be read: trials that were running may stay RUNNING until the "
+            "heartbeat fails them when the study resumes."
+        )
+    if not left:
+        return "the running trials are marked FAIL."
+    return (
+        f"trial {', '.join(left)} stayed RUNNING: the heartbeat fails it and queues its retry "
+        "when the study resumes."
+    )
 
 
 def _summarise_parents(
@@ -247,9 +288,13 @@ def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int, stop: Any) -
             _work(cfg, opts, tracker=tracker, parents=_parents(tracker, cfg, opts))
     except KeyboardInterrupt:  # the trial is already marked FAIL by Optuna
         sys.exit(130)
-    except Exception:  # multiprocessing would print the traceback unmasked
-        sys.stderr.write(mask_secrets(traceback.format_exc()))
-        sys.exit(1)
+    except Exception as exc:  # multiprocessing would print the traceback unmasked
+        code = errors.exit_code(exc)
+        if code is None:  # a bug: its traceback is the message
+            sys.stderr.write(mask_secrets(traceback.format_exc()))
+            sys.exit(1)
+        print(f"{mp.current_process().name}: {errors.message(exc)}", file=sys.stderr)
+        sys.exit(code)
 
 
 def _interrupt_once(signum: int, frame: FrameType | None) -> None:
@@ -259,10 +304,11 @@ def _interrupt_once(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _spawn_workers(cfg: StudyConfig, opts: RunOptions) -> None:
-    """The workers as processes until each has ended. On Ctrl-C: `stop` set and SIGINT passed
-    on to each (a worker still starting up ignored the terminal's), 30 s for them to mark their
-    trials FAIL, then SIGTERM to any left; the KeyboardInterrupt is raised."""
+def _spawn_workers(cfg: StudyConfig, opts: RunOptions, pids: set[int] | None = None) -> None:
+    """The workers as processes until each has ended (their process ids added to `pids`). On
+    Ctrl-C: `stop` set and SIGINT passed on to each (a worker still starting up ignored the
+    terminal's), 30 s for them to mark their trials FAIL, then SIGTERM to any left; the
+    KeyboardInterrupt is raised. A worker's error is one line (a bug: its traceback)."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     procs = [
@@ -273,6 +319,8 @@ def _spawn_workers(cfg: StudyConfig, opts: RunOptions) -> None:
         with _ctrl_c_ignored():  # inherited: a worker ignores Ctrl-C until it is ready
             for p in procs:
                 p.start()
+                if pids is not None and p.pid is not None:
+                    pids.add(p.pid)
         for p in procs:
             p.join()
     except KeyboardInterrupt:
