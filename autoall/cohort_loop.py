@@ -25,6 +25,7 @@ from torch.func import functional_call
 from autoall.cohort_checkpoint import restore_member, save_member
 from autoall.cohort_state import CohortALL, CohortState, template
 from autoall.data import DeviceData, apply_augmentation, draw_augmentation
+from autoall.errors import raise_if_interrupted
 from autoall.models import count_parameters
 from autoall.plan import RunPlan, build
 from autoall.train import (
@@ -163,6 +164,7 @@ class CohortLoop:
             )
             probing = True  # until the first epoch is validated, nothing observable happened
             while self.members:
+                raise_if_interrupted()  # a Ctrl-C Python dropped inside a finalizer
                 start = time.perf_counter()
                 try:
                     losses, sums = self._train_epoch()

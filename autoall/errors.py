@@ -16,6 +16,8 @@ importing anything heavy.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Iterator
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -73,3 +75,26 @@ def hint(*, failed: str | None = None, interrupted: str | None = None) -> Iterat
         if failed and exit_code(exc) == FAILED:
             exc.add_note(failed)
         raise
+
+
+_interrupts = [0]  # Ctrl-Cs this process received through `remember_interrupts`
+
+
+def remember_interrupts() -> None:
+    """Ctrl-C raises KeyboardInterrupt as always, and is remembered, so that one Python drops
+    (raised inside a `__del__` or a weakref callback while a cohort trains) is raised again at
+    the next epoch by `raise_if_interrupted`. The main thread only; a no-op elsewhere."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _remembered)
+
+
+def _remembered(signum: int, frame: object) -> None:
+    _interrupts[0] += 1
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if this process received a Ctrl-C (`remember_interrupts`): a loop
+    calls it once per epoch, so a swallowed Ctrl-C cannot let training run on."""
+    if _interrupts[0]:
+        raise KeyboardInterrupt

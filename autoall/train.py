@@ -31,6 +31,7 @@ from torch import nn
 
 from autoall import checkpoint_file, timing
 from autoall.data import DeviceData, augment_batch, iterate_batches
+from autoall.errors import raise_if_interrupted
 from autoall.layer import all_layers, auxiliary_loss, param_groups
 from autoall.models import count_parameters
 from autoall.train_types import (
@@ -169,6 +170,7 @@ def train(
     saved = time.perf_counter()
     try:
         for epoch in range(first_epoch, cfg.epochs + 1):
+            raise_if_interrupted()  # a Ctrl-C Python dropped inside a finalizer
             epoch_start = time.perf_counter()
             model.train()
             losses = torch.zeros(steps, device=device)  # per step, to locate a divergence
