@@ -77,15 +77,27 @@ def hint(*, failed: str | None = None, interrupted: str | None = None) -> Iterat
         raise
 
 
-_interrupts = [0]  # Ctrl-Cs this process received through `remember_interrupts`
+_interrupts = [0]  # Ctrl-Cs received inside the innermost `remember_interrupts` block
 
 
-def remember_interrupts() -> None:
-    """Ctrl-C raises KeyboardInterrupt as always, and is remembered, so that one Python drops
-    (raised inside a `__del__` or a weakref callback while a cohort trains) is raised again at
-    the next epoch by `raise_if_interrupted`. The main thread only; a no-op elsewhere."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _remembered)
+@contextlib.contextmanager
+def remember_interrupts() -> Iterator[None]:
+    """Inside the block, Ctrl-C raises KeyboardInterrupt as always and is remembered, so that one
+    Python drops (raised inside a `__del__` or a weakref callback while a cohort trains) is raised
+    again at the next epoch by `raise_if_interrupted`. The count starts at zero and the previous
+    handler comes back when the block ends, so nothing outlives it. The main thread only; a plain
+    block elsewhere."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous, count = signal.getsignal(signal.SIGINT), _interrupts[0]
+    _interrupts[0] = 0
+    signal.signal(signal.SIGINT, _remembered)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupts[0] = count
 
 
 def _remembered(signum: int, frame: object) -> None:

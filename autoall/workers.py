@@ -89,8 +89,8 @@ def run_study(
         started = datetime.datetime.now()  # Optuna's trial times: naive, this host's clock
         try:
             if opts.n_jobs == 1:
-                errors.remember_interrupts()
-                _work(cfg, opts, tracker=tracker, parents=parents)
+                with errors.remember_interrupts():
+                    _work(cfg, opts, tracker=tracker, parents=parents)
             else:
                 _spawn_workers(cfg, opts, pids)
         except KeyboardInterrupt:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 import pytest
 
+from autoall import errors
 from autoall.errors import exit_code, hint, message
 from autoall.report import ReportError
 from autoall.storage import StorageError
@@ -49,3 +53,20 @@ def test_messages_mask_passwords() -> None:
     exc = StorageError("cannot open postgresql://ann:s3cret@db:5432/optuna")
     assert "s3cret" not in message(exc)
     assert message(exc).startswith("Error: cannot open postgresql://ann:")
+
+
+def test_a_remembered_ctrl_c_is_raised_again_inside_the_block_and_forgotten_after_it() -> None:
+    """A Ctrl-C swallowed inside the block is raised at the next check; after the block the
+    previous handler is back and the count is gone, so a later command in the same process
+    (a test, a notebook) is not interrupted by an old Ctrl-C."""
+    previous = signal.getsignal(signal.SIGINT)
+    with errors.remember_interrupts():
+        errors.raise_if_interrupted()  # nothing received yet
+        with contextlib.suppress(KeyboardInterrupt):  # dropped, as a finalizer drops it
+            signal.raise_signal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            errors.raise_if_interrupted()
+    assert signal.getsignal(signal.SIGINT) is previous
+    errors.raise_if_interrupted()  # forgotten after the block
+    with errors.remember_interrupts():
+        errors.raise_if_interrupted()  # a new block starts at zero
