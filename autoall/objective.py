@@ -33,7 +33,7 @@ import autoall
 from autoall import timing
 from autoall.config import BASELINE_KNOBS
 from autoall.host import share_cores
-from autoall.plan import fit, trial_plan
+from autoall.plan import fit
 from autoall.samplers import PHASE_ATTR
 from autoall.storage import _storage_error, storage_reason, stored_trial
 from autoall.storage_outage import stop_waiting
@@ -41,6 +41,7 @@ from autoall.study import WorkerContext, best_trial, suggest
 from autoall.tracking_roles import TrackedRun
 from autoall.tracking_store import flatten
 from autoall.train import NonFiniteLossError, RunResult, TrainingOOMError
+from autoall.trial_plan import trial_plan
 from autoall.urls import mask_secrets
 from autoall.version import git_commit
 

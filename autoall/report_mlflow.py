@@ -2,7 +2,7 @@
 to the studies' experiment, and its verdict as the report run's metrics and tags.
 
 Experiments: a study file `<name>`'s studies (their parent runs and trial runs) are experiment
-`<name>` (its runs table filtered to the study parents, `servers.studies_link`, shows every
+`<name>` (its runs table filtered to the study parents, `tracking_store.studies_link`, shows every
 study's parent run on the first screen however many trials are newer); the report's parent
 run `<name> report` and the runs it trains (evaluation, selection, re-tuning) are experiment
 `<name> report` (`report_experiment`). The links are the MLflow UI's own addresses, as URL
@@ -34,7 +34,7 @@ import re
 
 from autoall import decision, stats
 from autoall.report_types import Claim, Report
-from autoall.servers import studies_link
+from autoall.tracking_store import studies_link
 
 NOTE = "mlflow.note.content"  # the description of a run or an experiment in the MLflow UI
 _OURS = "**autoall"  # how the descriptions autoall writes begin (others' are kept)
@@ -88,7 +88,7 @@ def study_note(study: str, experiment: tuple[str, str], report_run: str) -> str:
 
 def study_experiment_note(path: str, report: tuple[str, str], studies_id: str) -> str:
     """The studies' experiment's description: the report's experiment (name, id), and this
-    experiment (id `studies_id`) filtered to its study parents (`servers.studies_link`)."""
+    experiment (id `studies_id`) filtered to its study parents (`tracking_store.studies_link`)."""
     name, eid = report
     return (
         f"{_OURS} studies** of {path}; their report: experiment [{name}]({run_link(eid)}) (the "

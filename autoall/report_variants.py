@@ -27,9 +27,10 @@ from autoall.baselines import baseline
 from autoall.config import StudyConfig
 from autoall.data import DeviceData
 from autoall.models import build_model, count_parameters, parameter_matched_width
-from autoall.plan import RunPlan, trial_plan
+from autoall.plan import RunPlan
 from autoall.report_retune import equal_steps
 from autoall.report_types import Selection, Variant
+from autoall.trial_plan import trial_plan
 
 MATCH_TOLERANCE = 0.02  # the parameter-matched control is within 2 % of the ALL model
 

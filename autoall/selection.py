@@ -24,8 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoall.config import StudyConfig
 from autoall.data import DeviceData
-from autoall.plan import trial_plan
 from autoall.report_types import Candidate, RunRecord, Selection
+from autoall.trial_plan import trial_plan
 
 if TYPE_CHECKING:
     from autoall.report_store import RunStore

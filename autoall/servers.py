@@ -35,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,17 +90,6 @@ def mlflow_ui(port: int, tracking_uri: str | None, *, verbose: bool = False) -> 
     return Server(cmd, [header, *experiments], verbose=verbose, env=env)
 
 
-STUDY_PARENTS = "tags.\"autoall.role\" = 'study'"  # the runs filter of the study parents
-
-
-def studies_link(experiment_id: str) -> str:
-    """The MLflow UI's runs table of an experiment filtered to its study parent runs, as a URL
-    fragment: every study (ALL, tuned baseline, each replicate) on the first screen, however
-    many trials are newer than them (the UI reads the filter from `searchFilter`)."""
-    query = urllib.parse.urlencode({"searchFilter": STUDY_PARENTS}, quote_via=urllib.parse.quote)
-    return f"#/experiments/{experiment_id}/runs?{query}"
-
-
 _DATABASES = ("sqlite", "postgresql", "mysql", "mssql")  # stores MLflow keeps in a database
 
 
@@ -116,7 +104,7 @@ def _experiment_links(uri: str, port: int) -> list[str]:
     import mlflow
 
     from autoall.storage import storage_reason
-    from autoall.tracking_store import client_uri
+    from autoall.tracking_store import STUDY_PARENTS, client_uri, studies_link
     from autoall.urls import mask_secrets, sqlite_file
 
     try:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -194,3 +195,14 @@ def _metrics(values: Mapping[str, float], *, step: int) -> list[Any]:
 
     timestamp = _now_ms()
     return [Metric(k, float(v), timestamp, step) for k, v in values.items()]
+
+
+STUDY_PARENTS = "tags.\"autoall.role\" = 'study'"  # the runs filter of the study parents
+
+
+def studies_link(experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment filtered to its study parent runs, as a URL
+    fragment: every study (ALL, tuned baseline, each replicate) on the first screen, however
+    many trials are newer than them (the UI reads the filter from `searchFilter`)."""
+    query = urllib.parse.urlencode({"searchFilter": STUDY_PARENTS}, quote_via=urllib.parse.quote)
+    return f"#/experiments/{experiment_id}/runs?{query}"

@@ -8,7 +8,8 @@ import math
 import random
 
 from autoall.config import StudyConfig
-from autoall.plan import RunPlan, trial_plan
+from autoall.plan import RunPlan
+from autoall.trial_plan import trial_plan
 
 
 def draw_plans(

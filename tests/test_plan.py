@@ -17,8 +17,9 @@ from autoall.config import load_study_file
 from autoall.data import DeviceData, load_data, train_subset
 from autoall.layer import ALLSpec
 from autoall.models import build_model
-from autoall.plan import RunPlan, fit, trial_plan
+from autoall.plan import RunPlan, fit
 from autoall.train import TrainConfig
+from autoall.trial_plan import trial_plan
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import autoall.plan
 import autoall.report
 from autoall.cli import main
 from autoall.config import StudyFileError, load_study_file
-from autoall.plan import trial_plan
 from autoall.storage import make_storage
 from autoall.study import WorkerContext, create_studies, make_sampler
 from autoall.summary import resolve_study_names
+from autoall.trial_plan import trial_plan
 
 STORAGE = "sqlite:///autoall.db"
 KNOBS = {"hidden_size", "all_lr", "aux_weight", "aux_loss", "positions"}

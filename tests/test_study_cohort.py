@@ -35,8 +35,9 @@ import autoall.optimize
 import autoall.study
 from autoall.cli import main
 from autoall.config import load_study_file
-from autoall.plan import fit, trial_plan
+from autoall.plan import fit
 from autoall.study import load_study_data
+from autoall.trial_plan import trial_plan
 
 STORAGE = "sqlite:///autoall.db"
 

@@ -24,7 +24,8 @@ from conftest import free_port
 from mlflow import MlflowClient
 
 from autoall.report_mlflow import report_experiment_note, study_experiment_note
-from autoall.servers import _experiment_links, studies_link
+from autoall.servers import _experiment_links
+from autoall.tracking_store import studies_link
 
 PARENTS = [
     "digits/mlp",
