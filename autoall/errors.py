@@ -48,7 +48,7 @@ def exit_code(exc: BaseException) -> int | None:
 
 def message(exc: BaseException) -> str:
     """What the user reads for `exc` (secrets masked), hints included."""
-    from autoall.urls import mask_secrets
+    from autoall._secrets import mask_secrets
 
     notes = [str(n) for n in getattr(exc, "__notes__", ())]
     if isinstance(exc, KeyboardInterrupt):
@@ -58,6 +58,15 @@ def message(exc: BaseException) -> str:
         shown = [n for n in notes if not n.startswith(_INTERRUPT_NOTE)]
         text = "Error: " + "\n".join([str(exc), *shown])
     return mask_secrets(text)
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """`exc` as one line for a log, a run's tag or a warning: its type and the first line of its
+    message, secrets masked, at most `limit` characters."""
+    from autoall._secrets import mask_secrets
+
+    text = str(exc).strip().splitlines()
+    return mask_secrets(f"{type(exc).__name__}: {text[0] if text else ''}")[:limit]
 
 
 @contextlib.contextmanager

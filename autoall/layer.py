@@ -46,7 +46,7 @@ class ALLSpec:
     """Which ALLs to insert and where (their own lr is TrainConfig.all_lr).
 
     ``positions="head"`` is one ALL in front of the classifier head; ``"blocks"`` adds one
-    after every block or stage of the base architecture (``autoall.models.build_model``;
+    after every block or stage of the base architecture (``autoall.training._models.build_model``;
     :func:`insert_all` knows only the head). Every ALL gets the same knobs.
     """
 
@@ -317,7 +317,7 @@ def insert_all(model: nn.Module, spec: ALLSpec, *, head: str | None = None) -> n
     or ``b_up``.
 
     Raises ``ValueError`` when ``spec.positions`` is not ``"head"`` (only
-    ``autoall.models.build_model`` knows an architecture's blocks), when the model has no
+    ``autoall.training._models.build_model`` knows an architecture's blocks), when the model has no
     ``nn.Linear``, when ``head`` names none of its ``nn.Linear`` layers or the head cannot be
     found (the message lists them), when the model is itself the ``nn.Linear`` (there is no
     parent to replace it on), or when the head is already preceded by an ALL.

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 import random
 
-from autoall.config import StudyConfig
-from autoall.plan import RunPlan
-from autoall.trial_plan import trial_plan
+from autoall.config._study_file import StudyConfig
+from autoall.config._trial_plan import trial_plan
+from autoall.training._plan import RunPlan
 
 
 def draw_plans(

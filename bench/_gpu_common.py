@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _common import cpu_model  # noqa: E402
 
-from autoall.baselines import baseline  # noqa: E402
-from autoall.data import DeviceData  # noqa: E402
-from autoall.models import build_model  # noqa: E402
-from autoall.train import TrainConfig, seed_everything, train  # noqa: E402
+from autoall.training._baselines import baseline  # noqa: E402
+from autoall.training._data import DeviceData  # noqa: E402
+from autoall.training._loop import TrainConfig, seed_everything, train  # noqa: E402
+from autoall.training._models import build_model  # noqa: E402
 
 PIXEL_MEAN = 127.5  # uniform uint8 0..255
 

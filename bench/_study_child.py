@@ -7,7 +7,7 @@ temporary directory; it writes its figures as JSON for the benchmark to read:
     _study_child.py hand OUT THREADS|- N_TRIALS
 
 ``autoall``: `autoall study run ...` exactly as the CLI runs it, with a recorder of
-autoall/timing.py installed around the CLI's ``main`` (no function of autoall or Optuna is
+autoall/_timing.py installed around the CLI's ``main`` (no function of autoall or Optuna is
 replaced); ``hand``: the same study written by hand with Optuna and autoall's ``train()``, the
 reference. The JSON holds the process start, the end of the imports, the end of ``main``, the
 process's CPU seconds, every span summed (``{name: [seconds, calls]}``), the compute (the sum of
@@ -31,9 +31,9 @@ def autoall_child(
     code_start = time.time()
     import contextlib
 
-    import autoall.cli  # click only; `study run` loads torch, optuna, ... itself
-    from autoall import timing
-    from autoall.tracking_writer import prestarted
+    import autoall.cli._main  # click only; `study run` loads torch, optuna, ... itself
+    from autoall import _timing as timing
+    from autoall.tracking._writer import prestarted
 
     # as `study run` does first thing: the MLflow writer process starts before torch loads
     writer = prestarted() if "--no-tracking" not in cli_args else contextlib.nullcontext()
@@ -41,8 +41,8 @@ def autoall_child(
 
     # what `study run` imports (torch, optuna, the worker loop), loaded before `main` so that
     # "after start-up" (`main` alone) leaves the imports out
-    import autoall.objective
-    import autoall.workers  # noqa: F401
+    import autoall.study._objective
+    import autoall.study._workers  # noqa: F401
 
     if threads is not None:
         import torch
@@ -58,7 +58,7 @@ def autoall_child(
         profiler.enable()
     with timing.recording() as spans:
         try:
-            autoall.cli.main(["study", "run", *cli_args], standalone_mode=False)
+            autoall.cli._main.main(["study", "run", *cli_args], standalone_mode=False)
             exit_code = 0
         except SystemExit as exc:
             exit_code = exc.code if isinstance(exc.code, int) else 1
@@ -113,10 +113,10 @@ def hand_child(out_path: Path, threads: int | None, n_trials: int) -> int:
     import optuna
     import torch
 
-    from autoall.data import load_data
     from autoall.layer import ALLSpec
-    from autoall.models import build_model
-    from autoall.train import TrainConfig, seed_everything, train
+    from autoall.training._data import load_data
+    from autoall.training._loop import TrainConfig, seed_everything, train
+    from autoall.training._models import build_model
 
     if threads is not None:
         torch.set_num_threads(threads)

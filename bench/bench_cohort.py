@@ -34,10 +34,10 @@ sys.path.insert(1, str(ROOT / "bench"))
 from _cohort_plans import draw_plans, seed_plans  # noqa: E402
 from _common import machine_header, markdown_table, median, publish, spread  # noqa: E402
 
-from autoall.cohort import fit_cohort  # noqa: E402
-from autoall.config import StudyConfig, load_study_file  # noqa: E402
-from autoall.plan import fit  # noqa: E402
-from autoall.study import load_study_data  # noqa: E402
+from autoall.config._study_file import StudyConfig, load_study_file  # noqa: E402
+from autoall.study._trials import load_study_data  # noqa: E402
+from autoall.training._plan import fit  # noqa: E402
+from autoall.training.cohort._cohort import fit_cohort  # noqa: E402
 
 STUDY = ROOT / "studies" / "digits.yaml"
 TARGETS = {5: 1.3, 16: 2.0}  # cohort size -> speed-up it must reach (issue 14)

@@ -40,11 +40,11 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_header, markdown_table, median, publish, spread  # noqa: E402
 
-from autoall.baselines import baseline  # noqa: E402
-from autoall.data import DeviceData, iterate_batches, load_data  # noqa: E402
 from autoall.layer import auxiliary_loss  # noqa: E402
-from autoall.models import build_model  # noqa: E402
-from autoall.train import TrainConfig, seed_everything, train  # noqa: E402
+from autoall.training._baselines import baseline  # noqa: E402
+from autoall.training._data import DeviceData, iterate_batches, load_data  # noqa: E402
+from autoall.training._loop import TrainConfig, seed_everything, train  # noqa: E402
+from autoall.training._models import build_model  # noqa: E402
 
 SECTION = "bench_core"
 MNIST_SIZE = 60_000

@@ -51,13 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from _common import machine_header, markdown_table, median, publish  # noqa: E402
 
-import autoall.objective  # noqa: E402
-import autoall.storage  # noqa: E402
-from autoall.config import StudyConfig, load_study_file  # noqa: E402
-from autoall.optimize import run_worker  # noqa: E402
-from autoall.storage import make_storage  # noqa: E402
-from autoall.study import WorkerContext, create_studies, suggest  # noqa: E402
-from autoall.tracking_run import NullTracker  # noqa: E402
+import autoall.study._objective  # noqa: E402
+import autoall.study._storage  # noqa: E402
+from autoall.config._study_file import StudyConfig, load_study_file  # noqa: E402
+from autoall.study._storage import make_storage  # noqa: E402
+from autoall.study._trials import WorkerContext, create_studies, suggest  # noqa: E402
+from autoall.study._worker_loop import run_worker  # noqa: E402
+from autoall.tracking._run import NullTracker  # noqa: E402
 
 SECTION = "bench_distributed"
 WORKER_COUNTS = (1, 2, 4)
@@ -181,10 +181,10 @@ def run_throughput(
 
 
 def _storage_only_objective(trial: optuna.Trial, ctx: WorkerContext) -> float:
-    """The storage traffic of autoall's objective without the training (see autoall/objective.py)."""
+    """The storage traffic of autoall's objective without the training (see autoall/study/_objective.py)."""
     frozen = trial.study.get_trials(deepcopy=False)[trial.number]
     frozen.system_attrs.get("failed_trial")
-    autoall.objective._is_surplus(trial, ctx.n_trials)
+    autoall.study._objective._is_surplus(trial, ctx.n_trials)
     params = suggest(trial, ctx.cfg.search)
     trial.set_user_attr("worker_host", socket.gethostname())
     trial.set_user_attr("worker_pid", os.getpid())
@@ -208,7 +208,7 @@ def _storage_for(kind: str, url: str, cfg: StudyConfig) -> optuna.storages.RDBSt
     """The storage of one kind: autoall's `make_storage`, or RDBStorage with a small pool."""
     if kind == "postgres-pool":  # for comparison: what NullPool costs
         engine_kwargs = {"pool_size": 2, "max_overflow": 0, "pool_pre_ping": True}
-        return autoall.storage._rdb_storage(url, engine_kwargs, cfg.heartbeat)
+        return autoall.study._storage._rdb_storage(url, engine_kwargs, cfg.heartbeat)
     return make_storage(url, cfg)  # autoall's own settings
 
 
@@ -245,14 +245,14 @@ def run_overhead(kind: str, url: str, folder: Path, *, run: int, trials: int) ->
 
     event.listen(storage.engine, "before_cursor_execute", on_statement)
     event.listen(storage.engine, "connect", on_connect)
-    real = autoall.objective.objective
-    autoall.objective.objective = _storage_only_objective  # type: ignore[assignment]
+    real = autoall.study._objective.objective
+    autoall.study._objective.objective = _storage_only_objective  # type: ignore[assignment]
     try:
         start = time.perf_counter()
         run_worker(ctx, study)
         seconds = time.perf_counter() - start
     finally:
-        autoall.objective.objective = real
+        autoall.study._objective.objective = real
         event.remove(storage.engine, "before_cursor_execute", on_statement)
         event.remove(storage.engine, "connect", on_connect)
         storage.engine.dispose()

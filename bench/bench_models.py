@@ -74,10 +74,16 @@ def publish_costs(repeats: int) -> tuple[list[list[str]], str]:
     import torch
     from mlflow import MlflowClient
 
-    from autoall.config import load_study_file
-    from autoall.data import load_data
-    from autoall.plan import RunPlan, fit
-    from autoall.registry import LoggedModel, accuracy, log_model, register, serving_copy
+    from autoall.config._study_file import load_study_file
+    from autoall.tracking._model_registry import (
+        LoggedModel,
+        accuracy,
+        log_model,
+        register,
+        serving_copy,
+    )
+    from autoall.training._data import load_data
+    from autoall.training._plan import RunPlan, fit
 
     cfg = load_study_file(STUDY)
     data = load_data("digits", val_fraction=cfg.data.val_fraction, split_seed=0)
@@ -118,10 +124,10 @@ def load_best_cold(repeats: int) -> list[float]:
         uri = f"sqlite:///{tmp}/mlflow.db"
         setup = (
             "import sys, torch; from mlflow import MlflowClient\n"
-            "from autoall.config import load_study_file\n"
-            "from autoall.data import load_data\n"
-            "from autoall.plan import RunPlan, fit\n"
-            "from autoall.registry import log_model, register, serving_copy, version_tags\n"
+            "from autoall.config._study_file import load_study_file\n"
+            "from autoall.training._data import load_data\n"
+            "from autoall.training._plan import RunPlan, fit\n"
+            "from autoall.tracking._model_registry import log_model, register, serving_copy, version_tags\n"
             "uri = sys.argv[1]; cfg = load_study_file(sys.argv[2])\n"
             "data = load_data('digits', val_fraction=cfg.data.val_fraction, split_seed=0)\n"
             "kept = []; fit(RunPlan('mlp', cfg.train_config('mlp')), data, on_trained=kept.append)\n"
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="publishing / load_best calls")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args(argv)
-    from autoall.tracking_store import quiet_mlflow
+    from autoall.tracking._store import quiet_mlflow
 
     quiet_mlflow()  # as the CLI: no MLflow INFO lines among the figures
     header = machine_header(threads=args.threads)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import checkout, machine_header, markdown_table, median, publish, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_SEEDS = 3  # `autoall demo`'s evaluation seeds (autoall/cli.py)
+DEMO_SEEDS = 3  # `autoall demo`'s evaluation seeds (autoall/cli/_main.py)
 
 
 def _run(cmd: list[str], *, cwd: Path, env: dict[str, str]) -> tuple[float, str]:

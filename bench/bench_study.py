@@ -12,7 +12,7 @@ process in a fresh temporary directory, as a user types it. Tracking on and off 
 pairs (on/off, then off/on, ...) with the same seeds, so background load hits both alike.
 
 Each run's process is ``bench/_study_child.py``: it installs a recorder of autoall's named
-spans (autoall/timing.py: a ``perf_counter`` pair per call, negligible next to what they time;
+spans (autoall/_timing.py: a ``perf_counter`` pair per call, negligible next to what they time;
 nothing of autoall or Optuna is replaced), then calls the CLI's ``main``. From the spans and
 the Optuna storage:
 
@@ -238,8 +238,8 @@ def top_profile(path: Path, *, n: int = 12) -> tuple[list[list[str]], list[list[
     own_rows = [[label(f), f"{v[2]:.2f}", str(v[1])] for f, v in own]
     wanted = (
         "autoall/tracking",  # tracking.py, tracking_store.py, tracking_run.py, ...
-        "autoall/study.py",
-        "autoall/optimize.py",
+        "autoall/study/_trials.py",
+        "autoall/study/_worker_loop.py",
         "mlflow/tracking/client.py",
         "sqlalchemy_store.py",
         "optuna/study/_optimize.py",
@@ -491,7 +491,7 @@ def _render(
         "callbacks); `train_seconds` variant: the user attribute, COMPLETE trials only; compute: "
         "the sum of `epoch_seconds` (training + validation, no callbacks). After start-up: the "
         "same with wall = `main` alone. Process CPU: the worker process only; MLflow runs in "
-        "its writer process (autoall/tracking_writer.py), on the other core.",
+        "its writer process (autoall/tracking/_writer.py), on the other core.",
         "",
         markdown_table(
             [

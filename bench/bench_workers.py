@@ -36,13 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 _AT_ONCE = """
 import pathlib, sys, time
 import optuna, torch
-import autoall.cli
+import autoall.cli._main
 go = pathlib.Path(sys.argv[1])
 pathlib.Path(f"{go}.{sys.argv[2]}").touch()
 while not go.exists():
     time.sleep(0.002)
 sys.argv = ["autoall", *sys.argv[3:]]
-autoall.cli.main()
+autoall.cli._main.main()
 """
 
 _STUDY = """name: bench

@@ -6,7 +6,7 @@ Run by ``bench/gpu_check.sh`` after ``bench/gpu_check.py`` (same ``--device`` an
 
 For the ``mlp`` and the ``cnn`` and each cohort size K in 1, 4, 16, 64: K ALL trial plans whose
 knobs are drawn from studies/mnist.yaml's search space (seeded; hidden sizes 16..512 padded to
-the widest), at the architecture's MNIST baseline settings (autoall/baselines.py: batch 128,
+the widest), at the architecture's MNIST baseline settings (autoall/training/_baselines.py: batch 128,
 AdamW, bf16 autocast on CUDA), on synthetic MNIST-shaped data (uint8 1 x 28 x 28, random labels;
 mlp 60,000 training images, cnn 12,000, and 10,000 validated every epoch), for ``epochs``
 epochs. K = 1 is ``fit()``, the path of one trial at a time; K > 1 is ``fit_cohort()``. Per run:
@@ -42,11 +42,11 @@ from _cohort_plans import draw_plans  # noqa: E402
 from _gpu_common import Report as CheckReport  # noqa: E402
 from _gpu_common import synthetic_images  # noqa: E402
 
-from autoall.cohort import fit_cohort  # noqa: E402
-from autoall.config import load_study_file  # noqa: E402
-from autoall.data import DeviceData  # noqa: E402
-from autoall.plan import RunPlan, fit  # noqa: E402
-from autoall.train import RunResult  # noqa: E402
+from autoall.config._study_file import load_study_file  # noqa: E402
+from autoall.training._data import DeviceData  # noqa: E402
+from autoall.training._loop import RunResult  # noqa: E402
+from autoall.training._plan import RunPlan, fit  # noqa: E402
+from autoall.training.cohort._cohort import fit_cohort  # noqa: E402
 
 TARGET = ("mlp", 16, 8.0)  # architecture, cohort size, speed-up over one trial at a time
 

@@ -45,9 +45,9 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from autoall.data import DeviceData
-from autoall.models import build_model
-from autoall.train import TrainConfig, seed_everything
+from autoall.training._data import DeviceData
+from autoall.training._loop import TrainConfig, seed_everything
+from autoall.training._models import build_model
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig, on_cuda: bool) -> torch.optim.Optimizer:

@@ -31,7 +31,7 @@ from _gpu_common import (
     train_config,
 )
 
-from autoall.data import DeviceData
+from autoall.training._data import DeviceData
 
 
 def section_precision(

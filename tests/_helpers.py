@@ -75,15 +75,15 @@ def lose_first_complete(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def make_vmap_unbatchable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every cohort's vmapped loss raises "Batching rule not implemented"; nothing known yet."""
-    import autoall.cohort
-    import autoall.cohort_loop
+    import autoall.training.cohort._cohort
+    import autoall.training.cohort._loop
 
     def unbatchable(*args: object, **kwargs: object) -> None:
         raise RuntimeError("Batching rule not implemented for aten::something")
 
-    monkeypatch.setattr(autoall.cohort_loop.CohortLoop, "_member_loss", unbatchable)
-    monkeypatch.setattr(autoall.cohort, "_cannot_batch", {})
-    monkeypatch.setattr(autoall.cohort, "_said", set())
+    monkeypatch.setattr(autoall.training.cohort._loop.CohortLoop, "_member_loss", unbatchable)
+    monkeypatch.setattr(autoall.training.cohort._cohort, "_cannot_batch", {})
+    monkeypatch.setattr(autoall.training.cohort._cohort, "_said", set())
 
 
 # Imports everything, then waits for the go file: the processes reach the study within
@@ -91,13 +91,13 @@ def make_vmap_unbatchable(monkeypatch: pytest.MonkeyPatch) -> None:
 _AT_ONCE = """
 import pathlib, sys, time
 import {imports}
-import autoall.cli, autoall.study, autoall.workers
+import autoall.cli._main, autoall.study._trials, autoall.study._workers
 go = pathlib.Path(sys.argv[1])
 pathlib.Path(f"{{go}}.{{sys.argv[2]}}").touch()
 while not go.exists():
     time.sleep(0.002)
 sys.argv = ["autoall", *sys.argv[3:]]
-autoall.cli.main()
+autoall.cli._main.main()
 """
 
 

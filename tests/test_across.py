@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from autoall import render
-from autoall.across import document
-from autoall.claims import arch_claims
-from autoall.report_types import ArchReport, Replicate, Report, Variant
+from autoall.report import _render as render
+from autoall.report._across import document
+from autoall.report._claims import arch_claims
+from autoall.report._types import ArchReport, Replicate, Report, Variant
 
 
 def _report(name: str, target_acc: float, epochs_verdict: str) -> Report:

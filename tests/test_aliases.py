@@ -15,11 +15,11 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from autoall.aliases import Choice, Holder, choose, follow_verdicts, set_aliases
-from autoall.conclusion import Cost
-from autoall.registry import ServingModel, log_model, register
-from autoall.report_models import Published
-from autoall.report_types import ArchReport, Claim, Replicate, Report, RunRecord
+from autoall.report._aliases import Choice, Holder, choose, follow_verdicts, set_aliases
+from autoall.report._conclusion import Cost
+from autoall.report._models import Published
+from autoall.report._types import ArchReport, Claim, Replicate, Report, RunRecord
+from autoall.tracking._model_registry import ServingModel, log_model, register
 
 ALL, BASE = "t-mlp-all", "t-mlp-baseline"
 SMALL, BIG = Cost(1000, 2.0), Cost(1200, 1.0)

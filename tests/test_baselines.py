@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from autoall.baselines import RECIPE_FIELDS, Baseline, baseline
-from autoall.config import load_study_file
-from autoall.data import DATASETS
-from autoall.models import ARCHITECTURES
-from autoall.train import TrainConfig
+from autoall.config._study_file import load_study_file
+from autoall.training._baselines import RECIPE_FIELDS, Baseline, baseline
+from autoall.training._data import DATASETS
+from autoall.training._loop import TrainConfig
+from autoall.training._models import ARCHITECTURES
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

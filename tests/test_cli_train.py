@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from autoall.cli import main, train_cmd
+from autoall.cli._main import main, train_cmd
 
 
 def _invoke(*args: str) -> Result:

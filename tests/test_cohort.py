@@ -18,12 +18,12 @@ import pytest
 import torch
 from _helpers import make_vmap_unbatchable
 
-from autoall.baselines import baseline
-from autoall.cohort import cohort_blocker, fit_cohort, group_plans
-from autoall.data import DeviceData, load_data
 from autoall.layer import ALLSpec
-from autoall.plan import RunPlan, fit
-from autoall.train import EpochStats, NonFiniteLossError, RunResult
+from autoall.training._baselines import baseline
+from autoall.training._data import DeviceData, load_data
+from autoall.training._loop import EpochStats, NonFiniteLossError, RunResult
+from autoall.training._plan import RunPlan, fit
+from autoall.training.cohort._cohort import cohort_blocker, fit_cohort, group_plans
 
 LOSS_TOL = 1e-5  # per-epoch losses, digits MLP (observed: <= 1e-5 after a few epochs)
 

@@ -10,9 +10,10 @@ import numpy as np
 import optuna
 import pytest
 
-from autoall import decision, render
-from autoall.conclusion import Cost, cheaper, conclude, conclusion, cost_of
-from autoall.report_types import ArchReport, Claim, Replicate, Report, RunRecord
+from autoall.report import _decision as decision
+from autoall.report import _render as render
+from autoall.report._conclusion import Cost, cheaper, conclude, conclusion, cost_of
+from autoall.report._types import ArchReport, Claim, Replicate, Report, RunRecord
 
 
 def _claim(

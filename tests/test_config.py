@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_study
 
-from autoall.cli import main
-from autoall.config import StudyFileError, load_study_file
+from autoall.cli._main import main
+from autoall.config._study_file import StudyFileError, load_study_file
 
 BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"colour": "blue"}, "colour", "unknown key; expected one of"),

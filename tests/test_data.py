@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoall.data import (
+from autoall.training._data import (
     DATASETS,
     DataNotFoundError,
     DeviceData,

@@ -1,4 +1,4 @@
-"""The report's decision rule (autoall/decision.py): against scipy, by hand and by simulation.
+"""The report's decision rule (autoall/report/_decision.py): against scipy, by hand and by simulation.
 
 The simulations are seeded, so every figure below is reproducible; each states its Monte Carlo
 standard error, mc_se = sqrt(p (1 - p) / n). The large ones run the t part of the rule vectorised
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from autoall.decision import (
+from autoall.report._decision import (
     claim_test,
     expected_best,
     holm_shaffer,

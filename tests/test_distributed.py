@@ -31,7 +31,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.pool import NullPool
 
-from autoall.cli import main
+from autoall.cli._main import main
 
 pytestmark = pytest.mark.postgres
 

@@ -9,10 +9,10 @@ import pytest
 
 from autoall import errors
 from autoall.errors import exit_code, hint, message
-from autoall.report import ReportError
-from autoall.storage import StorageError
-from autoall.tracking import TrackingError
-from autoall.train import NonFiniteLossError, TrainingOOMError
+from autoall.report._report import ReportError
+from autoall.study._storage import StorageError
+from autoall.tracking._tracker import TrackingError
+from autoall.training._loop import NonFiniteLossError, TrainingOOMError
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from conftest import write_study
 from optuna.trial import FrozenTrial, TrialState
 
-from autoall.cli import main
+from autoall.cli._main import main
 
 STORAGE = "sqlite:///autoall.db"
 VALUES = [0.9611111111111111, 1 / 3, 0.1 + 0.2]  # 10 digits would change each of them

@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from autoall.baselines import baseline
+from autoall.training._baselines import baseline
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.sh"

@@ -30,17 +30,17 @@ from conftest import write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-import autoall.checkpoint_file
-import autoall.train
-from autoall.baselines import baseline
-from autoall.checkpoint_file import sweep_temp_files, temp_name
-from autoall.cli import main
-from autoall.cohort import fit_cohort
-from autoall.data import DeviceData, load_data
+import autoall.training._checkpoint_file
+import autoall.training._loop
+from autoall.cli._main import main
 from autoall.layer import ALLSpec
-from autoall.plan import RunPlan, fit
-from autoall.study import sweep_checkpoints
-from autoall.train import RunResult
+from autoall.study._trials import sweep_checkpoints
+from autoall.training._baselines import baseline
+from autoall.training._checkpoint_file import sweep_temp_files, temp_name
+from autoall.training._data import DeviceData, load_data
+from autoall.training._loop import RunResult
+from autoall.training._plan import RunPlan, fit
+from autoall.training.cohort._cohort import fit_cohort
 
 STORAGE = "sqlite:///autoall.db"
 EVERY_EPOCH = ("--checkpoint-every", "0")
@@ -169,14 +169,14 @@ def test_temp_names_are_unguessable_and_created_exclusively(
         assert name.startswith(prefix) and name.endswith(".tmp")
         assert len(name) == len(prefix) + 16 + 4  # 64 random bits, in hex
     # were a name guessed (here: made known) and a link planted there, it is not followed
-    monkeypatch.setattr(autoall.checkpoint_file.secrets, "token_hex", lambda n: "ab" * n)
+    monkeypatch.setattr(autoall.training._checkpoint_file.secrets, "token_hex", lambda n: "ab" * n)
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     planted = tmp_path / temp_name("trial-0.pt")
     planted.symlink_to(victim)
     path = tmp_path / "trial-0.pt"
     with caplog.at_level(logging.WARNING, logger="autoall.checkpoint"):
-        assert autoall.checkpoint_file.write(path, {"epoch": 1}) is False
+        assert autoall.training._checkpoint_file.write(path, {"epoch": 1}) is False
     assert warnings_of(caplog) == [
         f"checkpoint {path} not written: File exists; the run goes on without it "
         "(something else is in its place: move it away)."
@@ -262,7 +262,9 @@ def test_a_directory_at_the_checkpoint_path_is_ignored_and_kept(
     os.mkfifo(fifo)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="autoall.checkpoint"):
-        assert autoall.checkpoint_file.read(fifo, map_location=torch.device("cpu")) is None
+        assert (
+            autoall.training._checkpoint_file.read(fifo, map_location=torch.device("cpu")) is None
+        )
     assert warnings_of(caplog) == [
         f"checkpoint {fifo} ignored (it is not a regular file); training starts from epoch 1."
     ]
@@ -394,7 +396,7 @@ def _kill_mid_write(path: Path, sig: signal.Signals) -> int:
     code = f"""
 import os, signal, torch
 from pathlib import Path
-import autoall.checkpoint_file as c
+import autoall.training._checkpoint_file as c
 def dying(obj, f, *args, **kwargs):
     f.write(b"half a checkpoint"); f.flush()
     os.kill(os.getpid(), signal.{sig.name})
@@ -501,14 +503,14 @@ def test_a_checkpoint_folder_made_read_only_mid_run_is_a_warning_not_a_crash(
     """The folder turns read-only (a real read-only remount) after the first checkpoint: the
     trials complete, the worker ends normally, the MLflow parent run is FINISHED."""
     path = write_study(tracked / "s.yaml", n_trials=2)
-    save = autoall.train._save
+    save = autoall.training._loop._save
     with tmpfs(tracked / "ckpt", "8m") as disk:
 
         def then_read_only(*args: Any) -> None:
             save(*args)
             remount(disk, "ro")
 
-        monkeypatch.setattr(autoall.train, "_save", then_read_only)
+        monkeypatch.setattr(autoall.training._loop, "_save", then_read_only)
         try:
             with caplog.at_level(logging.WARNING, logger="autoall.checkpoint"):
                 code, out = _run(

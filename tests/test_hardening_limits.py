@@ -19,10 +19,11 @@ import torch
 from click.testing import CliRunner
 from conftest import write_study
 
-import autoall.plan
-import autoall.preflight
-from autoall.cli import main
-from autoall.config import (
+import autoall.study._preflight
+import autoall.training._plan
+from autoall.cli._main import main
+from autoall.config._options import MAX_REPLICATES, REPORT_COUNTS
+from autoall.config._study_file import (
     MAX_TRAIN_SEED,
     NAME_MAX_BYTES,
     SEED_SPAN,
@@ -30,13 +31,12 @@ from autoall.config import (
     check_name,
     load_study_file,
 )
-from autoall.data import load_data, train_subset
-from autoall.models import ARCHITECTURES
-from autoall.options import MAX_REPLICATES, REPORT_COUNTS
-from autoall.preflight import Cohort, check_model_size, largest_models, report_cohort
-from autoall.report_arch import eval_seeds, selection_seeds
-from autoall.safe_yaml import YamlProblem, read_text
-from autoall.study import WorkerContext, make_sampler
+from autoall.config._yaml import YamlProblem, read_text
+from autoall.report._arch import eval_seeds, selection_seeds
+from autoall.study._preflight import Cohort, check_model_size, largest_models, report_cohort
+from autoall.study._trials import WorkerContext, make_sampler
+from autoall.training._data import load_data, train_subset
+from autoall.training._models import ARCHITECTURES
 
 
 def _one_error(output: str) -> str:
@@ -56,7 +56,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained although the input was refused")
 
-    monkeypatch.setattr(autoall.plan, "train", refuse)
+    monkeypatch.setattr(autoall.training._plan, "train", refuse)
 
 
 # --- 12: a name's bytes on disk ------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_a_name_at_the_byte_limit_fits_every_file_it_names_and_one_byte_more_is_
     (ctx.checkpoint_folder / "trial-0.pt").write_bytes(b"x")
     reports = tmp_path / "reports"
     (reports / name).mkdir(parents=True)
-    figure = f"optimisation_history_{study.replace('/', '_')}.png"  # as autoall/plots.py names it
+    figure = f"optimisation_history_{study.replace('/', '_')}.png"  # as autoall/report/_plots.py names it
     assert len(figure.encode()) == 255
     (reports / name / figure).write_bytes(b"png")
     tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=reports)  # the report's temporary
@@ -202,7 +202,7 @@ def test_the_memory_check_multiplies_by_the_cohort(
     cfg = load_study_file(path)
     (size,) = largest_models(cfg)
     one = size.train_bytes
-    monkeypatch.setattr(autoall.preflight, "physical_memory", lambda: int(3.5 * one))
+    monkeypatch.setattr(autoall.study._preflight, "physical_memory", lambda: int(3.5 * one))
     cpu = torch.device("cpu")
     assert (
         check_model_size(cfg, cpu, Cohort(3, "--cohort 3", "lower --cohort"))[0].train_bytes

@@ -3,7 +3,7 @@ a foreign one or a sibling; one report at a time per folder (a real second proce
 a full or read-only MLflow artifact folder is lost logging, never a traceback; a full `--out` is
 one line, exit 1, nothing half-written; Ctrl-C during the final write exits 130.
 
-The fast tests drive autoall/report_out.py and the CLI's checks, which run before anything
+The fast tests drive autoall/report/_out.py and the CLI's checks, which run before anything
 trains, on real folders, a real tmpfs and real read-only mounts. The slow ones share one tiny
 digits report built once for the module (its reruns reuse every run) and break its MLflow
 artifact folder or its output folder for real.
@@ -31,11 +31,10 @@ from click.testing import CliRunner
 from conftest import write_study
 from mlflow import MlflowClient
 
-import autoall.render
-from autoall.cli import main
+import autoall.report._render
+from autoall.cli._main import main
 from autoall.errors import exit_code, message
-from autoall.report import write_atomically
-from autoall.report_out import (
+from autoall.report._out import (
     LOCK,
     MANIFEST,
     OutFolderError,
@@ -44,6 +43,7 @@ from autoall.report_out import (
     hold,
     write_outputs,
 )
+from autoall.report._report import write_atomically
 
 AUTOALL = str(Path(sys.executable).with_name("autoall"))
 REPORT = ["--seeds", "2", "--top-k", "1", "--selection-seeds", "1"]
@@ -239,7 +239,7 @@ def test_a_second_process_is_refused_while_the_first_holds_the_folder(workdir: P
     lock file, and the folder made for it, are gone."""
     _synthetic_study(workdir)
     notes = workdir / "notes"
-    code = "import sys\nfrom autoall.report_out import hold\nwith hold(sys.argv[1]):\n    sys.stdin.read()"
+    code = "import sys\nfrom autoall.report._out import hold\nwith hold(sys.argv[1]):\n    sys.stdin.read()"
     first = subprocess.Popen([sys.executable, "-c", code, str(notes)], stdin=subprocess.PIPE)
     try:
         _wait_for(lambda: _lock_holder(notes) == f"{first.pid}\n", "the first process's lock")
@@ -470,14 +470,14 @@ def test_ctrl_c_in_the_report_s_final_write_exits_130(
 ) -> None:
     out = at / "reports" / "t"
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    real_write = autoall.render.write
+    real_write = autoall.report._render.write
 
     def write(report: Any, folder: Path) -> None:
         dropped = _DroppedInterrupt()  # Ctrl-C while the report's page is written
         del dropped
         real_write(report, folder)
 
-    monkeypatch.setattr(autoall.render, "write", write)
+    monkeypatch.setattr(autoall.report._render, "write", write)
     result = _invoke()
     assert result.exit_code == 130, result.output
     assert result.output.splitlines()[-1] == (

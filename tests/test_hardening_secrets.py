@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from conftest import PostgresCluster, write_study
 from test_servers import _alive, _descendants, _free_port
 
-from autoall.cli import main
+from autoall.cli._main import main
 
 # ---------------------------------------------------------------- servers (6, 17, 18)
 
@@ -305,7 +305,7 @@ def _test_split_file(splits: Path) -> Path:
 
 
 def _same(a: object, b: object) -> bool:
-    from autoall.data import SPLITS
+    from autoall.training._data import SPLITS
 
     return all(
         torch.equal(a.split(s)[0], b.split(s)[0]) and torch.equal(a.split(s)[1], b.split(s)[1])  # type: ignore[attr-defined]
@@ -333,7 +333,7 @@ def test_a_tampered_split_cache_is_rebuilt_and_test_images_stay_out_of_training(
     caplog: pytest.LogCaptureFixture,
     tamper: Callable[..., tuple[np.ndarray, np.ndarray]],
 ) -> None:
-    from autoall.data import _digits_tensors, _stratified_split, load_data
+    from autoall.training._data import _digits_tensors, _stratified_split, load_data
 
     fresh = load_data("digits")
     path = _test_split_file(splits)
@@ -373,7 +373,7 @@ def _without_digest(path: Path) -> None:  # as autoall wrote it before the diges
 def test_an_unverifiable_split_cache_is_rebuilt_with_one_warning(
     splits: Path, caplog: pytest.LogCaptureFixture, damage: Callable[[Path], None]
 ) -> None:
-    from autoall.data import load_data
+    from autoall.training._data import load_data
 
     fresh = load_data("digits")
     path = _test_split_file(splits)
@@ -387,7 +387,7 @@ def test_an_unverifiable_split_cache_is_rebuilt_with_one_warning(
 def test_a_verified_split_cache_is_used_without_scikit_learn(
     splits: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoall.data import load_data
+    from autoall.training._data import load_data
 
     fresh = load_data("digits", split_seed=7)
     monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # importing it fails
@@ -399,7 +399,7 @@ def test_a_verified_split_cache_is_used_without_scikit_learn(
 def test_a_link_planted_at_the_cache_file_is_replaced_not_written_through(
     splits: Path, tmp_path: Path
 ) -> None:
-    from autoall.data import load_data
+    from autoall.training._data import load_data
 
     fresh = load_data("digits")
     path = _test_split_file(splits)

@@ -27,13 +27,13 @@ from click.testing import CliRunner
 from conftest import write_study
 from optuna.trial import TrialState
 
-import autoall.train
-from autoall.cli import main
-from autoall.config import load_study_file
-from autoall.storage import fail_stale_trials, make_storage
-from autoall.study import suggest
-from autoall.tracking import TrackingError
-from autoall.tracking_writer import check_artifact_location
+import autoall.training._loop
+from autoall.cli._main import main
+from autoall.config._study_file import load_study_file
+from autoall.study._storage import fail_stale_trials, make_storage
+from autoall.study._trials import suggest
+from autoall.tracking._tracker import TrackingError
+from autoall.tracking._writer import check_artifact_location
 
 STORAGE = "sqlite:///autoall.db"
 FULL = (
@@ -276,7 +276,7 @@ def test_an_in_memory_storage_is_refused_before_anything_is_made(
 
 _KILLED_WORKER = """
 import os, signal, sys
-from autoall.tracking_writer import TrackingWriter
+from autoall.tracking._writer import TrackingWriter
 writer = TrackingWriter.connect(sys.argv[1], experiment="e")
 key = writer.parent_run(study_name="e/mlp", arch="mlp", params={}, tags={})
 writer.start_trial(parent_id=key, trial_number=0, params={"lr": 0.1}, tags={}, config_yaml="")
@@ -406,7 +406,7 @@ def test_a_study_whose_every_trial_runs_out_of_memory_stops_its_worker(
             raise KeyboardInterrupt
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(autoall.train, "evaluate", out_of_memory)
+    monkeypatch.setattr(autoall.training._loop, "evaluate", out_of_memory)
     result = CliRunner().invoke(
         main, ["study", "run", str(study_file), "--no-tracking", "--no-baseline"]
     )
@@ -433,18 +433,20 @@ def test_a_worker_process_s_error_is_one_line_not_a_traceback(
     import multiprocessing
     import threading
 
-    import autoall.workers
-    from autoall.options import RunOptions
-    from autoall.storage import StorageFullError
+    import autoall.study._workers
+    from autoall.config._options import RunOptions
+    from autoall.study._storage import StorageFullError
 
     def full(*args: object, **kwargs: object) -> None:
         raise StorageFullError("The Optuna storage autoall.db cannot be written: its disk is full.")
 
-    monkeypatch.setattr(autoall.workers, "_work", full)
+    monkeypatch.setattr(autoall.study._workers, "_work", full)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # the test runner's stay
     opts = RunOptions(storage=STORAGE, n_trials=1, tracking=False)
     with pytest.raises(SystemExit) as ended:
-        autoall.workers._worker_process(load_study_file(study_file), opts, 0, threading.Event())
+        autoall.study._workers._worker_process(
+            load_study_file(study_file), opts, 0, threading.Event()
+        )
     assert ended.value.code == 1
     name = multiprocessing.current_process().name
     assert capsys.readouterr().err == (

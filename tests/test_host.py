@@ -14,17 +14,17 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-import autoall.workers
-from autoall.cli import main
-from autoall.config import load_study_file
-from autoall.host import WorkerRegistry, available_cores, registry_folder, threads_per_worker
-from autoall.preflight import SMALL_STEP_FLOPS, step_flops
+import autoall.study._workers
+from autoall.cli._main import main
+from autoall.config._study_file import load_study_file
+from autoall.study._host import WorkerRegistry, available_cores, registry_folder, threads_per_worker
+from autoall.study._preflight import SMALL_STEP_FLOPS, step_flops
 
 # A worker stand-in: registers, says so, and lives until killed.
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from autoall.host import WorkerRegistry
+from autoall.study._host import WorkerRegistry
 registry = WorkerRegistry(Path(sys.argv[1]))
 assert registry.register()
 print("registered", flush=True)
@@ -106,7 +106,7 @@ def test_a_study_run_trains_with_its_share_of_the_host_s_cores(
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = available_cores()
     assert _torch_threads(study_file, 2) == [1, 1]  # small
-    monkeypatch.setattr(autoall.workers, "SMALL_STEP_FLOPS", 0.0)  # as if it were large
+    monkeypatch.setattr(autoall.study._workers, "SMALL_STEP_FLOPS", 0.0)  # as if it were large
     assert _torch_threads(study_file, 4) == [cores, cores]
     other = _holder(registry_folder())  # another worker on this host, e.g. a second study run
     try:

@@ -385,7 +385,7 @@ def test_an_output_from_no_single_linear_is_refused(model: nn.Module, reason: st
 
 
 def test_insert_all_on_the_built_in_models_wraps_their_head() -> None:
-    from autoall.models import build_model
+    from autoall.training._models import build_model
 
     for arch in ("mlp", "cnn", "vgg16", "resnet18"):
         plain = build_model(arch, in_shape=(1, 8, 8), num_classes=10)

@@ -28,8 +28,14 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from torch import nn
 
 import autoall
-from autoall.cli import main
-from autoall.registry import LoggedModel, ServingModel, evaluable, log_model, register
+from autoall.cli._main import main
+from autoall.tracking._model_registry import (
+    LoggedModel,
+    ServingModel,
+    evaluable,
+    log_model,
+    register,
+)
 
 NAME = "t-mlp-all"
 DATA_TAGS = {"data.name": "digits", "data.val_fraction": "0.25", "data.split_seed": "0"}

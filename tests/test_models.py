@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from autoall.layer import ALLSpec, AutoLearningLayer, all_layers, auxiliary_loss, param_groups
-from autoall.models import ARCHITECTURES, build_model, count_parameters, parameter_matched_width
+from autoall.training._models import (
+    ARCHITECTURES,
+    build_model,
+    count_parameters,
+    parameter_matched_width,
+)
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 SMALL_SHAPES = [(1, 8, 8), (3, 32, 32)]  # digits and CIFAR

@@ -12,14 +12,14 @@ import torch
 from conftest import write_study
 from torch import nn
 
-import autoall.plan
-from autoall.config import load_study_file
-from autoall.data import DeviceData, load_data, train_subset
+import autoall.training._plan
+from autoall.config._study_file import load_study_file
+from autoall.config._trial_plan import trial_plan
 from autoall.layer import ALLSpec
-from autoall.models import build_model
-from autoall.plan import RunPlan, fit
-from autoall.train import TrainConfig
-from autoall.trial_plan import trial_plan
+from autoall.training._data import DeviceData, load_data, train_subset
+from autoall.training._loop import TrainConfig
+from autoall.training._models import build_model
+from autoall.training._plan import RunPlan, fit
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +31,14 @@ def digits() -> DeviceData:
 def _initial_weights(plan: RunPlan, data: DeviceData) -> dict[str, torch.Tensor]:
     """The weights `fit` starts `plan` from (it seeds, then builds), by parameter name."""
     captured: dict[str, torch.Tensor] = {}
-    real = autoall.plan.train
+    real = autoall.training._plan.train
 
     def spy(model: nn.Module, data: DeviceData, cfg: TrainConfig, *a: Any, **kw: Any) -> Any:
         captured.update({k: v.detach().clone() for k, v in model.named_parameters()})
         return real(model, data, replace(cfg, epochs=1), **kw)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(autoall.plan, "train", spy)
+        mp.setattr(autoall.training._plan, "train", spy)
         fit(plan, data)
     return captured
 

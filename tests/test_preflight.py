@@ -1,5 +1,5 @@
 """A user's mistake in any command: one line `Error: ...`, exit code 2, and nothing stored,
-created or trained first (autoall/preflight.py, the device check, read-only storage access)."""
+created or trained first (autoall/study/_preflight.py, the device check, read-only storage access)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import torch
 from click.testing import CliRunner
 from conftest import free_port, write_study
 
-import autoall.plan
-import autoall.preflight
-from autoall.cli import main
-from autoall.config import load_study_file
-from autoall.data import load_data
+import autoall.study._preflight
+import autoall.training._plan
+from autoall.cli._main import main
+from autoall.config._study_file import load_study_file
 from autoall.layer import ALLSpec
-from autoall.models import build_model, count_parameters
-from autoall.preflight import INPUT_SHAPES, cap_workers, largest_models
+from autoall.study._preflight import INPUT_SHAPES, cap_workers, largest_models
+from autoall.training._data import load_data
+from autoall.training._models import build_model, count_parameters
 
 
 def _one_error(output: str) -> str:
@@ -41,7 +41,7 @@ def _no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained although the input was refused")
 
-    monkeypatch.setattr(autoall.plan, "train", refuse)
+    monkeypatch.setattr(autoall.training._plan, "train", refuse)
 
 
 @pytest.fixture
@@ -237,8 +237,8 @@ def test_an_unreachable_storage_is_one_line_and_creates_nothing(
 
 
 def test_n_jobs_is_capped_by_cores_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(autoall.preflight, "available_cores", lambda: 2)
-    monkeypatch.setattr(autoall.preflight, "available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(autoall.study._preflight, "available_cores", lambda: 2)
+    monkeypatch.setattr(autoall.study._preflight, "available_memory", lambda: 64 * 2**30)
     gib = 2**30
     assert cap_workers(2, gpus=0, trials_per_gpu=1, per_worker_bytes=gib) == (2, None)
     n, why = cap_workers(1000, gpus=0, trials_per_gpu=1, per_worker_bytes=gib)
@@ -256,7 +256,7 @@ def test_n_jobs_is_capped_by_cores_and_memory(monkeypatch: pytest.MonkeyPatch) -
 def test_study_run_says_it_capped_n_jobs_and_runs_that_many(
     study_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(autoall.preflight, "available_cores", lambda: 1)
+    monkeypatch.setattr(autoall.study._preflight, "available_cores", lambda: 1)
     result = CliRunner().invoke(
         main,
         ["study", "run", str(study_file), "--n-jobs", "1000", "--n-trials", "1", "--no-tracking",

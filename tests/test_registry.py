@@ -36,8 +36,8 @@ from conftest import free_port, write_study
 from mlflow import MlflowClient
 
 import autoall
-from autoall.cli import main
-from autoall.registry import registered_name
+from autoall.cli._main import main
+from autoall.tracking._model_registry import registered_name
 
 NAMES = ("t-mlp-all", "t-mlp-baseline")
 VARIANT = {"t-mlp-all": "all", "t-mlp-baseline": "tuned-baseline"}
@@ -208,7 +208,7 @@ _FRESH = """
 import json, sys
 import mlflow.pytorch
 import autoall
-from autoall.data import load_data
+from autoall.training._data import load_data
 
 name = sys.argv[1]
 model = mlflow.pytorch.load_model(f"models:/{name}/latest")
@@ -260,7 +260,7 @@ def test_a_model_is_logged_into_this_folder_s_store_after_another_folder_s(
     import numpy as np
     from torch import nn
 
-    from autoall.registry import ServingModel, log_model
+    from autoall.tracking._model_registry import ServingModel, log_model
 
     relative = "sqlite:///mlruns/mlflow.db"
     for folder in ("first", "second"):

@@ -14,15 +14,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_study
 
-import autoall.commands
-import autoall.plan
-import autoall.report
-from autoall.cli import main
-from autoall.config import StudyFileError, load_study_file
-from autoall.storage import make_storage
-from autoall.study import WorkerContext, create_studies, make_sampler
-from autoall.summary import resolve_study_names
-from autoall.trial_plan import trial_plan
+import autoall.cli._commands
+import autoall.report._report
+import autoall.training._plan
+from autoall.cli._main import main
+from autoall.config._study_file import StudyFileError, load_study_file
+from autoall.config._trial_plan import trial_plan
+from autoall.study._storage import make_storage
+from autoall.study._summary import resolve_study_names
+from autoall.study._trials import WorkerContext, create_studies, make_sampler
 
 STORAGE = "sqlite:///autoall.db"
 KNOBS = {"hidden_size", "all_lr", "aux_weight", "aux_loss", "positions"}
@@ -110,13 +110,13 @@ def test_study_run_with_replicates_runs_every_study_of_every_replicate(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seeds: list[int] = []
-    real_train = autoall.plan.train
+    real_train = autoall.training._plan.train
 
     def recording_train(model, data, cfg, on_epoch=None, **kw):  # type: ignore[no-untyped-def]
         seeds.append(cfg.seed)
         return real_train(model, data, cfg, on_epoch=on_epoch, **kw)
 
-    monkeypatch.setattr(autoall.plan, "train", recording_train)
+    monkeypatch.setattr(autoall.training._plan, "train", recording_train)
     path = write_study(workdir / "s.yaml", n_trials=2, train={"epochs": 2, "seed": 7})
     result = _invoke("study", "run", str(path), "--replicates", "2", "--no-tracking")
     assert result.exit_code == 0, result.output
@@ -219,8 +219,8 @@ def test_report_options_override_the_study_file(
         seen.append((cfg, opts))
         return SimpleNamespace(out=workdir / "reports" / cfg.name)
 
-    monkeypatch.setattr(autoall.report, "check_studies", lambda cfg, url: {})
-    monkeypatch.setattr(autoall.report, "run_report", fake_report)
+    monkeypatch.setattr(autoall.report._report, "check_studies", lambda cfg, url: {})
+    monkeypatch.setattr(autoall.report._report, "run_report", fake_report)
     path = write_study(workdir / "s.yaml", replicates=3,
                        report={"margin": 1.5, "tuning_trials": 4})  # fmt: skip
     assert _invoke("report", str(path)).exit_code == 0
@@ -243,7 +243,7 @@ def test_the_demo_runs_studies_demo_yaml_whose_report_reruns_as_printed(
     calls: dict[str, dict[str, Any]] = {}
     for name in ("study_run", "study_status", "report"):
         monkeypatch.setattr(
-            autoall.commands, name, lambda name=name, **kw: calls.__setitem__(name, kw)
+            autoall.cli._commands, name, lambda name=name, **kw: calls.__setitem__(name, kw)
         )
     result = _invoke("demo")
     assert result.exit_code == 0, result.output
@@ -273,8 +273,8 @@ def test_report_counts_come_from_the_file_unless_an_option_says_otherwise(
         seen.append(opts.resolved(cfg.report))  # as run_report resolves them
         return SimpleNamespace(out=workdir / "reports" / cfg.name)
 
-    monkeypatch.setattr(autoall.report, "check_studies", lambda cfg, url: {})
-    monkeypatch.setattr(autoall.report, "run_report", fake_report)
+    monkeypatch.setattr(autoall.report._report, "check_studies", lambda cfg, url: {})
+    monkeypatch.setattr(autoall.report._report, "run_report", fake_report)
     path = write_study(workdir / "c.yaml", report={"seeds": 5, "top_k": 2})
     assert _invoke("report", str(path)).exit_code == 0
     assert (seen[-1].seeds, seen[-1].top_k, seen[-1].selection_seeds) == (5, 2, 3)

@@ -29,13 +29,14 @@ from click.testing import CliRunner
 from conftest import write_study
 from mlflow import MlflowClient
 
-import autoall.report_store
-from autoall import decision, stats_across
-from autoall.cli import main
-from autoall.report_out import MANIFEST
-from autoall.report_store import config_hash, run_settings
-from autoall.report_types import FINAL_METRICS
-from autoall.version import code_version
+import autoall.report._store
+from autoall._provenance import code_version
+from autoall.cli._main import main
+from autoall.report import _decision as decision
+from autoall.report import _stats_across as stats_across
+from autoall.report._out import MANIFEST
+from autoall.report._store import config_hash, run_settings
+from autoall.report._types import FINAL_METRICS
 
 SEEDS = 2
 REPLICATES = 2
@@ -108,7 +109,7 @@ def _build(root: Path) -> Built:
         ran = CliRunner().invoke(main, ["study", "run", "study.yaml", "--no-baseline"])
         assert ran.exit_code == 0, ran.output
 
-        real_fit, calls, seen, cohorts = autoall.report_store.fit_cohort, [], [], []
+        real_fit, calls, seen, cohorts = autoall.report._store.fit_cohort, [], [], []
 
         def interrupting(plans: Any, data: Any, **kwargs: Any) -> Any:
             logged = kwargs["on_end"]
@@ -121,7 +122,7 @@ def _build(root: Path) -> Built:
 
             return real_fit(plans, data, **{**kwargs, "on_end": on_end})
 
-        real_alone = autoall.report_store.fit  # a published winner's first seed trains alone
+        real_alone = autoall.report._store.fit  # a published winner's first seed trains alone
 
         def interrupting_alone(plan: Any, data: Any, **kwargs: Any) -> Any:
             result = real_alone(plan, data, **kwargs)
@@ -130,8 +131,8 @@ def _build(root: Path) -> Built:
                 raise KeyboardInterrupt
             return result
 
-        mp.setattr(autoall.report_store, "fit_cohort", interrupting)
-        mp.setattr(autoall.report_store, "fit", interrupting_alone)
+        mp.setattr(autoall.report._store, "fit_cohort", interrupting)
+        mp.setattr(autoall.report._store, "fit", interrupting_alone)
         first = _report()
         assert not (root / "reports").exists()  # nothing written half-way
 
@@ -146,8 +147,8 @@ def _build(root: Path) -> Built:
             cohorts.append((bool(kwargs.get("evaluate_test")), 1))
             return real_alone(plan, data, **kwargs)
 
-        mp.setattr(autoall.report_store, "fit_cohort", counting)
-        mp.setattr(autoall.report_store, "fit", counting_alone)
+        mp.setattr(autoall.report._store, "fit_cohort", counting)
+        mp.setattr(autoall.report._store, "fit", counting_alone)
         result = _report()
         assert result.exit_code == 0, result.output
         out = root / "reports" / "t"
@@ -348,9 +349,9 @@ def test_the_parameter_matched_control_is_within_two_percent(built: Built) -> No
 
 
 def test_cache_keys_hold_the_code_version() -> None:
-    from autoall.data import load_data
-    from autoall.plan import RunPlan
-    from autoall.train import TrainConfig
+    from autoall.training._data import load_data
+    from autoall.training._loop import TrainConfig
+    from autoall.training._plan import RunPlan
 
     data = load_data("digits")
     plan = RunPlan("mlp", TrainConfig(seed=1000))
@@ -373,7 +374,7 @@ def test_a_rerun_reuses_every_run_and_gives_the_same_results(
 
     monkeypatch.chdir(built.root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(autoall.report_store, "fit_cohort", no_training)
+    monkeypatch.setattr(autoall.report._store, "fit_cohort", no_training)
     before = (built.out / "results.csv").read_text()
     result = _report()
     assert result.exit_code == 0, result.output
@@ -415,7 +416,7 @@ def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
     shutil.copyfile(empty_store, tmp_path / "mlruns" / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    real_fit, real_alone, runs = autoall.report_store.fit_cohort, autoall.report_store.fit, []
+    real_fit, real_alone, runs = autoall.report._store.fit_cohort, autoall.report._store.fit, []
 
     def one_by_one(plans: Any, data: Any, **kwargs: Any) -> Any:
         runs.append(len(plans))
@@ -425,8 +426,8 @@ def test_a_variant_s_seeds_train_as_one_cohort_and_equal_the_runs_alone(
         runs.append(1)
         return real_alone(plan, data, **kwargs)
 
-    monkeypatch.setattr(autoall.report_store, "fit_cohort", one_by_one)
-    monkeypatch.setattr(autoall.report_store, "fit", alone)
+    monkeypatch.setattr(autoall.report._store, "fit_cohort", one_by_one)
+    monkeypatch.setattr(autoall.report._store, "fit", alone)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

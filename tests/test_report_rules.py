@@ -13,15 +13,15 @@ import optuna
 import pytest
 import torch
 
-from autoall import claims
-from autoall.config import SamplerConfig
-from autoall.data import load_data, train_subset
-from autoall.plan import RunPlan, fit
-from autoall.report_budget import arm_budget, default_margin
-from autoall.report_retune import ReducedDataError, equal_steps, retune
-from autoall.report_types import ArchReport, Claim, Replicate, RunRecord, Variant
-from autoall.search_space import ParamSpec
-from autoall.train import TrainConfig, steps_per_epoch
+from autoall.config._space import ParamSpec
+from autoall.config._study_file import SamplerConfig
+from autoall.report import _claims as claims
+from autoall.report._budget import arm_budget, default_margin
+from autoall.report._retune import ReducedDataError, equal_steps, retune
+from autoall.report._types import ArchReport, Claim, Replicate, RunRecord, Variant
+from autoall.training._data import load_data, train_subset
+from autoall.training._loop import TrainConfig, steps_per_epoch
+from autoall.training._plan import RunPlan, fit
 
 
 @pytest.fixture(scope="module")

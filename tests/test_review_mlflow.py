@@ -32,8 +32,8 @@ from mlflow import MlflowClient
 from scipy import stats as scipy_stats
 
 import autoall
-from autoall.cli import main
-from autoall.report_mlflow import metric_key
+from autoall.cli._main import main
+from autoall.report._mlflow import metric_key
 
 ROLES = {"evaluation": "report-run", "selection": "selection-run", "tuning": "tuning-run"}
 BASELINE_ARM = ("tuned-baseline", "hand-set", "param-matched")  # no ALL in the network
@@ -143,7 +143,7 @@ def test_the_report_s_runs_are_an_experiment_of_their_own_linked_both_ways(built
 def test_autoall_ui_links_the_report_experiment_too(
     built: Built, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoall.servers import mlflow_ui
+    from autoall.cli._servers import mlflow_ui
 
     monkeypatch.chdir(built.root)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

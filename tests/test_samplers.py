@@ -1,5 +1,5 @@
 """Independent workers never run the same parameters: a sampler stream per (seed, replicate,
-trial number) (autoall/samplers.py), reproducible for one worker; and each trial records whether
+trial number) (autoall/study/_samplers.py), reproducible for one worker; and each trial records whether
 the sampler drew it at random or from its model (`sampler_phase`)."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from _helpers import at_once
 from click.testing import CliRunner
 from conftest import write_study
 
-from autoall.cli import main
-from autoall.config import load_study_file
-from autoall.samplers import PerTrialSeed, reseed, stream_seed
-from autoall.study import make_sampler, sampler_phase, suggest
+from autoall.cli._main import main
+from autoall.config._study_file import load_study_file
+from autoall.study._samplers import PerTrialSeed, reseed, stream_seed
+from autoall.study._trials import make_sampler, sampler_phase, suggest
 
 
 def _rounded(params: dict[str, Any]) -> tuple[Any, ...]:

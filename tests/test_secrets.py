@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import MlflowServer, PostgresCluster, write_study
 from mlflow import MlflowClient
 
-from autoall.cli import main
+from autoall.cli._main import main
 
 
 def _invoke(*args: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from autoall.cli import main
+from autoall.cli._main import main
 
 
 def _free_port() -> int:
@@ -137,7 +137,7 @@ def test_ui_verbose_shows_the_server_s_access_log(workdir: Path) -> None:
 
 
 def test_quiet_lines_drop_requests_and_notices_and_shorten_warnings() -> None:
-    from autoall.servers import quiet_lines
+    from autoall.cli._servers import quiet_lines
 
     server = [
         "Registry store URI not provided. Using backend store URI.",
@@ -157,7 +157,7 @@ def test_quiet_lines_drop_requests_and_notices_and_shorten_warnings() -> None:
 
 
 def test_quiet_lines_show_a_traceback_as_the_lines_of_its_exceptions() -> None:
-    from autoall.servers import quiet_lines
+    from autoall.cli._servers import quiet_lines
 
     server = [
         "2026/12/07 00:46:15 ERROR mlflow.cli: Error initializing backend store",
@@ -197,7 +197,7 @@ def test_quiet_lines_show_a_traceback_as_the_lines_of_its_exceptions() -> None:
 def test_toml_string_keeps_every_character_of_a_url(url: str) -> None:
     import tomllib
 
-    from autoall.servers import toml_string
+    from autoall.cli._servers import toml_string
 
     assert tomllib.loads(f"storage = {toml_string(url)}") == {"storage": url}
 
@@ -208,7 +208,7 @@ def test_the_dashboard_reads_its_storage_from_a_toml_file_on_its_stdin(tmp_path:
     import optuna
     import tomllib
 
-    from autoall.servers import optuna_dashboard
+    from autoall.cli._servers import optuna_dashboard
 
     url = f"sqlite:///{tmp_path}/o.db"
     optuna.create_study(storage=url)
@@ -239,7 +239,7 @@ def test_an_optuna_dashboard_too_old_to_read_a_config_file_is_one_line(
 def test_the_mlflow_ui_reads_its_stores_from_its_environment(
     tracked: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoall.servers import mlflow_ui
+    from autoall.cli._servers import mlflow_ui
 
     monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)  # mlflow_ui sets it for the server
     server = mlflow_ui(_free_port(), None)
@@ -320,7 +320,7 @@ def test_ui_links_name_this_folder_s_experiments_after_another_folder_s(
 
     from mlflow import MlflowClient
 
-    from autoall.servers import _experiment_links
+    from autoall.cli._servers import _experiment_links
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     links = []

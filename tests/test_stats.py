@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from autoall.stats import format_p, mean_std, time_to_target
-from autoall.stats_across import iqm, probability_of_improvement, stratified_bootstrap_ci
+from autoall.report._stats import format_p, mean_std, time_to_target
+from autoall.report._stats_across import iqm, probability_of_improvement, stratified_bootstrap_ci
 
 
 def test_mean_std_uses_the_sample_standard_deviation() -> None:

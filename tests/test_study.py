@@ -26,12 +26,12 @@ from click.testing import CliRunner
 from conftest import write_study
 from optuna.trial import FrozenTrial, TrialState
 
-import autoall.plan
-import autoall.study
-import autoall.train
-from autoall.cli import main
-from autoall.config import load_study_file
-from autoall.train import NonFiniteLossError, TrainingOOMError
+import autoall.study._trials
+import autoall.training._loop
+import autoall.training._plan
+from autoall.cli._main import main
+from autoall.config._study_file import load_study_file
+from autoall.training._loop import NonFiniteLossError, TrainingOOMError
 
 STORAGE = "sqlite:///autoall.db"
 
@@ -63,7 +63,7 @@ def test_study_meets_its_target_and_a_rerun_trains_nothing(
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained although the target was met")
 
-    monkeypatch.setattr(autoall.plan, "train", no_training)
+    monkeypatch.setattr(autoall.training._plan, "train", no_training)
     code, out = _run(str(study_file))
     assert code == 0, out
     assert "Target met" in out
@@ -125,12 +125,12 @@ def test_raising_n_trials_runs_only_the_remainder(study_file: Path) -> None:
 def test_the_test_split_is_never_evaluated(
     study_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoall.data import DeviceData
+    from autoall.training._data import DeviceData
 
     splits: list[str] = []
     test_sizes: list[int] = []
     real_split = DeviceData.split
-    real_train = autoall.plan.train
+    real_train = autoall.training._plan.train
 
     def recording_split(self: DeviceData, which: str):  # type: ignore[no-untyped-def]
         splits.append(which)
@@ -142,7 +142,7 @@ def test_the_test_split_is_never_evaluated(
         return real_train(model, data, cfg, on_epoch=on_epoch, **kw)
 
     monkeypatch.setattr(DeviceData, "split", recording_split)
-    monkeypatch.setattr(autoall.plan, "train", recording_train)
+    monkeypatch.setattr(autoall.training._plan, "train", recording_train)
     assert _run(str(study_file), "--n-trials", "2")[0] == 0
     assert splits and set(splits) == {"val"}
     assert test_sizes == [0, 0]  # the study's data does not even hold the test split
@@ -228,7 +228,7 @@ def test_sweep_keeps_what_a_running_or_waiting_retry_resumes_from(tmp_path: Path
     names = ["trial-0.pt", "trial-1.pt", "trial-2.pt", "trial-3.pt", "trial-6.pt", "notes.pt"]
     for name in names:
         (tmp_path / name).write_bytes(b"")
-    swept = autoall.study.sweep_checkpoints(tmp_path, trials)
+    swept = autoall.study._trials.sweep_checkpoints(tmp_path, trials)
     assert [p.name for p in swept] == ["trial-0.pt", "trial-2.pt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "notes.pt", "trial-1.pt", "trial-3.pt", "trial-6.pt"
@@ -238,7 +238,7 @@ def test_sweep_keeps_what_a_running_or_waiting_retry_resumes_from(tmp_path: Path
 def test_a_trial_out_of_memory_fails_and_its_knobs_are_queued_again(
     study_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = autoall.plan.train
+    real = autoall.training._plan.train
     calls: list[int] = []
 
     def out_of_memory_once(*args: Any, **kwargs: Any) -> Any:
@@ -247,7 +247,7 @@ def test_a_trial_out_of_memory_fails_and_its_knobs_are_queued_again(
             raise TrainingOOMError(batch_size=128, device="cuda:0")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(autoall.plan, "train", out_of_memory_once)
+    monkeypatch.setattr(autoall.training._plan, "train", out_of_memory_once)
     code, out = _run(str(study_file), "--n-trials", "2")
     assert code == 0, out  # not the knobs' fault: not counted against the worker
     first, retry, *_ = trials = _trials()
@@ -264,7 +264,7 @@ def test_a_worker_whose_trials_fail_three_times_in_a_row_stops_and_says_why(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(autoall.plan, "train", broken)
+    monkeypatch.setattr(autoall.training._plan, "train", broken)
     code, out = _run(str(study_file))
     assert code == 1, out
     assert "3 trials in a row failed; stopping this worker" in out
@@ -274,7 +274,7 @@ def test_a_worker_whose_trials_fail_three_times_in_a_row_stops_and_says_why(
 
 @pytest.mark.parametrize("multi", [False, True])
 def test_the_failure_table_maps_each_exception_to_its_end(multi: bool) -> None:
-    from autoall.objective import _ending, _SurplusTrial
+    from autoall.study._objective import _ending, _SurplusTrial
 
     pruned = _ending(optuna.TrialPruned("p"), last_epoch=4, multi=multi)
     assert (pruned.state, pruned.epoch, pruned.raises) == ("PRUNED", 4, None)
@@ -403,8 +403,8 @@ def test_a_worker_stops_at_once_after_a_ctrl_c_during_its_start_and_once_after_o
     `stop` tells it one came meanwhile, and a later SIGINT interrupts it once, not twice."""
     import multiprocessing as mp
 
-    from autoall.options import RunOptions
-    from autoall.workers import _interrupt_once, _worker_process
+    from autoall.config._options import RunOptions
+    from autoall.study._workers import _interrupt_once, _worker_process
 
     previous = signal.getsignal(signal.SIGINT)
     try:

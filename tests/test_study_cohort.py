@@ -29,15 +29,15 @@ from conftest import write_study
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-import autoall.cohort_loop
-import autoall.objective
-import autoall.optimize
-import autoall.study
-from autoall.cli import main
-from autoall.config import load_study_file
-from autoall.plan import fit
-from autoall.study import load_study_data
-from autoall.trial_plan import trial_plan
+import autoall.study._objective
+import autoall.study._trials
+import autoall.study._worker_loop
+import autoall.training.cohort._loop
+from autoall.cli._main import main
+from autoall.config._study_file import load_study_file
+from autoall.config._trial_plan import trial_plan
+from autoall.study._trials import load_study_data
+from autoall.training._plan import fit
 
 STORAGE = "sqlite:///autoall.db"
 
@@ -66,13 +66,13 @@ def test_each_member_is_told_the_result_it_has_alone_and_the_target_is_exact(
     """4 trials in cohorts of 3: one cohort of 3, then one of 1 (never 6); each trial's value is
     the final validation accuracy of its knobs trained alone."""
     sizes: list[int] = []
-    real = autoall.cohort_loop.CohortLoop.__init__
+    real = autoall.training.cohort._loop.CohortLoop.__init__
 
     def counting(self: Any, plans: Any, *args: Any, **kwargs: Any) -> None:
         sizes.append(len(plans))
         real(self, plans, *args, **kwargs)
 
-    monkeypatch.setattr(autoall.cohort_loop.CohortLoop, "__init__", counting)
+    monkeypatch.setattr(autoall.training.cohort._loop.CohortLoop, "__init__", counting)
     code, out = _run(str(study_file), "--cohort", "3")
     assert code == 0, out
     assert "4/4 (4 complete, 0 pruned, 0 failed, 0 running)" in out
@@ -158,23 +158,23 @@ def test_a_member_failed_as_stale_meanwhile_is_not_told_and_keeps_its_checkpoint
     while it trained: its end is not told over that, the cohort goes on, the checkpoint its
     retry would resume from stays."""
     path = write_study(workdir / "s.yaml", train={"epochs": 3}, n_trials=2)
-    real = autoall.objective.TrialRun.on_epoch
+    real = autoall.study._objective.TrialRun.on_epoch
 
     def failed_elsewhere(self: Any, stats: Any) -> None:
         real(self, stats)
         if self.trial.number == 0 and stats.epoch == 3:
             self.trial.study._storage.set_trial_state_values(self.trial._trial_id, TrialState.FAIL)
 
-    monkeypatch.setattr(autoall.objective.TrialRun, "on_epoch", failed_elsewhere)
+    monkeypatch.setattr(autoall.study._objective.TrialRun, "on_epoch", failed_elsewhere)
     checkpoints = workdir / ".autoall" / "checkpoints"
-    sweep = autoall.optimize._sweep
+    sweep = autoall.study._worker_loop._sweep
     seen: list[list[str]] = []  # the checkpoints there when the target was met
 
     def seeing(ctx: Any, study: optuna.Study) -> None:
         seen.append([p.name for p in checkpoints.rglob("*.pt")])
         sweep(ctx, study)
 
-    monkeypatch.setattr(autoall.optimize, "_sweep", seeing)
+    monkeypatch.setattr(autoall.study._worker_loop, "_sweep", seeing)
     code, out = _run(str(path), "--cohort", "2", "--checkpoint-every", "0")
     assert code == 0, out
     assert "trial 0 was failed as stale before its end was told" in caplog.text

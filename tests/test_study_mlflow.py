@@ -23,9 +23,9 @@ import pytest
 from conftest import write_study
 from mlflow import MlflowClient
 
-from autoall.config import load_study_file
-from autoall.tracking import Tracker
-from autoall.train import EpochStats
+from autoall.config._study_file import load_study_file
+from autoall.tracking._tracker import Tracker
+from autoall.training._loop import EpochStats
 
 
 @dataclass
@@ -124,7 +124,7 @@ def test_system_metrics_are_logged_when_asked_and_off_on_cpu_by_default(ran: Ran
 def test_log_models_logs_each_new_best_trial_and_the_model_reproduces_it(ran: Ran) -> None:
     import mlflow.pytorch
 
-    from autoall.data import load_data
+    from autoall.training._data import load_data
 
     study = ran.study()
     values = [t.values[0] for t in study.trials]

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_study
 
-from autoall import timing
-from autoall.cli import main
+from autoall import _timing as timing
+from autoall.cli._main import main
 
 
 def test_a_study_run_records_its_named_spans(workdir: Path) -> None:

@@ -21,11 +21,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 
-from autoall.models import ParamCount
-from autoall.tracking import Tracker, TrackingError, mask_secrets
-from autoall.tracking_run import NullTracker
-from autoall.tracking_store import DEFAULT_TRACKING_URI, resolve_tracking_uri
-from autoall.train import EpochStats, RunResult
+from autoall.tracking._run import NullTracker
+from autoall.tracking._store import DEFAULT_TRACKING_URI, resolve_tracking_uri
+from autoall.tracking._tracker import Tracker, TrackingError, mask_secrets
+from autoall.training._loop import EpochStats, RunResult
+from autoall.training._models import ParamCount
 
 SECRET_URL = "postgresql+psycopg2://alice:s3cret@db.example:5432/optuna"
 STUDY_PARAMS = {"sampler": "tpe", "search_space": {"hidden_size": "int 8..256 log"}}
@@ -191,7 +191,7 @@ def test_concurrent_parent_run_threads_leave_one_parent(tracker: Tracker) -> Non
 
 _WORKER = """
 import pathlib, sys, time
-from autoall.tracking import Tracker
+from autoall.tracking._tracker import Tracker
 tracker = Tracker.connect(None, experiment="fresh")  # races on creating the db and experiment
 pathlib.Path(f"ready-{sys.argv[1]}").touch()
 while not pathlib.Path("go").exists():

@@ -30,10 +30,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from optuna.trial import FrozenTrial, TrialState
 
-import autoall.plan
-import autoall.study
-from autoall.cli import main
-from autoall.train import TrainConfig
+import autoall.study._trials
+import autoall.training._plan
+from autoall.cli._main import main
+from autoall.training._loop import TrainConfig
 
 STORAGE = "sqlite:///autoall.db"
 EPOCH_METRICS = (
@@ -205,7 +205,7 @@ def test_pruned_and_failed_trials_end_their_runs_killed_and_failed(
 ) -> None:
     """Trial 1 is pruned at epoch 2 by the pruner, trial 2 raises inside training (or while
     its model is built: the run exists already and ends FAILED too)."""
-    real = getattr(autoall.plan, failing)
+    real = getattr(autoall.training._plan, failing)
     calls: list[int] = []
 
     def failing_once(*args: Any, **kwargs: Any) -> Any:
@@ -220,7 +220,7 @@ def test_pruned_and_failed_trials_end_their_runs_killed_and_failed(
         asked[self.number] = asked.get(self.number, 0) + 1
         return self.number == 1 and asked[self.number] == 2
 
-    monkeypatch.setattr(autoall.plan, failing, failing_once)
+    monkeypatch.setattr(autoall.training._plan, failing, failing_once)
     monkeypatch.setattr(optuna.Trial, "should_prune", prune_trial_1_at_epoch_2)
     path = write_study(tracked / "s.yaml", n_trials=3)
     code, out = _run(str(path))

@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from test_tracking import STUDY_PARAMS, _result, _stats
 
-from autoall.tracking import TrackingError
-from autoall.tracking_writer import TrackingWriter, WriterRun
+from autoall.tracking._tracker import TrackingError
+from autoall.tracking._writer import TrackingWriter, WriterRun
 
 
 @pytest.fixture

@@ -11,11 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from autoall.baselines import baseline
-from autoall.data import DeviceData, load_data
 from autoall.layer import ALLSpec, AutoLearningLayer, all_layers
-from autoall.models import build_model, count_parameters
-from autoall.train import (
+from autoall.training._baselines import baseline
+from autoall.training._data import DeviceData, load_data
+from autoall.training._loop import (
     EpochStats,
     NonFiniteLossError,
     RunResult,
@@ -25,6 +24,7 @@ from autoall.train import (
     seed_everything,
     train,
 )
+from autoall.training._models import build_model, count_parameters
 
 MLP_DIGITS_PARAMS = 85_002  # 64*256+256 + 256*256+256 + 256*10+10
 ALL16_PARAMS = 8_720  # down 256*16+16, up 16*256+256, recon_bias 256

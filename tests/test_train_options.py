@@ -12,11 +12,11 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from autoall.cli import main, train_cmd
-from autoall.config import _STUDY_TRAIN_KEYS
-from autoall.data import load_data
-from autoall.train_options import TRAIN_FIELDS, given_options, resolve
-from autoall.train_types import TrainConfig
+from autoall.cli._main import main, train_cmd
+from autoall.cli._train_command import TRAIN_FIELDS, given_options, resolve
+from autoall.config._study_file import _STUDY_TRAIN_KEYS
+from autoall.training._data import load_data
+from autoall.training._types import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_STUDY = ROOT / "studies" / "digits.yaml"
@@ -49,9 +49,9 @@ def _one_line_error(result: Result) -> str:
 @pytest.fixture
 def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[TrainConfig, Any, dict[str, Any]]]:
     """Every `train()` call of the command: its config, its data and the trained weights."""
-    import autoall.train
+    import autoall.training._loop
 
-    real = autoall.train.train
+    real = autoall.training._loop.train
     calls: list[tuple[TrainConfig, Any, dict[str, Any]]] = []
 
     def spy(model: torch.nn.Module, data: Any, cfg: TrainConfig, **kw: Any) -> Any:
@@ -60,7 +60,7 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[TrainConfig, Any, dic
         calls.append((cfg, data, weights))
         return result
 
-    monkeypatch.setattr(autoall.train, "train", spy)
+    monkeypatch.setattr(autoall.training._loop, "train", spy)
     return calls
 
 

@@ -23,9 +23,9 @@ from _helpers import chromium
 from conftest import free_port
 from mlflow import MlflowClient
 
-from autoall.report_mlflow import report_experiment_note, study_experiment_note
-from autoall.servers import _experiment_links
-from autoall.tracking_store import studies_link
+from autoall.cli._servers import _experiment_links
+from autoall.report._mlflow import report_experiment_note, study_experiment_note
+from autoall.tracking._store import studies_link
 
 PARENTS = [
     "digits/mlp",

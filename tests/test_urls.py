@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autoall.urls import install_log_masking, mask_secrets, sqlite_file, storage_url
+from autoall._secrets import install_log_masking, mask_secrets, sqlite_file, storage_url
 
 SECRET = "S3cr3t-Pa55"
 
@@ -196,7 +196,7 @@ def test_log_records_and_uncaught_tracebacks_are_masked() -> None:
     """In a fresh process: Optuna-style warnings with an exception, and an uncaught error."""
     code = f"""
 import logging, sys
-from autoall.urls import install_log_masking
+from autoall._secrets import install_log_masking
 install_log_masking()
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 url = "postgresql://u@h/d?password={SECRET}"
@@ -257,7 +257,7 @@ def test_sqlite_file_is_the_database_file_of_optuna_and_mlflow_urls(
 def test_client_uri_makes_a_sqlite_path_absolute_and_keeps_its_query(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from autoall.tracking_store import client_uri
+    from autoall.tracking._store import client_uri
 
     monkeypatch.chdir(tmp_path)
     db = tmp_path.resolve() / "mlruns" / "mlflow.db"

@@ -1,0 +1,5 @@
+"""`python -m autoall.cli`."""
+
+from autoall.cli._main import main
+
+main()
