@@ -30,7 +30,7 @@ experiment's file opens with what it measures and the claim it serves, and runs 
 sections 1 and 5 (``.venv/bin/python bench/gpu_paths.py --device cpu --quick``).
 
     bench/gpu_check.sh                        # one GPU, the full check
-    bench/gpu_check.sh --device cpu --quick   # the smoke test CI runs (tests/test_gpu_check.py)
+    bench/gpu_check.sh --device cpu --quick   # the smoke test CI runs (tests/bench/test_gpu_check.py)
 """
 
 from __future__ import annotations

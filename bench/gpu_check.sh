@@ -13,7 +13,7 @@
 # The first five are sized for issue 7's budget of 8 minutes on one H100 or H200 (section 4
 # leaves out settings that would overrun 7.5 minutes), section 6 for 150 s more: give the
 # command timeout_s 600. Neither has run on a GPU yet. `--device cpu --quick` is the smoke test
-# CI runs (tests/test_gpu_check.py).
+# CI runs (tests/bench/test_gpu_check.py).
 #
 # Runs from a copied tree without an install: it cds to the repository root and puts it on
 # PYTHONPATH. PYTHON selects the interpreter (default: .venv/bin/python if present, else

@@ -187,7 +187,7 @@ def test_export_writes_every_trial_as_csv_and_as_json(study_file: Path) -> None:
     assert [float(r["value"]) for r in rows] == [t.values[0] for t in trials]  # every digit
     assert [r["value"] for r in records] == [t.values[0] for t in trials]
     assert {f"params_{k}" for k in trials[0].params} <= set(rows[0]) & set(records[0])
-    for exported in (rows[0], records[0]):  # ISO 8601, as stored (tests/test_export.py)
+    for exported in (rows[0], records[0]):  # ISO 8601, as stored (tests/study/test_export.py)
         assert datetime.fromisoformat(exported["datetime_start"]) == trials[0].datetime_start
         assert exported["duration"].startswith("PT")
 

@@ -14,7 +14,7 @@ from autoall.training._data import DATASETS
 from autoall.training._loop import TrainConfig
 from autoall.training._models import ARCHITECTURES
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 # kuangliu/pytorch-cifar, main.py at commit 7ad1b9c745bebd47a273a606bfea9a8749a3bee7:
 #   L19     parser.add_argument('--lr', default=0.1, ...)

@@ -229,7 +229,7 @@ def test_defaults_come_from_the_baseline_and_the_file_overrides_them(workdir: Pa
 
 @pytest.mark.parametrize("name", ["digits", "mnist", "fashion-mnist", "cifar10"])
 def test_shipped_study_files_are_valid(name: str) -> None:
-    cfg = load_study_file(Path(__file__).parent.parent / "studies" / f"{name}.yaml")
+    cfg = load_study_file(Path(__file__).resolve().parents[2] / "studies" / f"{name}.yaml")
     assert cfg.data.name == name
 
 

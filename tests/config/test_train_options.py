@@ -18,7 +18,7 @@ from autoall.config._study_file import _STUDY_TRAIN_KEYS
 from autoall.training._data import load_data
 from autoall.training._types import TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS_STUDY = ROOT / "studies" / "digits.yaml"
 
 

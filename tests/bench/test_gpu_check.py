@@ -20,7 +20,7 @@ import torch
 
 from autoall.training._baselines import baseline
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
 

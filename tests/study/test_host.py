@@ -75,7 +75,7 @@ def test_threads_are_the_worker_s_share_of_the_cores(monkeypatch: pytest.MonkeyP
 
 def test_small_models_are_the_digits_ones() -> None:
     """One training step under 2 GFLOP (the largest model of the space) trains on one thread."""
-    studies = Path(__file__).parent.parent / "studies"
+    studies = Path(__file__).resolve().parents[2] / "studies"
     flops = {
         (name, arch): step_flops(cfg, arch)
         for name in ("digits", "mnist", "cifar10")

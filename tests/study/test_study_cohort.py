@@ -1,6 +1,6 @@
 """`autoall study run --cohort K`: K trials asked at once, trained together, each told its own
 result; exact targets, Ctrl-C, killed workers, lost storage, pruning and MLflow runs behave as
-for single trials (tests/test_study.py, tests/test_tracking_study.py)."""
+for single trials (tests/study/test_study.py, tests/tracking/test_tracking_study.py)."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ def test_train_refuses_a_model_too_large_for_memory(
 
 
 def test_the_largest_model_is_counted_as_it_would_be_built() -> None:
-    cfg = load_study_file(Path(__file__).parent.parent / "studies" / "digits.yaml")
+    cfg = load_study_file(Path(__file__).resolve().parents[2] / "studies" / "digits.yaml")
     sizes = {s.arch: s for s in largest_models(cfg)}
     data = load_data("digits")
     assert data.in_shape == INPUT_SHAPES["digits"]

@@ -1,5 +1,5 @@
 """The report's small figures and the summaries across reports, against values computed by
-hand. The decision rule of a claim is tested in tests/test_decision.py."""
+hand. The decision rule of a claim is tested in tests/report/test_decision.py."""
 
 from __future__ import annotations
 
