@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from autoall.config import StudyConfig
     from autoall.layer import ALLSpec
-    from autoall.tracking import TrialRun
+    from autoall.tracking import MlflowTrialRun
     from autoall.training import EpochStats, RunResult, TrainConfig
 
 _OR_FILE = "[default: the baseline's (autoall/training/_baselines.py), or --study's]"
@@ -401,7 +401,7 @@ class TrainTracking:
 
         from autoall._secrets import mask_secrets
         from autoall.errors import one_line
-        from autoall.tracking import Tracker, TrackingError, TrialRun, client_uri, log_params
+        from autoall.tracking import MlflowTrialRun, Tracker, TrackingError, client_uri, log_params
 
         tracker = Tracker.connect(uri, experiment=setup.experiment)  # a store that is down: exit 2
         self.uri, self.experiment = tracker.uri, setup.experiment
@@ -417,7 +417,7 @@ class TrainTracking:
             raise TrackingError(
                 f"Could not create the MLflow run in {mask_secrets(tracker.uri)}: {one_line(exc)}."
             ) from None
-        self.run: TrialRun = TrialRun(client, created.info.run_id)
+        self.run: MlflowTrialRun = MlflowTrialRun(client, created.info.run_id)
 
     @property
     def run_id(self) -> str:

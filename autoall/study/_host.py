@@ -6,7 +6,7 @@ threads as the host has cores, so two workers on 2 cores run 4 busy threads: mea
 2-core machine, two concurrent digits trainings took 15.5 s each instead of 3.35 s alone (4.6x,
 not 2x), against 2.7-4.1 s each with one thread each.
 
-Each worker registers in a per-host folder (`WorkerRegistry`): a file it holds an exclusive
+Each worker registers in a per-host folder (`HostWorkers`): a file it holds an exclusive
 `flock` on for as long as it lives. The kernel drops the lock when the process ends, however it
 ends (SIGKILL included), so the live workers are the files whose lock is held; the others are
 removed. Before each trial a worker on the CPU sets torch's threads to its share of the cores:
@@ -58,18 +58,18 @@ def available_memory() -> int:
     return physical_memory()
 
 
-def registry_folder() -> Path:
+def workers_folder() -> Path:
     """`<autoall cache>/workers/<host name>`: per host even when the cache is on a shared home."""
     from autoall.training import cache_dir
 
     return cache_dir() / "workers" / socket.gethostname()
 
 
-class WorkerRegistry:
+class HostWorkers:
     """The autoall workers alive on this host (module docstring)."""
 
     def __init__(self, folder: Path | None = None) -> None:
-        self.folder = folder or registry_folder()
+        self.folder = folder or workers_folder()
         self._fd: int | None = None
 
     def register(self) -> bool:
@@ -134,12 +134,12 @@ def threads_per_worker(workers: int, *, cores: int | None = None, small: bool = 
     return share
 
 
-def share_cores(registry: WorkerRegistry, *, small: bool = False) -> int:
+def share_cores(workers: HostWorkers, *, small: bool = False) -> int:
     """Set torch's intra-op threads to this worker's share of the host's cores (1 for a `small`
     model); returns it."""
     import torch
 
-    threads = threads_per_worker(1 if small else registry.live(), small=small)
+    threads = threads_per_worker(1 if small else workers.live(), small=small)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

@@ -152,8 +152,8 @@ class TrialRun:
         if retry_of is None and _is_surplus(trial, ctx.n_trials):
             trial.set_user_attr("fail_reason", "surplus: the target was met by other workers")
             raise _SurplusTrial(f"trial {trial.number} is beyond the target of {ctx.n_trials}")
-        if ctx.registry is not None and ctx.data.device.type == "cpu":
-            threads = share_cores(ctx.registry, small=ctx.small_model)
+        if ctx.host_workers is not None and ctx.data.device.type == "cpu":
+            threads = share_cores(ctx.host_workers, small=ctx.small_model)
             trial.set_user_attr("torch_threads", threads)
         with timing.span("trial.suggest"):
             self.params = params = suggest(trial, cfg.space(arch, ctx.kind))

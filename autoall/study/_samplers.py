@@ -34,9 +34,10 @@ from optuna.samplers import (
     RandomSampler,
     TPESampler,
 )
-from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
+
+from autoall.study._storage import LazyRandomState, finished_trials, set_user_attr
 
 # Optuna offers only `reseed_rng()` (fresh entropy from the OS), not a seed. The random states
 # its samplers draw from are these private attributes (Optuna 4 and 5): `_rng` (TPE, random,
@@ -88,7 +89,7 @@ def phase(sampler: BaseSampler, study: Study, trial: FrozenTrial, n_startup_tria
         states: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.PRUNED)
     else:  # GPSampler, CmaEsSampler (consider_pruned_trials off, as make_sampler makes it)
         states = (TrialState.COMPLETE,)
-    finished = study._get_trials(deepcopy=False, states=states, use_cache=True)
+    finished = finished_trials(study, states)
     return STARTUP if len(finished) < n_startup_trials else GUIDED
 
 
@@ -133,7 +134,7 @@ class PerTrialSeed(BaseSampler):
         sampler decides. A retried trial keeps the phase it inherited."""
         if PHASE_ATTR not in trial.user_attrs:
             drawn = phase(self.sampler, study, trial, self.n_startup_trials)
-            study._storage.set_trial_user_attr(trial._trial_id, PHASE_ATTR, drawn)
+            set_user_attr(study, trial, PHASE_ATTR, drawn)
         return self.sampler.sample_relative(study, trial, search_space)
 
     def sample_independent(

@@ -28,6 +28,10 @@ Optuna's private API, used only in this module:
   thread is per trial and only inside `study.optimize`.
 - The RDBStorage methods named in RETRIED, some private (`_get_trials`, `_set_trial_param`, ...):
   overridden to ride out an outage; they are what the public Study methods call.
+- For the samplers (`autoall/study/_samplers.py`): `LazyRandomState`, the random state each
+  sampler holds and autoall reseeds per trial; `Study._get_trials(use_cache=True)`, the snapshot
+  a sampler decides on (`finished_trials`); and a running trial's user attribute set from a
+  FrozenTrial (`set_user_attr`).
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.samplers._lazy_random_state import LazyRandomState as LazyRandomState  # private
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import is_heartbeat_enabled  # private: not re-exported
+from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -86,10 +92,6 @@ RETRIED = (
     "set_trial_user_attr",
     "set_trial_system_attr",
 )
-
-
-class NoStorageError(ValueError):
-    """An inspecting command was pointed at a SQLite file that does not exist."""
 
 
 @timing.span("setup.storage")
@@ -359,3 +361,15 @@ class Heartbeats:
                 self._storage.record_heartbeat(trial_id)  # autoall's storage logs a failure
             if self._stop.wait(timeout=interval):
                 return
+
+
+def finished_trials(study: Study, states: tuple[TrialState, ...]) -> list[FrozenTrial]:
+    """The trials in `states` from Optuna's cached snapshot, the one its samplers read to decide
+    (private: `Study._get_trials(use_cache=True)`), so a phase counts what the sampler counted."""
+    return study._get_trials(deepcopy=False, states=states, use_cache=True)
+
+
+def set_user_attr(study: Study, trial: FrozenTrial, key: str, value: Any) -> None:
+    """A running trial's user attribute, set from a sampler, which holds a FrozenTrial and not a
+    Trial (private: `Study._storage` and `FrozenTrial._trial_id`)."""
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)

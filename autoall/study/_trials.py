@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoall import _timing as timing
 from autoall.config import KINDS, ParamSpec, SamplerConfig, StudyConfig
-from autoall.study._host import WorkerRegistry
+from autoall.study._host import HostWorkers
 from autoall.study._samplers import GUIDED, PHASE_ATTR, STARTUP, PerTrialSeed
 from autoall.tracking import StudyTracker
 from autoall.training import DeviceData, load_data, remove_checkpoint, sweep_temp_files
@@ -243,10 +243,9 @@ class WorkerContext:
     checkpoint_every: float = 0.0  # seconds between a trial's checkpoints (0: every epoch)
     # (trial number, checkpoint) of the trial just ended here: dropped once Optuna stored its state
     ended_checkpoint: tuple[int, Path] | None = None
-    on_trial_end: Callable[[FrozenTrial], None] | None = None
     system_metrics: bool = False  # MLflow's system metrics in every trial's run
     log_models: bool = False  # a trial's model into its run when it becomes the study's best
-    registry: WorkerRegistry | None = None  # this host's workers: torch threads = share of cores
+    host_workers: HostWorkers | None = None  # this host's workers: torch threads = share of cores
     small_model: bool = False  # every model of the study trains fastest on one thread
     cohort: int = 1  # trials asked at once and trained together (autoall/study/_cohort_trials.py)
     replicate: int = 0  # which independent search of the study (its seeds and its name)
@@ -332,8 +331,6 @@ def after_trial(ctx: WorkerContext) -> Callable[[optuna.Study, FrozenTrial], Non
                     best_trial=best.number if new_best and best is not None else None,
                     best_params=dict(best.params) if new_best and best is not None else None,
                 )
-        if ctx.on_trial_end is not None:
-            ctx.on_trial_end(trial)
 
     return callback
 

@@ -29,7 +29,7 @@ from autoall import _timing as timing
 from autoall import errors
 from autoall._secrets import install_log_masking, mask_secrets
 from autoall.config import RunOptions, StudyConfig
-from autoall.study._host import WorkerRegistry
+from autoall.study._host import HostWorkers
 from autoall.study._outage import stop_waiting
 from autoall.study._preflight import SMALL_STEP_FLOPS, step_flops
 from autoall.study._storage import make_storage
@@ -234,8 +234,8 @@ def _work(
 ) -> None:
     """One worker: every study in turn (per architecture, per replicate, the ALL study, then
     its tuned baseline), each until its target is met (autoall/study/_worker_loop.py)."""
-    registry = WorkerRegistry()
-    registry.register()  # this host's workers share its cores (autoall/study/_host.py)
+    host_workers = HostWorkers()
+    host_workers.register()  # this host's workers share its cores (autoall/study/_host.py)
     try:
         storage = make_storage(opts.storage, cfg)
         data = load_study_data(cfg, opts.device)
@@ -259,14 +259,14 @@ def _work(
                 checkpoint_every=opts.checkpoint_every,
                 system_metrics=opts.system_metrics,
                 log_models=opts.log_models,
-                registry=registry,
+                host_workers=host_workers,
                 small_model=step_flops(cfg, arch) < SMALL_STEP_FLOPS,
                 cohort=opts.cohort,
                 replicate=replicate,
             )
             run_worker(ctx, study)
     finally:
-        registry.unregister()
+        host_workers.unregister()
 
 
 def _worker_process(cfg: StudyConfig, opts: RunOptions, index: int, stop: Any) -> None:

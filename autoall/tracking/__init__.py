@@ -19,7 +19,7 @@ from autoall.tracking._model_registry import (
     version_tags,
 )
 from autoall.tracking._roles import StudyTracker, TrackedRun
-from autoall.tracking._run import NullTracker, TrialRun, final_metrics
+from autoall.tracking._run import MlflowTrialRun, NullTracker, final_metrics
 from autoall.tracking._store import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_PER_BATCH,
@@ -54,7 +54,7 @@ __all__ = [
     "Tracker",
     "TrackingError",
     "TrackingWriter",
-    "TrialRun",
+    "MlflowTrialRun",
     "accuracy",
     "check_artifact_location",
     "check_server",

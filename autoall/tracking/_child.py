@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from autoall.tracking._run import EpochPoint, TrialRun
+from autoall.tracking._run import EpochPoint, MlflowTrialRun
 from autoall.tracking._tracker import Tracker, TrackingError
 
 log = logging.getLogger("autoall.tracking")
@@ -50,7 +50,7 @@ class _Child:
 
     def __post_init__(self) -> None:
         self.parents: dict[str, str] = {}
-        self.runs: dict[int, TrialRun] = {}
+        self.runs: dict[int, MlflowTrialRun] = {}
         self.held: dict[int, list[EpochPoint]] = {}  # epochs not written yet, by run
         self.flushed: dict[int, float] = {}  # when each run's epochs were last written
         self.reported = 0  # how much of tracker.lost went to the worker

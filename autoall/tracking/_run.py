@@ -1,4 +1,4 @@
-"""A trial's MLflow run (`TrialRun`: per-epoch metrics, final metrics, state tags, status,
+"""A trial's MLflow run (`MlflowTrialRun`: per-epoch metrics, final metrics, state tags, status,
 learning curve), and the run and tracker that log nothing (`NullRun`, `NullTracker`:
 --no-tracking)."""
 
@@ -44,7 +44,7 @@ class EpochPoint:
         return self.values
 
 
-class TrialRun(RetryingCalls):
+class MlflowTrialRun(RetryingCalls):
     """The child run of one trial: per-epoch metrics, final metrics, artifacts, status."""
 
     def __init__(
@@ -214,7 +214,7 @@ def _with_best(final: Mapping[str, float] | None, history: Sequence[Epoch]) -> d
 
 
 class NullRun:
-    """A `TrialRun` that logs nothing (--no-tracking)."""
+    """A `MlflowTrialRun` that logs nothing (--no-tracking)."""
 
     def __init__(self) -> None:
         self.run_id = ""

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from autoall._secrets import mask_secrets, sqlite_file
 from autoall.errors import UserError, one_line
-from autoall.tracking._run import TrialRun
+from autoall.tracking._run import MlflowTrialRun
 from autoall.tracking._store import (
     MAX_TAG_LENGTH,
     RetryingCalls,
@@ -231,14 +231,14 @@ class Tracker(RetryingCalls):
         config_yaml: str,
         run_name: str | None = None,
         system_metrics: bool = False,
-    ) -> TrialRun:
+    ) -> MlflowTrialRun:
         """Start the RUNNING child run of one trial, with its params and `config.yaml`; with
         `system_metrics`, MLflow's system metrics of this host for it until it ends.
 
         If the run cannot be created, the returned run has `run_id == ""`, does nothing, and
         says why in `lost`.
         """
-        run = TrialRun(self._client, "", retries=self.retries, retry_wait=self.retry_wait)
+        run = MlflowTrialRun(self._client, "", retries=self.retries, retry_wait=self.retry_wait)
         run_tags = {
             **tags,
             "mlflow.parentRunId": parent_id,
@@ -357,9 +357,9 @@ class Tracker(RetryingCalls):
         """Mark a run that its worker left RUNNING (killed) as FAILED, with the reason."""
         run = self._call(f"get run {run_id}", self._client.get_run, run_id)
         if run is not None and run.info.status == "RUNNING":
-            TrialRun(self._client, run_id, retries=self.retries, retry_wait=self.retry_wait).finish(
-                "FAIL", reason=reason
-            )
+            MlflowTrialRun(
+                self._client, run_id, retries=self.retries, retry_wait=self.retry_wait
+            ).finish("FAIL", reason=reason)
 
     def find_trial_run(self, parent_id: str, trial_number: int) -> str | None:
         """The newest active child run of `parent_id` for `trial_number`, or None."""
@@ -398,6 +398,6 @@ def _oldest(runs: list[Run]) -> Run:
 if TYPE_CHECKING:  # mypy checks that each class plays the role it is used in
 
     def _roles(
-        tracker: Tracker, null: NullTracker, run: TrialRun, null_run: NullRun
+        tracker: Tracker, null: NullTracker, run: MlflowTrialRun, null_run: NullRun
     ) -> tuple[StudyTracker, StudyTracker, TrackedRun, TrackedRun]:
         return tracker, null, run, null_run

@@ -17,15 +17,15 @@ from click.testing import CliRunner
 import autoall.study._workers
 from autoall.cli._main import main
 from autoall.config._study_file import load_study_file
-from autoall.study._host import WorkerRegistry, available_cores, registry_folder, threads_per_worker
+from autoall.study._host import HostWorkers, available_cores, threads_per_worker, workers_folder
 from autoall.study._preflight import SMALL_STEP_FLOPS, step_flops
 
 # A worker stand-in: registers, says so, and lives until killed.
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from autoall.study._host import WorkerRegistry
-registry = WorkerRegistry(Path(sys.argv[1]))
+from autoall.study._host import HostWorkers
+registry = HostWorkers(Path(sys.argv[1]))
 assert registry.register()
 print("registered", flush=True)
 time.sleep(600)
@@ -42,7 +42,7 @@ def _holder(folder: Path) -> subprocess.Popen[str]:
 
 def test_the_registry_counts_live_workers_and_forgets_killed_ones(tmp_path: Path) -> None:
     folder = tmp_path / "workers"
-    ours = WorkerRegistry(folder)
+    ours = HostWorkers(folder)
     assert ours.live() == 0
     assert ours.register()
     holders = [_holder(folder), _holder(folder)]
@@ -108,7 +108,7 @@ def test_a_study_run_trains_with_its_share_of_the_host_s_cores(
     assert _torch_threads(study_file, 2) == [1, 1]  # small
     monkeypatch.setattr(autoall.study._workers, "SMALL_STEP_FLOPS", 0.0)  # as if it were large
     assert _torch_threads(study_file, 4) == [cores, cores]
-    other = _holder(registry_folder())  # another worker on this host, e.g. a second study run
+    other = _holder(workers_folder())  # another worker on this host, e.g. a second study run
     try:
         assert _torch_threads(study_file, 6) == [max(1, cores // 2)] * 2
     finally:
