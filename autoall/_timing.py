@@ -21,8 +21,8 @@ monitor's `monitor.draw` runs in its own); spawned worker processes (`--n-jobs N
 into their own, which nothing installs. Like `torch.profiler.record_function`, a span only
 names a region; what it costs is measured with `time.perf_counter`.
 
-Names and where they are set (autoall/study/_objective.py, optimize.py, plan.py, storage.py, study.py,
-study_cohort.py, train.py, workers.py):
+Names and where they are set (in autoall/study/: _objective.py, _worker_loop.py, _storage.py,
+_trials.py, _cohort_trials.py, _workers.py; in autoall/training/: _plan.py, _loop.py):
 
 - setup: `setup.storage` (`make_storage`), `setup.create_studies`, `setup.data` (the study's
   data, test split dropped);

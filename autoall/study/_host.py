@@ -12,7 +12,7 @@ ends (SIGKILL included), so the live workers are the files whose lock is held; t
 removed. Before each trial a worker on the CPU sets torch's threads to its share of the cores:
 
     threads = max(1, cores // live workers on this host)      (capped by OMP_NUM_THREADS if set)
-    threads = 1 for a small model (a training step under 1 GFLOP, autoall.study._preflight.step_flops)
+    threads = 1 for a small model (a training step under 2 GFLOP, autoall.study._preflight.step_flops)
 
 Small models gain nothing from intra-op threads (their ops are too short to split) and lose
 most when the cores are busy: a digits MLP on this 2-core machine under load took 2.6-2.9 s per

@@ -179,7 +179,9 @@ def largest_models(cfg: StudyConfig) -> list[ModelSize]:
     return sizes
 
 
-SMALL_STEP_FLOPS = 2e9  # a training step below this runs fastest on one thread (host.py)
+SMALL_STEP_FLOPS = (
+    2e9  # a training step below this runs fastest on one thread (autoall/study/_host.py)
+)
 
 
 def step_flops(cfg: StudyConfig, arch: str) -> float:

@@ -23,7 +23,6 @@ from types import FrameType
 from typing import IO, Any
 
 import optuna
-import torch
 
 from autoall import _timing as timing
 from autoall import errors
@@ -53,11 +52,12 @@ from autoall.tracking import (
     check_server,
     resolve_tracking_uri,
 )
+from autoall.training import gpu_count
 
 
 def default_n_jobs(trials_per_gpu: int = 1) -> int:
     """`trials_per_gpu` workers per GPU on a machine with GPUs, else one."""
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    n = gpu_count()
     return n * trials_per_gpu if n * trials_per_gpu > 1 else 1
 
 

@@ -2,9 +2,10 @@
 through (`StudyTracker`), a trial's run as the objective logs to it (`TrackedRun`), and the
 epoch figures a run takes (`Epoch`).
 
-A leaf module (no MLflow, no torch): the trackers (autoall/tracking/_tracker.py, tracking_run.py,
-tracking_writer.py) and their callers (objective.py, study.py, workers.py) import the roles
-from here, so no module imports another in a circle for its types.
+A leaf module (no MLflow, no torch): the trackers (`_tracker.py`, `_run.py`, `_writer.py` in
+autoall/tracking/) and their callers (`_objective.py`, `_trials.py`, `_workers.py` in
+autoall/study/) import the roles from here, so no module imports another in a circle for its
+types.
 """
 
 from __future__ import annotations

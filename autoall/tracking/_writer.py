@@ -1,9 +1,9 @@
 """MLflow tracking off the trial's path: a writer process owns the MLflow client.
 
 `autoall study run` hands every tracking call to a child process (`python -m
-autoall.tracking_writer`) through a pipe (a `multiprocessing.connection.Connection` each way,
+autoall.tracking._writer`) through a pipe (a `multiprocessing.connection.Connection` each way,
 on the child's stdin and stdout) and goes on training. The child imports MLflow, opens
-the store and makes the calls in order, with the retries of `autoall.tracking`; on a machine
+the store and makes the calls in order, with the retries of `autoall.tracking._store`; on a machine
 with a spare core that work costs the trials nothing. A worker waits for the child only where
 it needs an answer:
 

@@ -12,8 +12,21 @@ from __future__ import annotations
 from autoall.training._baselines import baseline, recipe_text
 from autoall.training._checkpoint_file import remove as remove_checkpoint
 from autoall.training._checkpoint_file import sweep_temp_files
-from autoall.training._data import DATASETS, DeviceData, cache_dir, load_data, train_subset
-from autoall.training._loop import resolve_device, seed_everything, steps_per_epoch, train
+from autoall.training._data import (
+    DATASETS,
+    DeviceData,
+    cache_dir,
+    load_data,
+    train_subset,
+    without_test,
+)
+from autoall.training._loop import (
+    gpu_count,
+    resolve_device,
+    seed_everything,
+    steps_per_epoch,
+    train,
+)
 from autoall.training._models import (
     ARCHITECTURES,
     build_model,
@@ -59,4 +72,6 @@ __all__ = [
     "steps_per_epoch",
     "train",
     "train_subset",
+    "without_test",
+    "gpu_count",
 ]

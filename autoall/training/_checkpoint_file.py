@@ -15,6 +15,10 @@ epoch, its history, its tensors' shapes, its schedule). What cannot be used is o
 the run starts from epoch 1. `sweep_temp_files` deletes the temp files of writers that are gone
 (a process that no longer exists on this host, or a file untouched for an hour); `remove`
 deletes a checkpoint, and a folder that refuses it is a warning, never an error.
+
+`save_run` and `restore_run` are the one checkpoint format, of a run alone and of a cohort
+member alike: epoch, model, optimizer, scheduler, the batch generator's and torch's random
+states, the history and the epoch the target was reached.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ import secrets
 import socket
 import stat
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any, cast
 
 import torch
 from torch import nn
 
-from autoall.training._types import EpochStats
+from autoall import _timing as timing
+from autoall.training._types import EpochStats, RunResult
 
 log = logging.getLogger("autoall.checkpoint")
 
@@ -369,3 +375,66 @@ def _warn_once(what: str, path: Path, message: str) -> None:
     if (what, str(path)) not in _warned:
         _warned.add((what, str(path)))
         log.warning("checkpoint %s %s.", path, message)
+
+
+@timing.span("epoch.checkpoint")
+def save_run(
+    path: str | Path,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    result: RunResult,
+) -> None:
+    """Tensors and plain data only, so `torch.load(weights_only=True)` reads it back; written
+    safely or not at all, with a warning (`write`)."""
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": [asdict(s) for s in result.history],
+        "target_epoch": result.target_epoch,
+        "target_seconds": result.target_seconds,
+    }
+    write(Path(path), state)  # a reader never sees half a checkpoint
+
+
+def restore_run(
+    path: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    result: RunResult,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+) -> int | None:
+    """Load a checkpoint written by `save_run` into a run of `epochs` epochs; return its last
+    finished epoch, or None when there is none to use: no file, or one that is not this run's
+    (warned, see `mismatch`), and nothing was loaded."""
+    path = Path(path)
+    state = read(path, map_location=generator.device)
+    if state is None:
+        return None
+    problem = mismatch(
+        state, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
+        epochs=epochs, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    if problem is not None:
+        ignore(path, problem)
+        return None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    for saved in state["history"]:
+        result.record(EpochStats(**saved), seconds=None)
+    result.target_epoch, result.target_seconds = state["target_epoch"], state["target_seconds"]
+    result.extra["resumed_from_epoch"] = int(state["epoch"])
+    return int(state["epoch"])

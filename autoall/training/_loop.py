@@ -16,12 +16,10 @@ module autoall/training/_types.py and are importable from here.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoall import _timing as timing
 from autoall.errors import raise_if_interrupted
-from autoall.layer import all_layers, auxiliary_loss, param_groups
+from autoall.layer import all_layers, auxiliary_loss
 from autoall.training import _checkpoint_file as checkpoint_file
-from autoall.training._data import DeviceData, augment_batch, iterate_batches
+from autoall.training._batches import augment_batch, iterate_batches
+from autoall.training._data import DeviceData
 from autoall.training._models import count_parameters
+from autoall.training._optim import make_optimizer, warmup_cosine
 from autoall.training._types import (
     EpochCallback,
     EpochStats,
@@ -65,7 +64,7 @@ def resolve_device(name: str | None = None) -> torch.device:
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} was asked for, but CUDA is not available here.")
-        count = torch.cuda.device_count()
+        count = gpu_count()
         if index is not None and int(index) >= count:
             raise ValueError(
                 f"device {name!r} was asked for, but this machine has {count} CUDA device"
@@ -74,6 +73,11 @@ def resolve_device(name: str | None = None) -> torch.device:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} was asked for, but MPS is not available here.")
     return torch.device(name)
+
+
+def gpu_count() -> int:
+    """The CUDA devices this process can use (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -127,11 +131,11 @@ def train(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda and cfg.amp)
 
     alls = all_layers(model)
-    optimizer = _make_optimizer(model, cfg, fused=on_cuda)
+    optimizer = make_optimizer(model, cfg, fused=on_cuda)
     n_train = data.train_y.shape[0]
     drop_last = n_train > cfg.batch_size  # a last batch of one would break BatchNorm
     steps = steps_per_epoch(n_train, cfg.batch_size)
-    scheduler = _warmup_cosine(optimizer, cfg, steps_per_epoch=steps)
+    scheduler = warmup_cosine(optimizer, cfg, steps_per_epoch=steps)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
     def prepare(xb: torch.Tensor) -> torch.Tensor:
@@ -162,7 +166,7 @@ def train(
     )
     first_epoch = 1
     if checkpoint is not None:
-        restored = _restore(
+        restored = checkpoint_file.restore_run(
             checkpoint, model, optimizer, scheduler, generator, result,
             epochs=cfg.epochs, steps_per_epoch=steps,
         )  # fmt: skip
@@ -217,15 +221,11 @@ def train(
                 lr=lrs[0],
                 all_lr=lrs[1] if len(lrs) > 1 else None,
             )
-            history.append(stats)
-            if val_acc > result.best_val_acc:
-                result.best_val_acc, result.best_epoch = val_acc, epoch
-            reached = cfg.target_acc is not None and val_acc >= cfg.target_acc
-            if reached and result.target_epoch is None:
-                result.target_epoch = epoch
-                result.target_seconds = time.perf_counter() - start
+            result.record(stats, seconds=time.perf_counter() - start)
             if checkpoint is not None and time.perf_counter() - saved >= checkpoint_every:
-                _save(checkpoint, epoch, model, optimizer, scheduler, generator, result)
+                checkpoint_file.save_run(
+                    checkpoint, epoch, model, optimizer, scheduler, generator, result
+                )
                 saved = time.perf_counter()
             if on_epoch is not None and on_epoch(stats):
                 result.stopped_early = True
@@ -279,112 +279,6 @@ def _evaluate(
     n = max(y_all.shape[0], 1)
     kept = torch.cat(predicted).cpu().numpy() if predictions and predicted else None
     return loss_sum.item() / n, correct.item() / n, kept
-
-
-def _make_optimizer(model: nn.Module, cfg: TrainConfig, *, fused: bool) -> torch.optim.Optimizer:
-    """Fused kernels on CUDA; elsewhere the multi-tensor (foreach) path, not one op per tensor."""
-    groups = param_groups(model, lr=cfg.lr, all_lr=cfg.all_lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            fused=fused or None,
-            foreach=not fused,
-        )
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None, foreach=not fused)
-
-
-def _warmup_cosine(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step factor: linear warm-up to 1, then cosine to `min_lr_ratio` (all groups alike)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(cfg, steps_per_epoch=steps_per_epoch)
-    )
-
-
-def lr_factor(cfg: TrainConfig, *, steps_per_epoch: int) -> Callable[[int], float]:
-    """The schedule's factor of the peak lr for optimizer step `n` (0-based, as LambdaLR counts):
-    `(n + 1) / warmup` during the warm-up, then `r + (1 - r) (1 + cos(pi p)) / 2` with `r =
-    min_lr_ratio` and `p` the fraction of the post-warm-up steps done (capped at 1)."""
-    total = cfg.epochs * steps_per_epoch
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total - warmup, 1)
-        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
-
-    return factor
-
-
-@timing.span("epoch.checkpoint")
-def _save(
-    path: str | Path,
-    epoch: int,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    result: RunResult,
-) -> None:
-    """Tensors and plain data only, so `torch.load(weights_only=True)` reads it back; written
-    safely or not at all, with a warning (`checkpoint_file.write`)."""
-    state = {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "history": [asdict(s) for s in result.history],
-        "target_epoch": result.target_epoch,
-        "target_seconds": result.target_seconds,
-    }
-    checkpoint_file.write(Path(path), state)  # a reader never sees half a checkpoint
-
-
-def _restore(
-    path: str | Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator,
-    result: RunResult,
-    *,
-    epochs: int,
-    steps_per_epoch: int,
-) -> int | None:
-    """Load a checkpoint written by `_save` into a run of `epochs` epochs; return its last
-    finished epoch, or None when there is none to use: no file, or one that is not this run's
-    (warned, see `checkpoint_file.mismatch`), and nothing was loaded."""
-    path = Path(path)
-    state = checkpoint_file.read(path, map_location=generator.device)
-    if state is None:
-        return None
-    problem = checkpoint_file.mismatch(
-        state, model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
-        epochs=epochs, steps_per_epoch=steps_per_epoch,
-    )  # fmt: skip
-    if problem is not None:
-        checkpoint_file.ignore(path, problem)
-        return None
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"].cpu())
-    torch.set_rng_state(state["torch_rng"].cpu())
-    result.history.extend(EpochStats(**s) for s in state["history"])
-    for s in result.history:
-        if s.val_acc > result.best_val_acc:
-            result.best_val_acc, result.best_epoch = s.val_acc, s.epoch
-    result.target_epoch, result.target_seconds = state["target_epoch"], state["target_seconds"]
-    result.extra["resumed_from_epoch"] = int(state["epoch"])
-    return int(state["epoch"])
 
 
 def _raise_if_non_finite(losses: torch.Tensor, epoch: int) -> None:

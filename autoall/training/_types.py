@@ -118,6 +118,17 @@ class RunResult:
     test_predictions: np.ndarray | None = None  # predicted class per test example (uint8)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def record(self, stats: EpochStats, *, seconds: float | None) -> None:
+        """One finished epoch, `seconds` into training: appended to the history, and the best
+        epoch and the first epoch at `target_acc` updated. A run alone, a cohort member and a
+        resumed checkpoint all keep their books here."""
+        self.history.append(stats)
+        if stats.val_acc > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = stats.val_acc, stats.epoch
+        reached = self.target_acc is not None and stats.val_acc >= self.target_acc
+        if reached and self.target_epoch is None:
+            self.target_epoch, self.target_seconds = stats.epoch, seconds
+
     @property
     def epochs_run(self) -> int:
         return len(self.history)

@@ -12,14 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoall.training._data import (
-    DATASETS,
-    DataNotFoundError,
-    DeviceData,
-    augment_batch,
-    iterate_batches,
-    load_data,
-)
+from autoall.training._batches import augment_batch, iterate_batches
+from autoall.training._data import DATASETS, DataNotFoundError, DeviceData, load_data
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",

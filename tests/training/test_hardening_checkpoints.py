@@ -503,14 +503,14 @@ def test_a_checkpoint_folder_made_read_only_mid_run_is_a_warning_not_a_crash(
     """The folder turns read-only (a real read-only remount) after the first checkpoint: the
     trials complete, the worker ends normally, the MLflow parent run is FINISHED."""
     path = write_study(tracked / "s.yaml", n_trials=2)
-    save = autoall.training._loop._save
+    save = autoall.training._checkpoint_file.save_run
     with tmpfs(tracked / "ckpt", "8m") as disk:
 
         def then_read_only(*args: Any) -> None:
             save(*args)
             remount(disk, "ro")
 
-        monkeypatch.setattr(autoall.training._loop, "_save", then_read_only)
+        monkeypatch.setattr(autoall.training._checkpoint_file, "save_run", then_read_only)
         try:
             with caplog.at_level(logging.WARNING, logger="autoall.checkpoint"):
                 code, out = _run(

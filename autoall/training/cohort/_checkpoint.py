@@ -2,8 +2,8 @@
 
 A member's row of the stacked state (autoall/training/cohort/_state.py) is cut back to its own model's
 shapes and put into that model (built alone, kept on the CPU), with torch.optim's optimizer and
-LambdaLR holding its moments and its step; `autoall.training._loop._save` writes them, so `train()`
-resumes a cohort member's checkpoint and a cohort resumes a single run's (`_restore`).
+LambdaLR holding its moments and its step; `autoall.training._checkpoint_file.save_run` writes them, so `train()`
+resumes a cohort member's checkpoint and a cohort resumes a single run's (`restore_run`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from autoall.training._loop import (
-    RunResult,
-    TrainConfig,
-    _make_optimizer,
-    _restore,
-    _save,
-    _warmup_cosine,
-)
+from autoall.training._checkpoint_file import restore_run, save_run
+from autoall.training._optim import make_optimizer, warmup_cosine
+from autoall.training._types import RunResult, TrainConfig
 from autoall.training.cohort._state import CohortState
 
 
@@ -41,12 +36,12 @@ def save_member(
     """Write row `row` as `train()` writes a checkpoint after `epoch` (into `shell`)."""
     model_state, moments = _cut(state, row, shell)
     shell.load_state_dict(model_state)
-    optimizer = _make_optimizer(shell, cfg, fused=fused)
-    scheduler = _warmup_cosine(optimizer, cfg, steps_per_epoch=state.steps_per_epoch)
+    optimizer = make_optimizer(shell, cfg, fused=fused)
+    scheduler = warmup_cosine(optimizer, cfg, steps_per_epoch=state.steps_per_epoch)
     step = state.steps[row]
     _torch_state(optimizer, shell, moments, kind=cfg.optimizer, momentum=cfg.momentum, step=step)
     _schedule_to(scheduler, step)
-    _save(path, epoch, shell, optimizer, scheduler, generator, result)
+    save_run(path, epoch, shell, optimizer, scheduler, generator, result)
 
 
 def restore_member(
@@ -63,9 +58,9 @@ def restore_member(
     """Load a checkpoint (a cohort's or `train()`'s) into row `row`, `generator` and `result`
     (history, best, target); return its last finished epoch, 0 when it is not one this member
     can use (a directory, a link, a damaged file or another run's: warned, nothing loaded)."""
-    optimizer = _make_optimizer(shell, cfg, fused=fused)
-    scheduler = _warmup_cosine(optimizer, cfg, steps_per_epoch=state.steps_per_epoch)
-    epoch = _restore(
+    optimizer = make_optimizer(shell, cfg, fused=fused)
+    scheduler = warmup_cosine(optimizer, cfg, steps_per_epoch=state.steps_per_epoch)
+    epoch = restore_run(
         path, shell, optimizer, scheduler, generator, result,
         epochs=cfg.epochs, steps_per_epoch=state.steps_per_epoch,
     )  # fmt: skip

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from autoall.errors import raise_if_interrupted
-from autoall.training._data import DeviceData, apply_augmentation, draw_augmentation
+from autoall.errors import one_line, raise_if_interrupted
+from autoall.training._batches import apply_augmentation, draw_augmentation
+from autoall.training._data import DeviceData
 from autoall.training._loop import (
     EpochCallback,
     EpochStats,
@@ -33,11 +34,11 @@ from autoall.training._loop import (
     TrainingOOMError,
     _device_name,
     _raise_if_non_finite,
-    lr_factor,
     resolve_device,
     steps_per_epoch,
 )
 from autoall.training._models import count_parameters
+from autoall.training._optim import lr_factor
 from autoall.training._plan import RunPlan, build
 from autoall.training.cohort._checkpoint import restore_member, save_member
 from autoall.training.cohort._state import CohortALL, CohortState, template
@@ -173,7 +174,7 @@ class CohortLoop:
                     raise
                 except Exception as exc:
                     if probing:
-                        raise CannotBatch(f"torch.vmap: {_first_line(exc)}") from exc
+                        raise CannotBatch(f"torch.vmap: {one_line(exc)}") from exc
                     raise
                 probing = False
                 share = (time.perf_counter() - start) / len(self.members)
@@ -347,13 +348,8 @@ class CohortLoop:
             lr=group_lr[0],
             all_lr=group_lr[1],
         )
-        result.history.append(stats)
-        if stats.val_acc > result.best_val_acc:
-            result.best_val_acc, result.best_epoch = stats.val_acc, epoch
+        result.record(stats, seconds=member.elapsed)
         cfg = member.cfg
-        reached = cfg.target_acc is not None and stats.val_acc >= cfg.target_acc
-        if reached and result.target_epoch is None:
-            result.target_epoch, result.target_seconds = epoch, member.elapsed
         due = time.perf_counter() - member.saved >= self.checkpoint_every
         if member.checkpoint is not None and due:
             save_member(
@@ -413,8 +409,3 @@ class CohortLoop:
             outcomes[m.index] = outcome
             if self.on_end is not None:
                 self.on_end(m.index, outcome)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

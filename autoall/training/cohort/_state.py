@@ -44,8 +44,9 @@ import torch
 from torch import Tensor, nn
 
 from autoall.layer import AUX_LOSSES, ALLSpec, AutoLearningLayer
-from autoall.training._loop import TrainConfig, lr_factor
 from autoall.training._models import build_model
+from autoall.training._optim import lr_factor
+from autoall.training._types import TrainConfig
 
 _BETAS = (0.9, 0.999)  # torch.optim.AdamW's defaults, as train() uses it
 _EPS = 1e-8
