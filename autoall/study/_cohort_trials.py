@@ -127,6 +127,9 @@ class _Cohort:
                         on_end=on_end,
                         checkpoints=[r.checkpoint for r in members],
                         checkpoint_every=self.ctx.checkpoint_every,
+                        on_trained=[
+                            r.trained.append if self.ctx.log_models else None for r in members
+                        ],
                     )
                 if cohort_blocker([r.plan for r in members]) is not None:
                     self.ctx.cohort = 1  # fit_cohort said why; the next trials run alone

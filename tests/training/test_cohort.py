@@ -21,7 +21,7 @@ from _helpers import make_vmap_unbatchable
 from autoall.layer import ALLSpec
 from autoall.training._baselines import baseline
 from autoall.training._data import DeviceData, load_data
-from autoall.training._loop import EpochStats, NonFiniteLossError, RunResult
+from autoall.training._loop import EpochStats, NonFiniteLossError, RunResult, evaluate
 from autoall.training._plan import RunPlan, fit
 from autoall.training.cohort._cohort import cohort_blocker, fit_cohort, group_plans
 
@@ -251,3 +251,30 @@ def test_what_members_must_share(digits: DeviceData) -> None:
     )
     with pytest.raises(ValueError, match="a cohort's plans must share their architecture"):
         fit_cohort([mlp, cnn], digits)
+
+
+def test_a_cohort_hands_out_each_member_as_the_module_it_trains_alone(digits: DeviceData) -> None:
+    """`on_trained[i]` gets member i as a plain module (its own shapes, eval mode), the weights
+    `fit` trains alone for its plan, scoring the member's final validation accuracy: a caller
+    logs a cohort member like any run."""
+    specs = [
+        ALLSpec(16, "reconstruction", 0.1),
+        ALLSpec(40, "sparsity", 0.3),
+        ALLSpec(8, "none", 0.5),
+    ]
+    plans = [RunPlan("mlp", _cfg(seed=i, lr=1e-3 * (i + 1)), spec) for i, spec in enumerate(specs)]
+    got: list[list[torch.nn.Module]] = [[] for _ in plans]
+    members = fit_cohort(plans, digits, on_trained=[g.append for g in got])
+    for plan, member, models in zip(plans, members, got, strict=True):
+        assert isinstance(member, RunResult)
+        (model,) = models
+        assert not model.training
+        alone: list[torch.nn.Module] = []
+        fit(plan, digits, on_trained=alone.append)
+        want, have = alone[0].state_dict(), model.state_dict()
+        assert have.keys() == want.keys()
+        for key, value in want.items():
+            torch.testing.assert_close(have[key].cpu(), value.cpu(), atol=1e-4, rtol=1e-4)
+        one_image = 1.5 / len(digits.val_y)
+        val_acc = evaluate(model, digits, "val", cfg=plan.train)[1]
+        assert val_acc == pytest.approx(member.final_val_acc, abs=one_image)

@@ -71,6 +71,11 @@ def restore_member(
     return epoch
 
 
+def member_weights(state: CohortState, row: int, shell: nn.Module) -> dict[str, Tensor]:
+    """Row `row`'s weights and buffers cut back to its own model's shapes (`shell`'s)."""
+    return _cut(state, row, shell)[0]
+
+
 def _cut(
     state: CohortState, i: int, shell: nn.Module
 ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:

@@ -28,9 +28,11 @@ is not used in a cohort (the stacked inputs are 5-d); bf16 autocast is, as in `t
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from autoall.training._data import DeviceData
 from autoall.training._loop import EpochCallback, TrainingOOMError
@@ -88,20 +90,26 @@ def fit_cohort(
     evaluate_test: bool = False,
     checkpoints: Sequence[str | Path | None] | None = None,
     checkpoint_every: float = 0.0,
+    on_trained: Sequence[Callable[[nn.Module], object] | None] | None = None,
 ) -> list[Outcome]:
     """Train `plans` (one cohort: `group_plans`) together; one outcome per plan, in order.
 
     `on_epoch[i]` is member i's callback as in `train()` (truthy: stop; an exception ends
     the member, whose outcome it becomes); `on_end(i, outcome)` runs as soon as member i has
     ended. `checkpoints[i]`: member i's checkpoint file, as `train()`'s `checkpoint`.
+    `on_trained[i]` gets member i's trained model once it finished, as `fit`'s `on_trained`
+    does (a plain module, eval mode; from a cohort, on the CPU), e.g. to log it.
     KeyboardInterrupt and out-of-memory (`TrainingOOMError`) end the whole cohort and are
     raised; so is an exception from `on_end`.
     """
     n = len(plans)
     callbacks = list(on_epoch) if on_epoch is not None else [None] * n
     files = [Path(c) if c is not None else None for c in (checkpoints or [None] * n)]
-    if len(callbacks) != n or len(files) != n:
-        raise ValueError(f"on_epoch and checkpoints must have one entry per plan ({n}).")
+    trained = list(on_trained) if on_trained is not None else [None] * n
+    if len(callbacks) != n or len(files) != n or len(trained) != n:
+        raise ValueError(
+            f"on_epoch, checkpoints and on_trained must have one entry per plan ({n})."
+        )
     if not plans:
         return []
     if len({cohort_key(p) for p in plans}) > 1:
@@ -111,7 +119,9 @@ def fit_cohort(
         )
     reason = cohort_blocker(plans) if n > 1 else "a cohort of one"
     if reason is None:
-        cohort = CohortLoop(plans, data, callbacks, files, evaluate_test, checkpoint_every, on_end)
+        cohort = CohortLoop(
+            plans, data, callbacks, files, evaluate_test, checkpoint_every, on_end, trained
+        )
         try:
             return cohort.run()
         except CannotBatch as exc:
@@ -121,7 +131,17 @@ def fit_cohort(
         log.warning("%s runs cannot train as one cohort (%s); training them one by one.",
                     plans[0].arch, reason)  # fmt: skip
     return [
-        _alone(i, plan, data, callbacks[i], files[i], evaluate_test, checkpoint_every, on_end)
+        _alone(
+            i,
+            plan,
+            data,
+            callbacks[i],
+            files[i],
+            evaluate_test,
+            checkpoint_every,
+            on_end,
+            trained[i],
+        )
         for i, plan in enumerate(plans)
     ]
 
@@ -135,6 +155,7 @@ def _alone(
     evaluate_test: bool,
     checkpoint_every: float,
     on_end: EndCallback | None,
+    on_trained: Callable[[nn.Module], object] | None,
 ) -> Outcome:
     outcome: Outcome
     try:
@@ -145,6 +166,7 @@ def _alone(
             evaluate_test=evaluate_test,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
+            on_trained=on_trained,
         )
     except TrainingOOMError:
         raise

@@ -40,7 +40,7 @@ from autoall.training._loop import (
 from autoall.training._models import count_parameters
 from autoall.training._optim import lr_factor
 from autoall.training._plan import RunPlan, build
-from autoall.training.cohort._checkpoint import restore_member, save_member
+from autoall.training.cohort._checkpoint import member_weights, restore_member, save_member
 from autoall.training.cohort._state import CohortALL, CohortState, template
 
 Outcome = RunResult | Exception  # a member's result, or what ended it (pruned, diverged, ...)
@@ -61,6 +61,7 @@ class _Member:
     result: RunResult
     on_epoch: EpochCallback | None
     checkpoint: Path | None
+    on_trained: Callable[[nn.Module], object] | None = None
     epoch: int = 0  # last finished epoch
     elapsed: float = 0.0  # its wall seconds: its shares of the cohort's epochs
     saved: float = field(default_factory=time.perf_counter)
@@ -79,6 +80,7 @@ class CohortLoop:
         evaluate_test: bool,
         checkpoint_every: float,
         on_end: EndCallback | None,
+        on_trained: Sequence[Callable[[nn.Module], object] | None] | None = None,
     ) -> None:
         self.device = resolve_device(plans[0].train.device)
         self.on_cuda = self.device.type == "cuda"
@@ -109,6 +111,7 @@ class CohortLoop:
                     ),
                     on_epoch=callbacks[i],
                     checkpoint=checkpoints[i],
+                    on_trained=on_trained[i] if on_trained is not None else None,
                 )
             )
         first = self.members[0]
@@ -190,6 +193,14 @@ class CohortLoop:
             raise TrainingOOMError(self.cfg.batch_size, _device_name(self.device)) from exc
         assert all(o is not None for o in outcomes)
         return [o for o in outcomes if o is not None]
+
+    def member_model(self, row: int) -> nn.Module:
+        """Member `row` as the plain module it would be alone: its own shapes and weights, in
+        eval mode, on the CPU. What `on_trained` gets, as `fit`'s does: a caller logs or
+        evaluates a cohort member like any run."""
+        member = self.members[row]
+        member.shell.load_state_dict(member_weights(self.state, row, member.shell))
+        return member.shell.eval()
 
     def _train_epoch(self) -> tuple[Tensor, list[Tensor]]:
         """One epoch of every member; per-step losses ``(steps, K)`` and per-member sums."""
@@ -400,6 +411,9 @@ class CohortLoop:
                 m.result.test_loss, m.result.test_acc = test_loss[j], test_acc[j]
                 m.result.test_predictions = predicted[j] if predicted else None
                 m.result.train_eval_acc = train_acc[j]
+        for r, m in finished:
+            if m.on_trained is not None:
+                m.on_trained(self.member_model(r))
         gone = {r for r, _, _ in ended}
         keep = [r for r in range(len(self.members)) if r not in gone]
         self.state.keep(keep)
