@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from autoall.layer import ALLSpec, AutoLearningLayer, auxiliary_loss, insert_all, param_groups
-    from autoall.tracking import BestModel, load_best
+    from autoall.tracking import BestModel
     from autoall.training import build_model, fit_cohort
 
 __version__ = "0.1.0"
@@ -38,9 +38,24 @@ _PUBLIC = {  # name -> the package that defines it
     "param_groups": "autoall.layer",
     "build_model": "autoall.training",
     "fit_cohort": "autoall.training",
-    "load_best": "autoall.tracking",
     "BestModel": "autoall.tracking",
 }
+
+
+def load_best(name: str, *, tracking_uri: str | None = None, **kwargs: Any) -> BestModel:
+    """The registered model `name` (`<study>-<arch>-all` or `-baseline`, as `autoall report`
+    registers it) and the test split it is judged on, prepared as autoall prepares it:
+
+        best = autoall.load_best("digits-mlp-all")
+        best.accuracy()      # the test accuracy the report gave its run
+        best.model(best.test_x[:8]).argmax(1)
+        autoall.load_best("digits-mlp-all@champion")  # only if the verdicts favour the ALL
+
+    See `autoall.tracking.load_best` (torch and MLflow load only when this is called).
+    """
+    from autoall.tracking import load_best as _load_best
+
+    return _load_best(name, tracking_uri=tracking_uri, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,20 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("AUTOALL_CACHE", None)
     else:
         os.environ["AUTOALL_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handler_restored(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test starts with the SIGINT handler the session had. A test that runs a worker's
+    entry point in this process (as `_worker_process`) installs that worker's own handler, as
+    its process would; it must not change how a later test's Ctrl-C lands. A handler left over
+    is put back and named in a warning, so a leak in autoall itself shows in the summary."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        warnings.warn(f"{request.node.nodeid} left the SIGINT handler {after!r}", stacklevel=1)
 
 
 def write_study(path: Path, **overrides: Any) -> Path:

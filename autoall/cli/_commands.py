@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from autoall.config import DEFAULT_STORAGE, ReportOptions, RunOptions
+from autoall.config import DEFAULT_STORAGE, KINDS, Kind, ReportOptions, RunOptions
 from autoall.errors import UserError, hint
 
 if TYPE_CHECKING:  # autoall.config imports torch: only the commands that need it load it
@@ -212,7 +212,7 @@ def study_run(
         gpus=gpus,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
-        kinds=("all", "baseline") if baseline else ("all",),
+        kinds=KINDS if baseline else (Kind.ALL,),
         system_metrics=on_cuda if system_metrics is None else system_metrics,
         log_models=log_models,
         cohort=cohort,

@@ -318,7 +318,7 @@ def demo(n_trials: int | None, seeds: int | None, tuning_trials: int | None) -> 
     `autoall study run studies/digits.yaml` and `autoall report studies/digits.yaml` give that
     answer.
     """
-    path = Path(__file__).resolve().parent.parent / "studies" / "demo.yaml"
+    path = Path(__file__).resolve().parents[2] / "studies" / "demo.yaml"
     study_file = str(_shown(path))
     start = time.monotonic()
     ctx = click.get_current_context()

@@ -1,6 +1,7 @@
 """The study file: its schema, validation and defaults (`load_study_file` -> `StudyConfig`),
 the bounded YAML reader, the search space (each knob's type and range), the options every
-command shares, and `trial_plan`: a suggested point turned into the `RunPlan` that trains it.
+command shares, the study kinds (`Kind`: the ALL study and its tuned baseline), and
+`trial_plan`: a suggested point turned into the `RunPlan` that trains it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from autoall.config._options import (
     KINDS,
     MAX_REPLICATES,
     REPORT_COUNTS,
+    Kind,
     ReportOptions,
     RunOptions,
+    StrEnum,
 )
 from autoall.config._space import ParamSpec
 from autoall.config._study_file import (
@@ -32,6 +35,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "DEFAULT_TRACKING_URI",
     "KINDS",
+    "Kind",
     "MAX_REPLICATES",
     "ParamSpec",
     "REPORT_COUNTS",
@@ -39,6 +43,7 @@ __all__ = [
     "RunOptions",
     "SamplerConfig",
     "StudyConfig",
+    "StrEnum",
     "StudyFileError",
     "check_name",
     "load_study_file",

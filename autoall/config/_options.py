@@ -6,15 +6,43 @@ dataclasses, so `autoall --help` says what the library does.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10: enum.StrEnum as 3.11 defines it (members are their values, as strings)
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
+
+        def __format__(self, spec: str) -> str:
+            return str(self.value).__format__(spec)
+
 
 DEFAULT_STORAGE = (
     "sqlite:///autoall.db"  # the Optuna storage when neither --storage nor $AUTOALL_STORAGE
 )
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"  # MLflow 3's file store is in maintenance mode
-KINDS: tuple[str, ...] = ("all", "baseline")  # the ALL study; the equal-budget tuned baseline
+
+
+class Kind(StrEnum):
+    """What a study searches: the ALL study, or its equal-budget tuned baseline.
+
+    Members are strings equal to their values, which are what is stored (a study's user
+    attribute `kind`, the MLflow tag `autoall.kind` and param `kind`) and what the registered
+    models end in (`<study>-<arch>-all`, `-baseline`); a stored or typed "all" is `Kind.ALL`.
+    """
+
+    ALL = "all"  # the ALL study: the base network's lr and weight_decay and the ALL's knobs
+    BASELINE = "baseline"  # its tuned baseline: lr and weight_decay only, the same budget
+
+
+KINDS: tuple[Kind, ...] = tuple(Kind)  # the ALL study first, then its tuned baseline
 MAX_REPLICATES = 100  # independent searches per study (`replicates`, --replicates)
 # The report's counts (the study file's `report:` keys, the options that override them):
 # inclusive ranges; more seeds than 100 only make the memory of one cohort grow

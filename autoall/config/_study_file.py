@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from autoall.config._options import KINDS, MAX_REPLICATES, REPORT_COUNTS
+from autoall.config._options import KINDS, MAX_REPLICATES, REPORT_COUNTS, Kind
 from autoall.config._space import DEFAULT_SEARCH, ParamSpec, check_grid, parse_space
 from autoall.config._yaml import YamlProblem, load_yaml, read_text
 from autoall.layer import ACTIVATIONS
@@ -100,7 +100,7 @@ class StudyConfig:
     replicates: int = 1  # independent searches of each study, each with its own seeds
     report: ReportConfig = ReportConfig()
 
-    def study_name(self, arch: str, kind: str = "all", replicate: int = 0) -> str:
+    def study_name(self, arch: str, kind: str = Kind.ALL, replicate: int = 0) -> str:
         """`<name>/<arch>` for the ALL study, `<name>/<arch>/tuned-baseline` for its baseline;
         replicate r >= 1 appends `/r<r>`. Replicate 0 keeps the names of a single search, so a
         study made before replicates existed is replicate 0."""
@@ -108,10 +108,11 @@ class StudyConfig:
             raise ValueError(f"kind must be one of {_one_of(KINDS)}, but got {kind!r}.")
         if not _int_in(replicate, 0, MAX_REPLICATES - 1):
             raise ValueError(f"replicate must be an integer from 0 to 99, but got {replicate!r}.")
-        name = f"{self.name}/{arch}" if kind == "all" else f"{self.name}/{arch}/{BASELINE_SUFFIX}"
+        name = f"{self.name}/{arch}"
+        name = name if kind == Kind.ALL else f"{name}/{BASELINE_SUFFIX}"
         return f"{name}/r{replicate}" if replicate else name
 
-    def space(self, arch: str, kind: str = "all") -> dict[str, ParamSpec]:
+    def space(self, arch: str, kind: str = Kind.ALL) -> dict[str, ParamSpec]:
         """The knobs a study of `kind` searches: the base network's lr and weight_decay, and for
         the ALL study the five ALL knobs too.
 
@@ -126,14 +127,14 @@ class StudyConfig:
             "weight_decay": ParamSpec("weight_decay", "float", low=1e-6, high=1e-2, log=True),
             **self.baseline_search,
         }
-        return {**base, **self.search} if kind == "all" else base
+        return {**base, **self.search} if kind == Kind.ALL else base
 
-    def studies(self, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, str, int]]:
+    def studies(self, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, Kind, int]]:
         """(architecture, kind, replicate) of every study the file defines: per architecture,
-        per replicate, the ALL study first."""
-        kinds = tuple(k for k in KINDS if k in kinds)
+        per replicate, the ALL study first; of `kinds` ("all" is `Kind.ALL`) only."""
+        chosen = [k for k in KINDS if k in kinds]
         return [
-            (a, k, r) for a in self.architectures for r in range(self.replicates) for k in kinds
+            (a, k, r) for a in self.architectures for r in range(self.replicates) for k in chosen
         ]
 
     @property

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from autoall.config._study_file import KINDS, StudyConfig
+from autoall.config._options import KINDS, Kind
+from autoall.config._study_file import StudyConfig
 from autoall.layer import ALLSpec
 from autoall.training import RunPlan
 
@@ -33,7 +34,7 @@ def trial_plan(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, but got {kind!r}.")
     base = replace(cfg.train_config(arch, replicate), device=device)
-    if kind == "baseline":
+    if kind == Kind.BASELINE:
         return RunPlan(arch, replace(base, lr=params["lr"], weight_decay=params["weight_decay"]))
     spec = ALLSpec(
         hidden_size=params["hidden_size"],

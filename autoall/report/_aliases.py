@@ -26,10 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
+from autoall.config import Kind
 from autoall.errors import one_line
 from autoall.report._conclusion import Cost, cheaper, cost_of
+from autoall.report._names import PUBLISHED, PUBLISHED_AS
 from autoall.report._types import Report, RunRecord
 
 if TYPE_CHECKING:
@@ -39,8 +41,7 @@ if TYPE_CHECKING:
 
 BEST = "best"
 CHAMPION = "champion"
-Kind = Literal["all", "baseline"]
-_VARIANTS = ("all", "tuned-baseline")  # the report's variants registered as -all, -baseline
+_VARIANTS = tuple(PUBLISHED)  # the report's variants registered as -all, -baseline, in order
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,21 @@ def choose(accuracy: str, parameters: str, all_cost: Cost, baseline_cost: Cost) 
     parameters claim (ALL vs parameter-matched plain model) and the two models' costs."""
     if accuracy == "supported" and parameters == "supported":
         return Choice(
-            "all", "the ALL beats the tuned baseline and the parameter-matched plain model"
+            Kind.ALL, "the ALL beats the tuned baseline and the parameter-matched plain model"
         )
     if accuracy == "equivalent":
         if cheaper(all_cost, baseline_cost) < 0:
-            return Choice("all", "equivalent to the tuned baseline, and cheaper")
+            return Choice(Kind.ALL, "equivalent to the tuned baseline, and cheaper")
         same = cheaper(all_cost, baseline_cost) == 0
-        return Choice("baseline", "equivalent to the ALL" + (", as cheap" if same else ", cheaper"))
+        return Choice(
+            Kind.BASELINE, "equivalent to the ALL" + (", as cheap" if same else ", cheaper")
+        )
     if accuracy == "supported":
         return Choice(
-            "baseline",
+            Kind.BASELINE,
             f"the ALL's gain is not shown to be more than size; parameters claim {parameters}",
         )
-    return Choice("baseline", f"the ALL is not shown better; accuracy claim {accuracy}")
+    return Choice(Kind.BASELINE, f"the ALL is not shown better; accuracy claim {accuracy}")
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def set_aliases(
             client.set_registered_model_alias(h.name, BEST, h.version)
             moved = f"{_at(h.name, old)} -> " if old else ""
             lines.append(f"{BEST}: {moved}{_at(h.name, h.version)}")
-    winner = all_model if choice.kind == "all" else baseline_model
+    winner = all_model if choice.kind == Kind.ALL else baseline_model
     held = [(h.name, before[h.name][CHAMPION]) for h in pair if CHAMPION in before[h.name]]
     for h in pair:  # exactly one holds it afterwards: set below, or none when unregistered
         if CHAMPION in before[h.name] and (h is not winner or winner.version is None):
@@ -115,10 +118,10 @@ def set_aliases(
 def promote(uri: str, client: MlflowClient, winner: Published) -> list[str]:
     """Register `winner`'s logged model as a version of `<name>-<arch>` (one per run) carrying
     the winner version's tags, and point that model's `champion` at it; the line to show."""
-    from autoall.tracking import LoggedModel, register
+    from autoall.tracking import LoggedModel, register, registered_suffix
 
     assert winner.version is not None and winner.model_id is not None
-    name = winner.name.removesuffix("-all" if winner.variant == "all" else "-baseline")
+    name = winner.name.removesuffix(registered_suffix(PUBLISHED[winner.variant]))
     tags = dict(client.get_model_version(winner.name, winner.version).tags)
     tags["autoall.champion_of"] = _at(winner.name, winner.version)
     logged = LoggedModel(model_id=winner.model_id, model_uri=f"models:/{winner.model_id}")
@@ -154,7 +157,7 @@ def follow_verdicts(
             *costs,
         )
         ours, theirs = (Holder(pubs[v].name, pubs[v].version) for v in _VARIANTS)
-        winner = pubs["all" if choice.kind == "all" else "tuned-baseline"]
+        winner = pubs[PUBLISHED_AS[choice.kind]]
         try:
             lines = set_aliases(client, all_model=ours, baseline_model=theirs, choice=choice)
             if uri is not None and winner.version is not None and winner.model_id is not None:

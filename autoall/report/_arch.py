@@ -16,12 +16,13 @@ from typing import Any
 
 import optuna
 
-from autoall.config import ParamSpec, ReportOptions, StudyConfig
+from autoall.config import KINDS, Kind, ParamSpec, ReportOptions, StudyConfig
 from autoall.errors import UserError
 from autoall.report import _claims as claims
 from autoall.report._budget import arm_budget, boundary_notes, budget_notes, default_margin
-from autoall.report._models import PUBLISHED, Publisher
-from autoall.report._retune import FREED, retune
+from autoall.report._models import Publisher
+from autoall.report._names import PUBLISHED, VariantName, split_share
+from autoall.report._retune import FREED, REDUCED, retune
 from autoall.report._selection import finished_trials, select
 from autoall.report._stats import time_to_target
 from autoall.report._store import RunStore
@@ -74,7 +75,7 @@ class ArchRun:
         rep = ArchReport(arch=self.arch, replicates=[])
         for r, (study, base_study) in enumerate(pairs):
             rep.replicates.append(self._select(rep, r, study, base_study))
-        accs = [rp.selections["baseline"].winner.mean_val_acc for rp in rep.replicates]
+        accs = [rp.selections[Kind.BASELINE].winner.mean_val_acc for rp in rep.replicates]
         test_size = int(self.data.test_y.numel())
         if self.cfg.report.margin is not None:
             rep.margin = self.cfg.report.margin / 100
@@ -109,23 +110,24 @@ class ArchRun:
     ) -> Replicate:
         budget = min(len(finished_trials(study)), len(finished_trials(base_study)))
         rp = Replicate(r, study, base_study, budget, {})
-        self._pick(rep, rp, "all", "all", study)
-        self._pick(rep, rp, "baseline", "baseline", base_study)
-        if "all" not in rp.selections or "baseline" not in rp.selections:
+        self._pick(rep, rp, Kind.ALL, Kind.ALL, study)
+        self._pick(rep, rp, Kind.BASELINE, Kind.BASELINE, base_study)
+        if any(kind not in rp.selections for kind in KINDS):
             raise ReportError(
                 f"{self.arch}: a study of replicate {r} has no COMPLETE trial within its first "
                 f"{budget}."
             )
-        if rp.selections["all"].winner.params.get("aux_loss") == "none":
+        if rp.selections[Kind.ALL].winner.params.get("aux_loss") == "none":
             accept = lambda p: p.get("aux_loss") != "none"  # noqa: E731
-            if not self._pick(rep, rp, "custom", "all", study, accept=accept, label="custom-loss"):
+            custom = VariantName.CUSTOM  # the custom-loss ALL's trial, when not the winner
+            if not self._pick(rep, rp, custom, Kind.ALL, study, accept=accept, label="custom-loss"):
                 rep.notes.append(
                     f"Replicate {r}: no trial of the ALL study used a custom loss (aux_loss other "
                     "than none): the custom-loss claim cannot be tested there."
                 )
         rp.arms = {
-            "all": arm_budget(study, budget, self.cfg.sampler),
-            "baseline": arm_budget(base_study, budget, self.cfg.sampler),
+            Kind.ALL: arm_budget(study, budget, self.cfg.sampler),
+            Kind.BASELINE: arm_budget(base_study, budget, self.cfg.sampler),
         }
         if budget < count_trials(study.get_trials(deepcopy=False)).done:
             rep.notes.append(
@@ -138,7 +140,13 @@ class ArchRun:
         return rp
 
     def _pick(
-        self, rep: ArchReport, rp: Replicate, key: str, kind: str, study: optuna.Study, **extra: Any
+        self,
+        rep: ArchReport,
+        rp: Replicate,
+        key: str,
+        kind: Kind,
+        study: optuna.Study,
+        **extra: Any,
     ) -> Selection | None:
         found = select(
             self.cfg,
@@ -171,10 +179,11 @@ class ArchRun:
     def _retuned(self, rep: ArchReport, rp: Replicate, variant: Variant) -> Variant:
         """`variant` re-tuned on what its change frees (report_retune.FREED), or labelled
         untuned when there is no budget or nothing to free."""
-        key = "reduced" if "@" in variant.name else variant.name
+        _, share = split_share(variant.name)
+        key = variant.name if share is None else REDUCED
         if key not in FREED:
             return variant
-        ranges: dict[str, ParamSpec] = {**self.cfg.space(self.arch, "baseline")}
+        ranges: dict[str, ParamSpec] = {**self.cfg.space(self.arch, Kind.BASELINE)}
         if "all_lr" in self.cfg.search:
             ranges["all_lr"] = self.cfg.search["all_lr"]
         space = {
@@ -248,7 +257,7 @@ def set_target(rep: ArchReport, target: float | None) -> None:
     if target is None:
         means = [
             sum(rp.selections[k].winner.mean_val_acc for rp in rep.replicates) / len(rep.replicates)
-            for k in ("all", "baseline")
+            for k in KINDS
         ]
         target = TARGET_FRACTION * min(means)
         rep.target_source = (

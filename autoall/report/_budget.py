@@ -11,7 +11,7 @@ import math
 import optuna
 from optuna.trial import TrialState
 
-from autoall.config import SamplerConfig, StudyConfig
+from autoall.config import KINDS, SamplerConfig, StudyConfig
 from autoall.report._selection import finished_trials
 from autoall.report._types import ArmBudget, Replicate
 from autoall.study import sampler_phase
@@ -52,8 +52,8 @@ def boundary_notes(cfg: StudyConfig, arch: str, rp: Replicate) -> list[str]:
     """A note for each winner knob within `BOUNDARY` of its range's end: the best value may lie
     outside the range searched."""
     out = []
-    for key, kind in (("all", "all"), ("baseline", "baseline")):
-        sel = rp.selections.get(key)
+    for kind in KINDS:
+        sel = rp.selections.get(kind)
         if sel is None:
             continue
         space = cfg.space(arch, kind)

@@ -30,7 +30,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from autoall.config import Kind
 from autoall.report import _decision as decision
+from autoall.report._names import VariantName, at_share, split_share
 from autoall.report._types import ArchReport, ArmBudget, Claim, RunRecord
 
 _METRICS: dict[str, Callable[[RunRecord], float | None]] = {
@@ -63,7 +65,7 @@ def arch_claims(rep: ArchReport, *, test_y: np.ndarray) -> list[Claim]:
         item = Claim(key, rep.arch, title, v, c, metric, sign, note=note)
         if v not in names or c not in names:
             missing = v if v not in names else c
-            item.reason = f"not run: no {missing!r} variant (see the notes)"
+            item.reason = f"not run: no {str(missing)!r} variant (see the notes)"
         else:
             _test(item, rep, test_y=test_y)
         out.append(item)
@@ -71,24 +73,24 @@ def arch_claims(rep: ArchReport, *, test_y: np.ndarray) -> list[Claim]:
     claim(
         "accuracy",
         "Accuracy (FAQ 3): the tuned ALL beats the equal-budget tuned baseline",
-        "all",
-        "tuned-baseline",
+        VariantName.ALL,
+        VariantName.TUNED_BASELINE,
         "test_acc",
         +1,
     )
     claim(
         "parameters",
         "Not just parameters: the ALL beats a plain model with as many parameters",
-        "all",
-        "param-matched",
+        VariantName.ALL,
+        VariantName.PARAM_MATCHED,
         "test_acc",
         +1,
     )
     claim(
         "custom-loss",
         "Custom loss (section 2.2): L(W, a) improves the ALL (vs aux_weight = 0)",
-        "custom",
-        "no-aux",
+        VariantName.CUSTOM,
+        VariantName.NO_AUX,
         "test_acc",
         +1,
         "the custom-loss ALL is each replicate's winner, or its best custom-loss trial where "
@@ -97,16 +99,16 @@ def arch_claims(rep: ArchReport, *, test_y: np.ndarray) -> list[Claim]:
     claim(
         "own-lr",
         "Own learning rate (section 3.2): all_lr beats training the ALL at the base lr",
-        "all",
-        "all-shared-lr",
+        VariantName.ALL,
+        VariantName.ALL_SHARED_LR,
         "test_acc",
         +1,
     )
-    spec = rep.variant("all").plan.spec
+    spec = rep.variant(VariantName.ALL).plan.spec
     blocks, head = (
-        ("all", "other-positions")
+        (VariantName.ALL, VariantName.OTHER_POSITIONS)
         if spec is not None and spec.positions == "blocks"
-        else ("other-positions", "all")
+        else (VariantName.OTHER_POSITIONS, VariantName.ALL)
     )
     claim(
         "more-layers",
@@ -119,18 +121,18 @@ def arch_claims(rep: ArchReport, *, test_y: np.ndarray) -> list[Claim]:
     claim(
         "gap",
         "Generalisation: the ALL has a smaller train-test gap than the tuned baseline",
-        "all",
-        "tuned-baseline",
+        VariantName.ALL,
+        VariantName.TUNED_BASELINE,
         "gap",
         -1,
     )
-    for share in sorted({n.split("@")[1] for n in names if "@" in n}):
+    for share in sorted({s for n in names if (s := split_share(n)[1]) is not None}):
         claim(
             f"data-{share}",
             f"Less data: with {share} of the training data (equal steps, lr re-tuned on it) "
             "the ALL beats the tuned baseline",
-            f"all@{share}",
-            f"tuned-baseline@{share}",
+            at_share(VariantName.ALL, share),
+            at_share(VariantName.TUNED_BASELINE, share),
             "test_acc",
             +1,
         )
@@ -138,16 +140,16 @@ def arch_claims(rep: ArchReport, *, test_y: np.ndarray) -> list[Claim]:
     claim(
         "epochs",
         f"Efficiency: the ALL needs fewer epochs to reach {target}",
-        "all",
-        "tuned-baseline",
+        VariantName.ALL,
+        VariantName.TUNED_BASELINE,
         "target_epoch",
         -1,
     )
     claim(
         "seconds",
         f"Efficiency: the ALL needs fewer seconds of training to reach {target}",
-        "all",
-        "tuned-baseline",
+        VariantName.ALL,
+        VariantName.TUNED_BASELINE,
         "target_seconds",
         -1,
     )
@@ -243,14 +245,14 @@ def tuning_claim(rep: ArchReport) -> Claim:
         rep.arch,
         "Tuning cost: for the same number of trials the ALL study finds better models "
         "(expected best validation accuracy, mean over 1..N trials)",
-        "all",
-        "tuned-baseline",
+        VariantName.ALL,
+        VariantName.TUNED_BASELINE,
         "expected_best",
         +1,
     )
     d = []
     for rp in rep.replicates:
-        ours, theirs = rp.arms.get("all"), rp.arms.get("baseline")
+        ours, theirs = rp.arms.get(Kind.ALL), rp.arms.get(Kind.BASELINE)
         if ours is None or theirs is None or not ours.values or not theirs.values:
             continue
         gap = budget_curve(ours) - budget_curve(theirs)

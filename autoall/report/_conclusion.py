@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from autoall.report._claims import in_units
 from autoall.report._decision import N_NEEDED_CAP
+from autoall.report._names import VariantName
 from autoall.report._types import ArchReport, Claim, Report, RunRecord
 
 
@@ -69,8 +70,8 @@ def arch_conclusion(rep: ArchReport) -> str:
     """`conclude` on one architecture's claims, with the costs of its ALL and tuned baseline."""
     return conclude(
         rep.claims,
-        all_cost=cost_of(rep.runs_of("all")),
-        baseline_cost=cost_of(rep.runs_of("tuned-baseline")),
+        all_cost=cost_of(rep.runs_of(VariantName.ALL)),
+        baseline_cost=cost_of(rep.runs_of(VariantName.TUNED_BASELINE)),
     )
 
 

@@ -34,6 +34,7 @@ import re
 
 from autoall.report import _decision as decision
 from autoall.report import _stats as stats
+from autoall.report._names import VariantName
 from autoall.report._types import Claim, Report
 from autoall.tracking import studies_link
 
@@ -137,7 +138,7 @@ def run_figures(report: Report) -> tuple[dict[str, float], dict[str, str]]:
                 ci = None
             if ci is not None:
                 metrics |= {f"{key}.acc_ci_low": ci[0], f"{key}.acc_ci_high": ci[1]}
-            if variant in ("all", "tuned-baseline"):
+            if variant in (VariantName.ALL, VariantName.TUNED_BASELINE):
                 metrics[f"{key}.test_acc_mean"] = mean
         for claim in rep.claims:
             claim_metrics, claim_tags = claim_figures(claim)

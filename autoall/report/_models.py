@@ -23,6 +23,7 @@ from torch import nn
 
 from autoall.config import StudyConfig
 from autoall.errors import one_line
+from autoall.report._names import PUBLISHED, VariantName
 from autoall.report._store import OnTrained, RunStore
 from autoall.report._types import RunRecord, Selection
 from autoall.tracking import (
@@ -38,7 +39,6 @@ from autoall.tracking import (
 )
 from autoall.training import DeviceData, RunResult
 
-PUBLISHED: dict[str, str] = {"all": "all", "tuned-baseline": "baseline"}  # variant -> study kind
 _EXAMPLE_IMAGES = 2  # input example: two train images (a batch dimension that stays dynamic)
 _VERSION_METRICS = ("test_acc", "test_loss", "final_val_acc", "best_val_acc", "final_val_loss")
 
@@ -49,7 +49,7 @@ class Published:
 
     name: str  # registered model name
     arch: str
-    variant: str  # "all" or "tuned-baseline"
+    variant: str  # VariantName.ALL or VariantName.TUNED_BASELINE (a key of PUBLISHED)
     run_id: str
     trial: int
     test_acc: float | None = None  # the run's, as reported
@@ -198,7 +198,7 @@ class Publisher:
                 "autoall.report_run": self.store.parent_id,
             },
         )
-        what = "ALL winner" if pub.variant == "all" else "tuned-baseline winner"
+        what = "ALL winner" if pub.variant == VariantName.ALL else "tuned-baseline winner"
         try:
             pub.version = register(
                 self.store.uri,

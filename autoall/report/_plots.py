@@ -20,7 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.trial import FrozenTrial, TrialState
 
+from autoall.config import Kind
 from autoall.report._claims import budget_curve, paired
+from autoall.report._names import VariantName
 from autoall.report._selection import finished_trials
 from autoall.report._types import ArchReport, RunRecord
 
@@ -28,14 +30,19 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 COLORS: dict[str, str] = {
-    "hand-set": "#555555",
-    "all": "#1f77b4",
-    "no-aux": "#ff7f0e",
-    "tuned-baseline": "#2ca02c",
-    "param-matched": "#9467bd",
+    VariantName.HAND_SET: "#555555",
+    VariantName.ALL: "#1f77b4",
+    VariantName.NO_AUX: "#ff7f0e",
+    VariantName.TUNED_BASELINE: "#2ca02c",
+    VariantName.PARAM_MATCHED: "#9467bd",
 }
 _DPI = 100
-_CURVES = ("tuned-baseline", "hand-set", "all", "param-matched")  # the learning-curve figure
+_CURVES: tuple[str, ...] = (  # the learning-curve figure
+    VariantName.TUNED_BASELINE,
+    VariantName.HAND_SET,
+    VariantName.ALL,
+    VariantName.PARAM_MATCHED,
+)
 
 
 def draw_all(rep: ArchReport, folder: Path, *, seeds: int) -> None:
@@ -87,7 +94,7 @@ def draw_all(rep: ArchReport, folder: Path, *, seeds: int) -> None:
 
     budgets = {
         label: [budget_curve(rp.arms[key]) for rp in rep.replicates if rp.arms.get(key)]
-        for key, label in (("all", "ALL study"), ("baseline", "tuned-baseline study"))
+        for key, label in ((Kind.ALL, "ALL study"), (Kind.BASELINE, "tuned-baseline study"))
     }
     name = f"budget_curves_{arch}.png"
     budget_curves(budgets, title=arch, path=folder / name)

@@ -24,6 +24,7 @@ from typing import Union
 from autoall.report import _stats as stats
 from autoall.report._claims import UNITS, family_size
 from autoall.report._conclusion import arch_conclusion
+from autoall.report._names import VariantName
 from autoall.report._types import ArchReport, Claim, Report
 
 
@@ -122,17 +123,17 @@ def _headline(rep: ArchReport) -> str:
             return "-"
         return _acc([r.metrics["test_acc"] for r in runs])
 
-    n = len(rep.runs_of("all"))
+    n = len(rep.runs_of(VariantName.ALL))
     return (
         f"**{rep.arch}** (test accuracy, mean ± sd over n = {n} runs, replicates x seeds): "
-        f"ALL {acc('all')}, tuned "
-        f"baseline {acc('tuned-baseline')}, hand-set baseline {acc('hand-set')}, "
-        f"parameter-matched {acc('param-matched')}."
+        f"ALL {acc(VariantName.ALL)}, tuned "
+        f"baseline {acc(VariantName.TUNED_BASELINE)}, hand-set baseline "
+        f"{acc(VariantName.HAND_SET)}, parameter-matched {acc(VariantName.PARAM_MATCHED)}."
     )
 
 
 def _arch_blocks(rep: ArchReport) -> list[Block]:
-    n = len(rep.runs_of("all"))
+    n = len(rep.runs_of(VariantName.ALL))
     blocks: list[Block] = [
         Heading(2, rep.arch),
         Paragraph(f"**Conclusion.** {arch_conclusion(rep)}"),  # autoall/report/_conclusion.py
@@ -244,7 +245,10 @@ def _arch_blocks(rep: ArchReport) -> list[Block]:
         Paragraph(f"Target validation accuracy {rep.target_acc:.4f} ({rep.target_source})."),
         Table(
             ("variant", "median s/epoch", "epochs to target", "seconds to target"),
-            [_efficiency_row(rep, v) for v in ("all", "tuned-baseline", "hand-set")],
+            [
+                _efficiency_row(rep, v)
+                for v in (VariantName.ALL, VariantName.TUNED_BASELINE, VariantName.HAND_SET)
+            ],
         ),
     ]
     blocks += [Image(file, caption) for file, caption in rep.figures]

@@ -45,6 +45,7 @@ import optuna
 from autoall._secrets import mask_secrets, sqlite_file
 from autoall.config import (
     BASELINE_SUFFIX,
+    Kind,
     ReportOptions,
     RunOptions,
     StudyConfig,
@@ -112,7 +113,7 @@ def check_studies(cfg: StudyConfig, storage: str) -> dict[tuple[str, int], optun
     studies = {}
     for arch in cfg.architectures:
         for replicate in range(cfg.replicates):
-            name = cfg.study_name(arch, "all", replicate)
+            name = cfg.study_name(arch, Kind.ALL, replicate)
             if name not in names:
                 there = ", ".join(sorted(names)) or "none"
                 raise ReportError(f"No study {name!r} in {shown} (studies there: {there}); {fix}.")
@@ -140,7 +141,7 @@ def baseline_studies(
     for arch in cfg.architectures:
         short = []
         for replicate in range(cfg.replicates):
-            name = cfg.study_name(arch, "baseline", replicate)
+            name = cfg.study_name(arch, Kind.BASELINE, replicate)
             need = count_trials(studies[(arch, replicate)].get_trials(deepcopy=False)).done
             have = 0
             if name in names:
@@ -161,7 +162,7 @@ def baseline_studies(
         say(f"{lines} finished trials; running the rest (equal budget), as `{command}`")
         _run_baseline_studies(cfg, arch, need, opts)
     return {
-        (arch, r): optuna.load_study(study_name=cfg.study_name(arch, "baseline", r), storage=rdb)
+        (arch, r): optuna.load_study(study_name=cfg.study_name(arch, Kind.BASELINE, r), storage=rdb)
         for arch, r in studies
     }
 
@@ -176,7 +177,7 @@ def _run_baseline_studies(cfg: StudyConfig, arch: str, n_trials: int, opts: Repo
             n_trials=n_trials,
             device=opts.device,
             tracking_uri=opts.tracking_uri,
-            kinds=("baseline",),
+            kinds=(Kind.BASELINE,),
         ),
     )
 

@@ -38,6 +38,7 @@ import optuna
 
 from autoall.config import ParamSpec
 from autoall.errors import UserError
+from autoall.report._names import VariantName
 from autoall.report._types import Retuned, RunRecord
 from autoall.study import suggest
 from autoall.training import DeviceData, RunPlan, steps_per_epoch, train_subset
@@ -46,12 +47,13 @@ if TYPE_CHECKING:
     from autoall.report._store import RunStore
 
 STEP_TOLERANCE = 0.01  # reduced-data steps within 1 % of the full run's (whole epochs)
+REDUCED = "reduced"  # FREED's key of every variant on a share of the train split (`at_share`)
 FREED: dict[str, tuple[str, ...]] = {
-    "param-matched": ("lr", "weight_decay"),
-    "all-shared-lr": ("lr", "weight_decay"),
-    "no-aux": ("lr", "all_lr"),
-    "other-positions": ("lr", "all_lr"),
-    "reduced": ("lr", "weight_decay"),
+    VariantName.PARAM_MATCHED: ("lr", "weight_decay"),
+    VariantName.ALL_SHARED_LR: ("lr", "weight_decay"),
+    VariantName.NO_AUX: ("lr", "all_lr"),
+    VariantName.OTHER_POSITIONS: ("lr", "all_lr"),
+    REDUCED: ("lr", "weight_decay"),
 }
 
 

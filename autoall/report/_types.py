@@ -29,7 +29,7 @@ SELECTION_METRICS: tuple[str, ...] = ("final_val_acc", "final_val_loss", "params
 class Variant:
     """One model and training recipe the report trains on every evaluation seed."""
 
-    name: str  # a key: "all", "tuned-baseline", "param-matched", "all@10%", ...
+    name: str  # a VariantName ("all", "tuned-baseline", ...), or one on a share: "all@10%"
     label: str  # for people: "ALL", "tuned baseline", ...
     plan: RunPlan  # its seed is replaced per run
     note: str  # where the settings come from
@@ -152,9 +152,10 @@ class Replicate:
     all_study: optuna.Study
     baseline_study: optuna.Study
     budget: int  # finished trials each arm is judged on
-    selections: dict[str, Selection]  # "all", "baseline", and "custom" when it differs
+    # by Kind ("all", "baseline"), and VariantName.CUSTOM ("custom") when it differs
+    selections: dict[str, Selection]
     variants: list[Variant] = field(default_factory=list)
-    arms: dict[str, ArmBudget] = field(default_factory=dict)  # "all", "baseline"
+    arms: dict[str, ArmBudget] = field(default_factory=dict)  # by Kind: "all", "baseline"
     retuned: list[Retuned] = field(default_factory=list)
 
 

@@ -1,8 +1,9 @@
 """What a report trains per architecture and replicate (`arch_variants`): each variant's plan,
 label and note, with the knobs it inherits from a winner.
 
-From one replicate's two winners (`picked["all"]`, `picked["baseline"]`, and `picked["custom"]`
-when the ALL winner has no custom loss) come:
+From one replicate's two winners (`picked[Kind.ALL]`, `picked[Kind.BASELINE]`, and
+`picked[VariantName.CUSTOM]` when the ALL winner has no custom loss) come the variants
+(autoall/report/_names.py names them):
 
 - the tuned baseline (the comparator) and the ALL; the hand-set baseline (a reference row, in
   replicate 0 only: it does not depend on a search);
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from autoall.config import StudyConfig, trial_plan
+from autoall.config import Kind, StudyConfig, trial_plan
+from autoall.report._names import VariantName, at_share, share_label
 from autoall.report._retune import equal_steps
 from autoall.report._types import Selection, Variant
 from autoall.training import (
@@ -51,27 +53,27 @@ def arch_variants(
     """The evaluated variants (winners, hand-set reference, controls, reduced-data runs), and
     notes on any control that could not be built."""
     notes: list[str] = []
-    win_all, win_base = picked["all"].winner, picked["baseline"].winner
-    all_plan = trial_plan(cfg, arch, "all", win_all.params, device=device, replicate=replicate)
+    win_all, win_base = picked[Kind.ALL].winner, picked[Kind.BASELINE].winner
+    all_plan = trial_plan(cfg, arch, Kind.ALL, win_all.params, device=device, replicate=replicate)
     base_plan = trial_plan(
-        cfg, arch, "baseline", win_base.params, device=device, replicate=replicate
+        cfg, arch, Kind.BASELINE, win_base.params, device=device, replicate=replicate
     )
     hand = baseline(arch, cfg.data.name)
     hand_plan = RunPlan(arch, replace(cfg.train_config(arch), device=device))
     assert all_plan.spec is not None
     variants = [
         Variant(
-            "tuned-baseline",
+            VariantName.TUNED_BASELINE,
             "tuned baseline",
             base_plan,
-            f"{picked['baseline'].study} trial #{win_base.trial}: {_knobs(win_base.params)}",
+            f"{picked[Kind.BASELINE].study} trial #{win_base.trial}: {_knobs(win_base.params)}",
             timed=True,
         ),
         Variant(
-            "all",
+            VariantName.ALL,
             "ALL",
             all_plan,
-            f"{picked['all'].study} trial #{win_all.trial}: {_knobs(win_all.params)}",
+            f"{picked[Kind.ALL].study} trial #{win_all.trial}: {_knobs(win_all.params)}",
             timed=True,
         ),
     ]
@@ -79,7 +81,7 @@ def arch_variants(
         variants.insert(
             1,
             Variant(
-                "hand-set",
+                VariantName.HAND_SET,
                 "hand-set baseline",
                 hand_plan,
                 f"{hand.label_for(hand_plan.train)}; {hand.source} (a reference row, no claim)",
@@ -99,7 +101,7 @@ def arch_variants(
     if abs(matched - target) <= MATCH_TOLERANCE * target:
         variants.append(
             Variant(
-                "param-matched",
+                VariantName.PARAM_MATCHED,
                 "parameter-matched",
                 replace(base_plan, head_width=width),
                 f"the tuned baseline with the layer before the head {width} wide: "
@@ -113,14 +115,21 @@ def arch_variants(
         )
     shared = replace(all_plan, train=replace(all_plan.train, all_lr=None))
     variants.append(
-        Variant("all-shared-lr", "ALL, all_lr = lr", shared, "the ALL trained at the base lr")
+        Variant(
+            VariantName.ALL_SHARED_LR,
+            "ALL, all_lr = lr",
+            shared,
+            "the ALL trained at the base lr",
+        )
     )
-    custom_pick = picked.get("custom")
+    custom_pick = picked.get(VariantName.CUSTOM)
     if custom_pick is not None:
         win = custom_pick.winner
-        custom_plan = trial_plan(cfg, arch, "all", win.params, device=device, replicate=replicate)
+        custom_plan = trial_plan(
+            cfg, arch, Kind.ALL, win.params, device=device, replicate=replicate
+        )
         custom = Variant(
-            "custom",
+            VariantName.CUSTOM,
             "ALL with custom loss",
             custom_plan,
             f"best custom-loss trial #{win.trial}: {_knobs(win.params)}",
@@ -128,32 +137,41 @@ def arch_variants(
     else:  # the winner has a custom loss: it is the custom-loss ALL (its runs are reused)
         custom_plan = all_plan
         custom = Variant(
-            "custom", "ALL with custom loss", all_plan, "the ALL winner itself", timed=True
+            VariantName.CUSTOM,
+            "ALL with custom loss",
+            all_plan,
+            "the ALL winner itself",
+            timed=True,
         )
     if custom_plan.spec is not None and custom_plan.spec.aux_loss != "none":
         variants.append(custom)
         no_aux = replace(custom_plan, spec=replace(custom_plan.spec, aux_weight=0.0))
         variants.append(
-            Variant("no-aux", "ALL, aux_weight = 0", no_aux, "the custom-loss ALL without L(W, a)")
+            Variant(
+                VariantName.NO_AUX,
+                "ALL, aux_weight = 0",
+                no_aux,
+                "the custom-loss ALL without L(W, a)",
+            )
         )
     flipped = "head" if all_plan.spec.positions == "blocks" else "blocks"
     variants.append(
         Variant(
-            "other-positions",
+            VariantName.OTHER_POSITIONS,
             f"ALL, positions = {flipped}",
             replace(all_plan, spec=replace(all_plan.spec, positions=flipped)),
             f"the ALL winner with positions: {flipped}",
         )
     )
     for fraction in fractions:
-        pct = f"{100 * fraction:g}%"
+        pct = share_label(fraction)
         for name, label, plan in (
-            ("tuned-baseline", "tuned baseline", base_plan),
-            ("all", "ALL", all_plan),
+            (VariantName.TUNED_BASELINE, "tuned baseline", base_plan),
+            (VariantName.ALL, "ALL", all_plan),
         ):
             variants.append(
                 Variant(
-                    f"{name}@{pct}",
+                    at_share(name, pct),
                     f"{label} on {pct} of train",
                     reduced := equal_steps(plan, data, fraction),
                     f"trained on a stratified {pct} of the train split (drawn per seed) for "

@@ -33,7 +33,7 @@ import autoall
 from autoall import _timing as timing
 from autoall._provenance import git_commit
 from autoall._secrets import mask_secrets
-from autoall.config import BASELINE_KNOBS, trial_plan
+from autoall.config import BASELINE_KNOBS, Kind, trial_plan
 from autoall.study._host import share_cores
 from autoall.study._outage import stop_waiting
 from autoall.study._samplers import PHASE_ATTR
@@ -438,11 +438,11 @@ def resolved_config(ctx: WorkerContext, params: dict[str, Any], tcfg: Any) -> di
     return {
         "study": ctx.study_name,
         "study_file": cfg.path,
-        "kind": ctx.kind,
+        "kind": ctx.kind.value,  # a plain string: config.yaml is plain YAML
         "replicate": ctx.replicate,
         "architecture": ctx.arch,
         "data": asdict(cfg.data),
-        "all": {**knobs, "activation": cfg.activation} if ctx.kind == "all" else None,
+        "all": {**knobs, "activation": cfg.activation} if ctx.kind == Kind.ALL else None,
         "train": asdict(tcfg),
     }
 
@@ -460,7 +460,7 @@ def _trial_tags(ctx: WorkerContext, number: int, retry_of: int | None) -> dict[s
     tags = {
         "autoall.study": ctx.study_name,
         "autoall.architecture": ctx.arch,
-        "autoall.kind": ctx.kind,
+        "autoall.kind": ctx.kind.value,
         "autoall.replicate": str(ctx.replicate),
         "optuna.study_name": ctx.study_name,
         "host": socket.gethostname(),

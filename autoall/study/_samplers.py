@@ -22,13 +22,15 @@ is the wrapped sampler's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution
 from optuna.samplers import (
     BaseSampler,
+    CmaEsSampler,
+    GPSampler,
     GridSampler,
     NSGAIISampler,
     RandomSampler,
@@ -37,7 +39,33 @@ from optuna.samplers import (
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from autoall.config import ParamSpec, SamplerConfig
 from autoall.study._storage import LazyRandomState, finished_trials, set_user_attr
+
+# A sampler of the study file's `sampler:` section, from that section and the searched knobs
+# (called only by the grid sampler, whose grid they are).
+SamplerFactory = Callable[[SamplerConfig, Callable[[], Mapping[str, ParamSpec]]], BaseSampler]
+
+
+def _grid(s: SamplerConfig, space: Callable[[], Mapping[str, ParamSpec]]) -> BaseSampler:
+    """Every choice of every knob; the grid's order is shuffled once with the seed: the same
+    in every worker."""
+    grid = {name: list(spec.choices) for name, spec in space().items()}
+    return GridSampler(grid, seed=s.seed)
+
+
+# The sampler each name of the study file's `sampler.name` (config's SAMPLERS) makes; each
+# wrapped by `PerTrialSeed`. TPE: multivariate, with the constant liar (several workers).
+SAMPLER_FACTORIES: dict[str, SamplerFactory] = {
+    "tpe": lambda s, _: TPESampler(
+        seed=s.seed, n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True
+    ),
+    "random": lambda s, _: RandomSampler(seed=s.seed),
+    "cmaes": lambda s, _: CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials),
+    "gp": lambda s, _: GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials),
+    "grid": _grid,
+    "nsgaii": lambda s, _: NSGAIISampler(seed=s.seed),
+}
 
 # Optuna offers only `reseed_rng()` (fresh entropy from the OS), not a seed. The random states
 # its samplers draw from are these private attributes (Optuna 4 and 5): `_rng` (TPE, random,

@@ -29,9 +29,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from autoall import _timing as timing
-from autoall.config import KINDS, ParamSpec, SamplerConfig, StudyConfig
+from autoall.config import KINDS, Kind, ParamSpec, SamplerConfig, StudyConfig
 from autoall.study._host import HostWorkers
-from autoall.study._samplers import GUIDED, PHASE_ATTR, STARTUP, PerTrialSeed
+from autoall.study._samplers import GUIDED, PHASE_ATTR, SAMPLER_FACTORIES, STARTUP, PerTrialSeed
 from autoall.tracking import StudyTracker
 from autoall.training import DeviceData, load_data, remove_checkpoint, sweep_temp_files
 
@@ -68,34 +68,25 @@ def count_trials(trials: list[FrozenTrial]) -> Counts:
 def make_sampler(
     cfg: StudyConfig, *, space: dict[str, ParamSpec] | None = None, replicate: int = 0
 ) -> optuna.samplers.BaseSampler:
-    """The study file's sampler, drawing for each trial from its own stream, a hash of (seed,
-    `replicate`, trial number) (autoall/study/_samplers.py), so workers started together never repeat
-    each other's draws and replicates share no stream; each trial it draws records its
-    `sampler_phase`.
+    """The study file's sampler (made by its entry in `SAMPLER_FACTORIES`), drawing for each
+    trial from its own stream, a hash of (seed, `replicate`, trial number)
+    (autoall/study/_samplers.py), so workers started together never repeat each other's draws
+    and replicates share no stream; each trial it draws records its `sampler_phase`.
 
     `space` is the searched knobs (the grid sampler's grid); default: the ALL study's.
     """
     s = cfg.sampler
-    seed = s.seed
-    sampler: optuna.samplers.BaseSampler
-    if s.name == "tpe":
-        sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True, constant_liar=True
+    if s.name not in SAMPLER_FACTORIES:
+        raise ValueError(
+            f"sampler must be one of {', '.join(SAMPLER_FACTORIES)}, but got {s.name!r}."
         )
-    elif s.name == "random":
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    elif s.name == "cmaes":
-        sampler = optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=s.n_startup_trials)
-    elif s.name == "gp":
-        sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials)
-    elif s.name == "nsgaii":
-        sampler = optuna.samplers.NSGAIISampler(seed=seed)
-    else:  # the grid's order is shuffled once with `seed`: the same in every worker
-        if space is None:  # every architecture's: the grid's lr and weight_decay are choices
-            space = cfg.space(cfg.architectures[0], "all")
-        grid = {name: list(spec.choices) for name, spec in space.items()}
-        sampler = optuna.samplers.GridSampler(grid, seed=seed)
-    return PerTrialSeed(sampler, seed, replicate=replicate, n_startup_trials=s.n_startup_trials)
+
+    def searched() -> dict[str, ParamSpec]:
+        # every architecture's: the grid's lr and weight_decay are choices
+        return space if space is not None else cfg.space(cfg.architectures[0], Kind.ALL)
+
+    sampler = SAMPLER_FACTORIES[s.name](s, searched)
+    return PerTrialSeed(sampler, s.seed, replicate=replicate, n_startup_trials=s.n_startup_trials)
 
 
 def sampler_phase(trial: FrozenTrial, sampler: SamplerConfig | None = None) -> str:
@@ -168,7 +159,7 @@ def create_studies(
                 f"{cfg.directions}; use another --study-name."
             )
         study.set_user_attr("n_trials", n_trials)
-        study.set_user_attr("kind", kind)
+        study.set_user_attr("kind", kind.value)  # "all" or "baseline"
         study.set_user_attr("replicate", replicate)
         study.set_user_attr("train_seed", cfg.train_config(arch, replicate).seed)
         study.set_user_attr("search_space", search_space_summary(cfg.space(arch, kind)))
@@ -233,7 +224,7 @@ class WorkerContext:
 
     cfg: StudyConfig
     arch: str
-    kind: str  # "all" (the ALL study) or "baseline" (its equal-budget tuned baseline)
+    kind: Kind  # the ALL study or its equal-budget tuned baseline
     data: DeviceData
     device: str | None
     tracker: StudyTracker
@@ -249,6 +240,9 @@ class WorkerContext:
     small_model: bool = False  # every model of the study trains fastest on one thread
     cohort: int = 1  # trials asked at once and trained together (autoall/study/_cohort_trials.py)
     replicate: int = 0  # which independent search of the study (its seeds and its name)
+
+    def __post_init__(self) -> None:
+        self.kind = Kind(self.kind)  # a stored or typed "all" is Kind.ALL
 
     @property
     def study_name(self) -> str:

@@ -15,6 +15,7 @@ from autoall.tracking._model_registry import (
     logged_model_name,
     register,
     registered_name,
+    registered_suffix,
     serving_copy,
     version_tags,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "quiet_mlflow",
     "register",
     "registered_name",
+    "registered_suffix",
     "resolve_tracking_uri",
     "serving_copy",
     "studies_link",

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoall.config import KINDS, Kind
 from autoall.tracking._safe_model import check_stores_exist, load_pt2
 from autoall.tracking._safe_model import (
     evaluable as evaluable,  # for a model loaded with plain MLflow
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
     from autoall.training import DeviceData
 
 ARTIFACT_NAME = "model"  # the logged model's name within its run
-_SUFFIX = {"all": "all", "baseline": "baseline"}  # study kind -> registered name suffix
 _EVAL_BATCH = 2048  # as TrainConfig.eval_batch_size: the same float sums as the run's evaluation
 
 
@@ -106,12 +106,18 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct / max(int(y.shape[0]), 1)
 
 
+def registered_suffix(kind: str) -> str:
+    """What the registered name of a study `kind`'s model ends in: `-` and the kind's value,
+    `-all` (`Kind.ALL`) or `-baseline` (`Kind.BASELINE`)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, but got {kind!r}.")
+    return f"-{Kind(kind).value}"
+
+
 def registered_name(study: str, arch: str, kind: str) -> str:
     """`<study>-<arch>-all` (kind "all") or `<study>-<arch>-baseline` (kind "baseline");
     '/' and ':' (a factory path) become '-'."""
-    if kind not in _SUFFIX:
-        raise ValueError(f"kind must be one of {', '.join(_SUFFIX)}, but got {kind!r}.")
-    name = f"{study}-{arch}-{_SUFFIX[kind]}"
+    name = f"{study}-{arch}{registered_suffix(kind)}"
     return name.replace("/", "-").replace(":", "-")
 
 

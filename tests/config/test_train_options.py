@@ -49,9 +49,9 @@ def _one_line_error(result: Result) -> str:
 @pytest.fixture
 def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[TrainConfig, Any, dict[str, Any]]]:
     """Every `train()` call of the command: its config, its data and the trained weights."""
-    import autoall.training._loop
+    import autoall.training
 
-    real = autoall.training._loop.train
+    real = autoall.training.train
     calls: list[tuple[TrainConfig, Any, dict[str, Any]]] = []
 
     def spy(model: torch.nn.Module, data: Any, cfg: TrainConfig, **kw: Any) -> Any:
@@ -60,7 +60,7 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[TrainConfig, Any, dic
         calls.append((cfg, data, weights))
         return result
 
-    monkeypatch.setattr(autoall.training._loop, "train", spy)
+    monkeypatch.setattr(autoall.training, "train", spy)  # where `autoall train` finds it
     return calls
 
 

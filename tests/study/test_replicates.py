@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import write_study
 
 import autoall.cli._commands
-import autoall.report._report
+import autoall.report
 import autoall.training._plan
 from autoall.cli._main import main
 from autoall.config._study_file import StudyFileError, load_study_file
@@ -219,8 +219,8 @@ def test_report_options_override_the_study_file(
         seen.append((cfg, opts))
         return SimpleNamespace(out=workdir / "reports" / cfg.name)
 
-    monkeypatch.setattr(autoall.report._report, "check_studies", lambda cfg, url: {})
-    monkeypatch.setattr(autoall.report._report, "run_report", fake_report)
+    monkeypatch.setattr(autoall.report, "check_studies", lambda cfg, url: {})
+    monkeypatch.setattr(autoall.report, "run_report", fake_report)
     path = write_study(workdir / "s.yaml", replicates=3,
                        report={"margin": 1.5, "tuning_trials": 4})  # fmt: skip
     assert _invoke("report", str(path)).exit_code == 0
@@ -273,8 +273,8 @@ def test_report_counts_come_from_the_file_unless_an_option_says_otherwise(
         seen.append(opts.resolved(cfg.report))  # as run_report resolves them
         return SimpleNamespace(out=workdir / "reports" / cfg.name)
 
-    monkeypatch.setattr(autoall.report._report, "check_studies", lambda cfg, url: {})
-    monkeypatch.setattr(autoall.report._report, "run_report", fake_report)
+    monkeypatch.setattr(autoall.report, "check_studies", lambda cfg, url: {})
+    monkeypatch.setattr(autoall.report, "run_report", fake_report)
     path = write_study(workdir / "c.yaml", report={"seeds": 5, "top_k": 2})
     assert _invoke("report", str(path)).exit_code == 0
     assert (seen[-1].seeds, seen[-1].top_k, seen[-1].selection_seeds) == (5, 2, 3)
