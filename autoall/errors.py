@@ -1,16 +1,20 @@
 """What a failure means to the user: one mapping from exceptions to exit codes and messages.
 
-| exception                                   | exit code | printed                             |
-|---------------------------------------------|-----------|-------------------------------------|
-| `UserError`, `ValueError` (bad input)       | 2         | `Error: <message>` (click's usage)  |
-| `RuntimeError` (a run failed: NaN loss, OOM)| 1         | `Error: <message>` and the hints    |
-| `KeyboardInterrupt` (Ctrl-C)                | 130       | `Interrupted; <hint>`               |
-| anything else (`KeyError`, ...)             | traceback | a bug in autoall                    |
+| exception                                    | exit code | printed                            |
+|----------------------------------------------|-----------|------------------------------------|
+| `UserError` (bad input: `InvalidValue`, ...) | 2         | `Error: <message>` (click's usage) |
+| `RunFailed` (a run failed: NaN loss, OOM)    | 1         | `Error: <message>` and the hints   |
+| `KeyboardInterrupt` (Ctrl-C)                 | 130       | `Interrupted; <hint>`              |
+| anything else (`ValueError`, `KeyError`, ...)| traceback | a bug in autoall                   |
+
+Every error autoall raises on purpose derives from `AutoallError`, through `UserError` or
+`RunFailed`; an exception from a library (torch, Optuna, MLflow, PyYAML) is translated into one
+of them where autoall catches it, with the file, key or URL it concerns, never by its type here.
 
 A command adds what the user should do next with `hint(...)`: the hint rides on the exception
 as a PEP 678 note. Every message goes through `mask_secrets`, so no password reaches the
-terminal. A leaf module: the library's exception classes derive from `UserError` without
-importing anything heavy.
+terminal. A leaf module: every package's exception classes derive from these without importing
+anything heavy.
 """
 
 from __future__ import annotations
@@ -26,23 +30,39 @@ FAILED = 1
 _INTERRUPT_NOTE = "autoall-interrupted: "  # prefix of the note shown on Ctrl-C only
 
 
-class UserError(Exception):
+class AutoallError(Exception):
+    """The root of every error autoall raises on purpose; `exit_code` says whose it is."""
+
+    exit_code: int = FAILED
+
+
+class UserError(AutoallError):
     """Input or an environment the user can fix: a file, a key, a URL, a password, a folder.
 
-    Library errors that mean this derive from it (`StorageError(UserError, RuntimeError)`), so
-    they keep their place in Python's hierarchy and still exit with code 2."""
+    Errors that mean this derive from it and keep their place in Python's hierarchy as well
+    (`StorageError(UserError, RuntimeError)`); they exit with code 2."""
+
+    exit_code = USAGE
+
+
+class InvalidValue(UserError, ValueError):
+    """A value autoall does not accept (an argument, an option, a study file's key): a
+    `ValueError`, as Python's callers expect, that the command line reports in one line."""
+
+
+class RunFailed(AutoallError):
+    """A run that failed once it started (a non-finite loss, out of memory, a full disk, workers
+    that died): exit code 1, with what to do next."""
+
+    exit_code = FAILED
 
 
 def exit_code(exc: BaseException) -> int | None:
     """The exit code for `exc`, or None when it is a bug (the traceback is the message)."""
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
-    if isinstance(exc, UserError | ValueError):
-        return USAGE
-    if isinstance(
-        exc, RuntimeError | FloatingPointError
-    ):  # NonFiniteLossError: a FloatingPointError
-        return FAILED
+    if isinstance(exc, AutoallError):
+        return exc.exit_code
     return None
 
 

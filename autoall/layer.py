@@ -28,6 +28,8 @@ import torch
 import torch.fx
 from torch import nn
 
+from autoall.errors import InvalidValue
+
 AUX_LOSSES: tuple[str, ...] = ("reconstruction", "sparsity", "orthogonality", "none")
 ACTIVATIONS: tuple[str, ...] = ("relu", "gelu")
 POSITIONS: tuple[str, ...] = ("head", "blocks")
@@ -58,7 +60,7 @@ class ALLSpec:
 
     def __post_init__(self) -> None:
         if not _is_positive_int(self.hidden_size):
-            raise ValueError(
+            raise InvalidValue(
                 f"hidden_size must be a positive integer, but got {self.hidden_size!r}."
             )
         weight = self.aux_weight
@@ -68,17 +70,17 @@ class ALLSpec:
             or not math.isfinite(weight)
             or weight < 0
         ):
-            raise ValueError(f"aux_weight must be a non-negative number, but got {weight!r}.")
+            raise InvalidValue(f"aux_weight must be a non-negative number, but got {weight!r}.")
         if self.aux_loss not in AUX_LOSSES:
-            raise ValueError(
+            raise InvalidValue(
                 f"aux_loss must be one of {', '.join(AUX_LOSSES)}, but got {self.aux_loss!r}."
             )
         if self.activation not in ACTIVATIONS:
-            raise ValueError(
+            raise InvalidValue(
                 f"activation must be one of {', '.join(ACTIVATIONS)}, but got {self.activation!r}."
             )
         if self.positions not in POSITIONS:
-            raise ValueError(
+            raise InvalidValue(
                 f"positions must be one of {', '.join(POSITIONS)}, but got {self.positions!r}."
             )
 
@@ -139,9 +141,9 @@ class AutoLearningLayer(nn.Module):
     ) -> None:
         super().__init__()
         if not _is_positive_int(features):
-            raise ValueError(f"features must be a positive integer, but got {features!r}.")
+            raise InvalidValue(f"features must be a positive integer, but got {features!r}.")
         if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
-            raise ValueError(
+            raise InvalidValue(
                 f"channel_dim must be an integer (-1: last, 1: the channels of (B, C, H, W)), "
                 f"but got {channel_dim!r}."
             )
@@ -169,7 +171,7 @@ class AutoLearningLayer(nn.Module):
             where = (
                 "features in the last dimension" if dim == -1 else f"channels in dimension {dim}"
             )
-            raise ValueError(
+            raise InvalidValue(
                 f"AutoLearningLayer expects inputs with {self.features} {where}, "
                 f"but got shape {tuple(x.shape)}."
             )
@@ -287,18 +289,18 @@ def find_head(model: nn.Module, head: str | None = None) -> str:
     linears = _linears(model)
     kind = type(model).__name__
     if not linears:
-        raise ValueError(f"{kind} has no nn.Linear classifier head to put an ALL in front of.")
+        raise InvalidValue(f"{kind} has no nn.Linear classifier head to put an ALL in front of.")
     listed = ", ".join(f"{n} ({m.in_features} -> {m.out_features})" for n, m in linears.items())
     if head is not None:
         if head not in linears:
-            raise ValueError(
+            raise InvalidValue(
                 f"head={head!r} is not an nn.Linear of {kind}; its nn.Linear layers are: {listed}."
             )
         return head
     try:
         return _traced_head(model, linears)
     except _NoHead as exc:
-        raise ValueError(
+        raise InvalidValue(
             f"insert_all cannot tell which nn.Linear produces the output of {kind}: {exc}; "
             f"name it with head=..., one of: {listed}."
         ) from None
@@ -323,13 +325,13 @@ def insert_all(model: nn.Module, spec: ALLSpec, *, head: str | None = None) -> n
     parent to replace it on), or when the head is already preceded by an ALL.
     """
     if spec.positions != "head":
-        raise ValueError(
+        raise InvalidValue(
             f"insert_all puts one ALL in front of the classifier head (positions='head'), "
             f"but got positions={spec.positions!r}; build_model places ALLs after the blocks "
             "of its architectures."
         )
     if isinstance(model, nn.Linear):
-        raise ValueError(
+        raise InvalidValue(
             "insert_all cannot replace a bare nn.Linear in place; wrap it in a module "
             "(e.g. nn.Sequential(linear)) first."
         )
@@ -342,7 +344,7 @@ def insert_all(model: nn.Module, spec: ALLSpec, *, head: str | None = None) -> n
         siblings = list(parent._modules)
         position = siblings.index(child_name)
         if position > 0 and isinstance(parent[position - 1], AutoLearningLayer):
-            raise ValueError(
+            raise InvalidValue(
                 f"The classifier head {name!r} is already preceded by an AutoLearningLayer; "
                 "insert_all puts at most one ALL in front of a head."
             )
@@ -398,7 +400,7 @@ def _check_rate(name: str, value: float, *, allow_zero: bool) -> None:
     bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
     if bad_type or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {kind} number, but got {value!r}.")
+        raise InvalidValue(f"{name} must be a {kind} number, but got {value!r}.")
 
 
 def param_groups(

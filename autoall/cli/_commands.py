@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from autoall.config import DEFAULT_STORAGE, KINDS, Kind, ReportOptions, RunOptions
-from autoall.errors import UserError, hint
+from autoall.errors import AutoallError, RunFailed, UserError, hint
 
 if TYPE_CHECKING:  # autoall.config imports torch: only the commands that need it load it
     from autoall.cli._servers import Server
@@ -132,6 +132,8 @@ def train_one(options: Mapping[str, Any], given: frozenset[str] = frozenset()) -
         except BaseException as exc:
             if tracking is not None:
                 tracking.fail(exc)
+            if isinstance(exc, RuntimeError) and not isinstance(exc, AutoallError):
+                raise RunFailed(str(exc)) from exc  # torch's: the run failed, exit 1
             raise
     if tracking is not None:
         tracking.finish(result)

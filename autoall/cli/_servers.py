@@ -40,11 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from autoall.errors import UserError
+
 HOST = "127.0.0.1"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
-class ServerError(ValueError):
+class ServerError(UserError, ValueError):
     """A server cannot be started (port, executable, storage); the message says what to do."""
 
 

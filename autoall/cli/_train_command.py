@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from autoall.config import DEFAULT_TRACKING_URI
-from autoall.errors import UserError
+from autoall.errors import InvalidValue, UserError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -224,7 +224,7 @@ def _renamed(exc: ValueError, names: Mapping[str, str]) -> ValueError:
     be ..."); unchanged when the field is not in `names`."""
     text = str(exc)
     field = text.split(" ", 1)[0]
-    return ValueError(names[field] + text[len(field) :]) if field in names else exc
+    return InvalidValue(names[field] + text[len(field) :]) if field in names else exc
 
 
 def _shown(field: str, value: Any, option: str | None) -> str:
@@ -281,7 +281,7 @@ def resolve(options: Mapping[str, Any], given: frozenset[str]) -> TrainSetup:
 
     cli = {f: options[f] for f in TRAIN_FIELDS if f in given}
     if "seed" in cli and not 0 <= cli["seed"] <= _MAX_SEED:  # NumPy's and scikit-learn's range
-        raise ValueError(
+        raise InvalidValue(
             f"--seed must be an integer between 0 and {_MAX_SEED}, but got {cli['seed']!r}."
         )
     from_file = {**study.train, **study.train_per_arch.get(arch, {})} if study else {}
@@ -295,9 +295,9 @@ def resolve(options: Mapping[str, Any], given: frozenset[str]) -> TrainSetup:
 
     val_fraction, split_seed = data("val_fraction"), data("split_seed")
     if isinstance(val_fraction, bool) or not 0 < val_fraction < 1:
-        raise ValueError(f"--val-fraction must be in (0, 1), but got {val_fraction!r}.")
+        raise InvalidValue(f"--val-fraction must be in (0, 1), but got {val_fraction!r}.")
     if not 0 <= split_seed <= _MAX_SEED:
-        raise ValueError(
+        raise InvalidValue(
             f"--split-seed must be an integer between 0 and {_MAX_SEED}, but got {split_seed!r}."
         )
     changes = [  # what differs from the baseline, said as the user gave it

@@ -12,6 +12,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from autoall.errors import InvalidValue
+
 if sys.version_info >= (3, 11):
     from enum import StrEnum
 else:  # Python 3.10: enum.StrEnum as 3.11 defines it (members are their values, as strings)
@@ -104,5 +106,5 @@ class ReportOptions:
         """`seeds`, `selection_seeds` or `top_k` of options `resolved` against a study file."""
         value = getattr(self, key)
         if value is None:
-            raise ValueError(f"ReportOptions.{key} is unset: resolve the options first.")
+            raise InvalidValue(f"ReportOptions.{key} is unset: resolve the options first.")
         return int(value)

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from autoall.config._options import KINDS, MAX_REPLICATES, REPORT_COUNTS, Kind
 from autoall.config._space import DEFAULT_SEARCH, ParamSpec, check_grid, parse_space
 from autoall.config._yaml import YamlProblem, load_yaml, read_text
+from autoall.errors import InvalidValue
 from autoall.layer import ACTIVATIONS
 from autoall.training import ARCHITECTURES, DATASETS, TrainConfig, baseline
 
@@ -30,7 +31,7 @@ SECOND_OBJECTIVES: tuple[str, ...] = ("params", "epoch_seconds")
 _STUDY_TRAIN_KEYS = frozenset(TrainConfig.field_names()) - {"all_lr", "device", "evaluate_test"}
 
 
-class StudyFileError(ValueError):
+class StudyFileError(InvalidValue):
     """A study file is invalid: `file`, `key` (dotted path) and what was expected."""
 
     def __init__(self, file: str, key: str, message: str) -> None:
@@ -105,9 +106,9 @@ class StudyConfig:
         replicate r >= 1 appends `/r<r>`. Replicate 0 keeps the names of a single search, so a
         study made before replicates existed is replicate 0."""
         if kind not in KINDS:
-            raise ValueError(f"kind must be one of {_one_of(KINDS)}, but got {kind!r}.")
+            raise InvalidValue(f"kind must be one of {_one_of(KINDS)}, but got {kind!r}.")
         if not _int_in(replicate, 0, MAX_REPLICATES - 1):
-            raise ValueError(f"replicate must be an integer from 0 to 99, but got {replicate!r}.")
+            raise InvalidValue(f"replicate must be an integer from 0 to 99, but got {replicate!r}.")
         name = f"{self.name}/{arch}"
         name = name if kind == Kind.ALL else f"{name}/{BASELINE_SUFFIX}"
         return f"{name}/r{replicate}" if replicate else name
@@ -204,15 +205,15 @@ def check_name(name: object, *, what: str = "name") -> str:
         "studies, the MLflow experiment, the report folder and its files)"
     )
     if not isinstance(name, str):
-        raise ValueError(f"{what} must be a string of {allowed}, but got {_short(name)}.")
+        raise InvalidValue(f"{what} must be a string of {allowed}, but got {_short(name)}.")
     if len(name) > NAME_MAX_LENGTH:
-        raise ValueError(f"{what} must have {allowed}, but got {len(name)} characters.")
+        raise InvalidValue(f"{what} must have {allowed}, but got {len(name)} characters.")
     if not _NAME.fullmatch(name):
-        raise ValueError(f"{what} must have {allowed}, but got {_short(name)}.")
+        raise InvalidValue(f"{what} must have {allowed}, but got {_short(name)}.")
     if len(name.encode()) > NAME_MAX_BYTES:
-        raise ValueError(f"{what} must have {allowed}, but got {len(name.encode())} bytes.")
+        raise InvalidValue(f"{what} must have {allowed}, but got {len(name.encode())} bytes.")
     if name.casefold() == "default":
-        raise ValueError(
+        raise InvalidValue(
             f"{what} cannot be {name!r}: MLflow's own experiment is 'Default', and the runs of "
             "a study named so would land among whatever else is logged there; choose another."
         )

@@ -9,6 +9,7 @@ from typing import Any
 
 from autoall.config._options import KINDS, Kind
 from autoall.config._study_file import StudyConfig
+from autoall.errors import InvalidValue
 from autoall.layer import ALLSpec
 from autoall.training import RunPlan
 
@@ -32,7 +33,7 @@ def trial_plan(
     and weight_decay: the file's).
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, but got {kind!r}.")
+        raise InvalidValue(f"kind must be one of {', '.join(KINDS)}, but got {kind!r}.")
     base = replace(cfg.train_config(arch, replicate), device=device)
     if kind == Kind.BASELINE:
         return RunPlan(arch, replace(base, lr=params["lr"], weight_decay=params["weight_decay"]))

@@ -27,12 +27,14 @@ from typing import Any
 
 import yaml
 
+from autoall.errors import InvalidValue
+
 MAX_BYTES = 1 << 20  # a study file is a few KB; 1 MiB is generous
 MAX_NODES = 10_000  # values after expanding aliases; a full study file has ~100
 _MERGE = "tag:yaml.org,2002:merge"
 
 
-class YamlProblem(ValueError):
+class YamlProblem(InvalidValue):
     """A study file that cannot be read as plain, bounded YAML; `key` is the dotted key path
     where known ("" otherwise)."""
 

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoall.config import KINDS, SamplerConfig, StudyConfig
+from autoall.errors import InvalidValue
 from autoall.report._selection import finished_trials
 from autoall.report._types import ArmBudget, Replicate
 from autoall.study import sampler_phase
@@ -102,6 +103,6 @@ def default_margin(validation_acc: float, test_size: int) -> float:
     the tuned baseline's validation accuracy, so the margin is fixed before any test accuracy is
     seen; it is clamped to [1/N, 1 - 1/N] so that a perfect validation score still gives one."""
     if test_size < 1:
-        raise ValueError(f"test_size must be a positive integer, but got {test_size!r}.")
+        raise InvalidValue(f"test_size must be a positive integer, but got {test_size!r}.")
     a = min(max(validation_acc, 1 / test_size), 1 - 1 / test_size)
     return math.sqrt(a * (1 - a) / test_size)

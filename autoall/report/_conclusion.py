@@ -24,6 +24,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from autoall.errors import InvalidValue
 from autoall.report._claims import in_units
 from autoall.report._decision import N_NEEDED_CAP
 from autoall.report._names import VariantName
@@ -63,7 +64,7 @@ def conclusion(report: Report, arch: str) -> str:
         if rep.arch == arch:
             return arch_conclusion(rep)
     have = ", ".join(r.arch for r in report.archs)
-    raise ValueError(f"The report has no architecture {arch!r}; it has {have}.")
+    raise InvalidValue(f"The report has no architecture {arch!r}; it has {have}.")
 
 
 def arch_conclusion(rep: ArchReport) -> str:

@@ -35,6 +35,8 @@ from numpy.typing import ArrayLike
 from scipy import special as _special
 from scipy import stats as _scipy_stats
 
+from autoall.errors import InvalidValue
+
 ALPHA = 0.05  # significance level of every verdict
 POWER = 0.80  # the power that ``mde`` and ``n_needed`` plan for
 N_NEEDED_CAP = 10_000
@@ -138,13 +140,15 @@ def two_way_bootstrap(
     """
     x = np.asarray(diff)
     if x.ndim != 3 or 0 in x.shape:
-        raise ValueError(f"diff must have shape (replicates, seeds, examples), but got {x.shape}.")
+        raise InvalidValue(
+            f"diff must have shape (replicates, seeds, examples), but got {x.shape}."
+        )
     if not np.isin(x, (-1, 0, 1)).all():
-        raise ValueError(f"diff must be in {{-1, 0, 1}}, but got values {np.unique(x)[:5]}.")
+        raise InvalidValue(f"diff must be in {{-1, 0, 1}}, but got values {np.unique(x)[:5]}.")
     if margin is not None:
         _check_margin(margin)
     if n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, but got {n_boot!r}.")
+        raise InvalidValue(f"n_boot must be a positive integer, but got {n_boot!r}.")
     _check_unit("level", level)
     n_rep, n_seed, n_ex = x.shape
     exact = np.float32 if n_ex < 2**24 else np.float64  # float32 sums of ints < 2^24 are exact
@@ -217,7 +221,7 @@ def claim_test(
     (n = 1)") or equal unit means ("zero variance across replicates" or "... seeds").
     """
     if direction not in (1, -1):
-        raise ValueError(f"direction must be +1 or -1, but got {direction!r}.")
+        raise InvalidValue(f"direction must be +1 or -1, but got {direction!r}.")
     if margin is not None:
         _check_margin(margin)
     est = mixed_effect(d, level=level)
@@ -226,7 +230,7 @@ def claim_test(
         shape = np.shape(correct_diff)
         if len(shape) != 3 or shape[:2] != (est.replicates, est.seeds):
             want = f"({est.replicates}, {est.seeds}, examples)"
-            raise ValueError(f"correct_diff must have shape {want} like d, but got {shape}.")
+            raise InvalidValue(f"correct_diff must have shape {want} like d, but got {shape}.")
         boot = two_way_bootstrap(correct_diff, margin=margin, n_boot=n_boot, seed=seed, level=level)
     undetermined = None
     if est.n < 2:
@@ -259,10 +263,12 @@ def holm_shaffer(p_diff: ArrayLike, p_eq: ArrayLike) -> tuple[np.ndarray, np.nda
     """
     p_d, p_e = np.asarray(p_diff, dtype=float), np.asarray(p_eq, dtype=float)
     if p_d.shape != p_e.shape or p_d.ndim == 0:
-        raise ValueError(f"p-values must share a shape (..., m), but got {p_d.shape}, {p_e.shape}.")
+        raise InvalidValue(
+            f"p-values must share a shape (..., m), but got {p_d.shape}, {p_e.shape}."
+        )
     p = np.concatenate([p_d, p_e], axis=-1)
     if not np.all((p >= 0) & (p <= 1)):
-        raise ValueError(f"p-values must be in [0, 1], but got {p[~((p >= 0) & (p <= 1))]}.")
+        raise InvalidValue(f"p-values must be in [0, 1], but got {p[~((p >= 0) & (p <= 1))]}.")
     m = p_d.shape[-1]
     order = np.argsort(p, axis=-1, kind="stable")
     multiplier = np.minimum(2 * m - np.arange(2 * m), m)
@@ -377,7 +383,7 @@ def reachable(*, replicates: int, seeds: int, claims: int, alpha: float = ALPHA)
     """
     for name, value in (("replicates", replicates), ("seeds", seeds), ("claims", claims)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, but got {value!r}.")
+            raise InvalidValue(f"{name} must be a positive integer, but got {value!r}.")
     _check_unit("alpha", alpha)
     unit, letter = ("replicates", "R") if replicates >= 2 else ("seeds", "K")
     n = replicates if replicates >= 2 else seeds
@@ -412,9 +418,9 @@ def expected_best(values: Sequence[float]) -> np.ndarray:
     """
     v = np.sort(np.asarray(values, dtype=float))
     if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"values must be a non-empty 1-D sequence, but got shape {v.shape}.")
+        raise InvalidValue(f"values must be a non-empty 1-D sequence, but got shape {v.shape}.")
     if not np.all(np.isfinite(v)):
-        raise ValueError(f"values must be finite, but got {v.tolist()}.")
+        raise InvalidValue(f"values must be finite, but got {v.tolist()}.")
     big_n = v.size
     log_fact = _special.gammaln(np.arange(big_n + 1) + 1.0)  # log k!, k = 0..N
     i, n = np.meshgrid(np.arange(1, big_n + 1), np.arange(1, big_n + 1))  # rank i, subset size n
@@ -433,24 +439,24 @@ def _balanced(d: Sequence[Sequence[float]]) -> np.ndarray:
     rows = [np.asarray(row, dtype=float) for row in d]
     sizes = [row.size if row.ndim == 1 else 0 for row in rows]
     if not rows or min(sizes) == 0 or len(set(sizes)) > 1:
-        raise ValueError(
+        raise InvalidValue(
             "d must be balanced (replicates, seeds): the same number >= 1 of seeds in every "
             f"replicate, but got seeds per replicate {sizes}."
         )
     x = np.stack(rows)
     if not np.all(np.isfinite(x)):
-        raise ValueError(f"d must be finite, but got {x.tolist()}.")
+        raise InvalidValue(f"d must be finite, but got {x.tolist()}.")
     return x
 
 
 def _check_unit(name: str, value: float) -> None:
     if not 0 < value < 1:
-        raise ValueError(f"{name} must be in (0, 1), but got {value!r}.")
+        raise InvalidValue(f"{name} must be in (0, 1), but got {value!r}.")
 
 
 def _check_margin(margin: float) -> None:
     if not isinstance(margin, (int, float, np.floating)) or not 0 < margin < math.inf:
-        raise ValueError(f"margin must be a positive finite number, but got {margin!r}.")
+        raise InvalidValue(f"margin must be a positive finite number, but got {margin!r}.")
 
 
 def _critical_t(alpha: float, df: int) -> float:

@@ -42,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from autoall.errors import UserError
+from autoall.errors import RunFailed, UserError
 
 MANIFEST = ".autoall-report.json"
 LOCK = ".autoall-report.lock"
@@ -67,7 +67,7 @@ class OutFolderError(UserError):
     writing there, a file where the folder should be (exit 2, before anything trains)."""
 
 
-class OutWriteError(RuntimeError):
+class OutWriteError(RunFailed, RuntimeError):
     """The report's files could not be written (a full disk, a read-only folder): exit 1."""
 
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from autoall.config import ParamSpec
-from autoall.errors import UserError
+from autoall.errors import InvalidValue
 from autoall.report._names import VariantName
 from autoall.report._types import Retuned, RunRecord
 from autoall.study import suggest
@@ -57,7 +57,7 @@ FREED: dict[str, tuple[str, ...]] = {
 }
 
 
-class ReducedDataError(UserError, ValueError):
+class ReducedDataError(InvalidValue):
     """A share of the train split whose optimizer steps cannot match a full-data run's."""
 
 
@@ -131,7 +131,7 @@ def retune(
     validation; `data` must hold no test split. Returns the tuned plan, what the re-tuning
     spent and picked, and its runs (tag variant `tune-<name>`)."""
     if trials < 1:
-        raise ValueError(f"trials must be a positive integer, but got {trials!r}.")
+        raise InvalidValue(f"trials must be a positive integer, but got {trials!r}.")
     knobs = tuple(space)
     sampler = optuna.samplers.RandomSampler(seed=stream(seed, replicate, name))
     study = optuna.create_study(direction="maximize", sampler=sampler)

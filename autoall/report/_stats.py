@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from autoall.errors import InvalidValue
+
 ALPHA = 0.05  # significance level of every verdict
 
 
@@ -25,7 +27,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """
     x = np.asarray(values, dtype=float)
     if x.size == 0:
-        raise ValueError("mean_std needs at least one value, but got none.")
+        raise InvalidValue("mean_std needs at least one value, but got none.")
     std = float(np.std(x, ddof=1)) if x.size > 1 else math.nan
     return float(np.mean(x)), std
 

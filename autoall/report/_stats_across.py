@@ -16,6 +16,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as _scipy_stats
 
+from autoall.errors import InvalidValue
+
 _Key = TypeVar("_Key", bound=Hashable)
 
 
@@ -28,7 +30,7 @@ def iqm(values: ArrayLike) -> float:
     """
     x = np.asarray(values, dtype=float).ravel()
     if x.size == 0:
-        raise ValueError("iqm needs at least one value, but got none.")
+        raise InvalidValue("iqm needs at least one value, but got none.")
     return float(_scipy_stats.trim_mean(x, 0.25))
 
 
@@ -42,7 +44,7 @@ def probability_of_improvement(
     (the Mann-Whitney U of each task over n_t m_t). 0.5 means no tendency either way.
     """
     if set(x_by_task) != set(y_by_task) or not x_by_task:
-        raise ValueError(
+        raise InvalidValue(
             f"x_by_task and y_by_task must have the same, non-empty tasks, "
             f"but got {sorted(map(str, x_by_task))} and {sorted(map(str, y_by_task))}."
         )
@@ -51,7 +53,9 @@ def probability_of_improvement(
         a = np.asarray(x_by_task[task], dtype=float).ravel()[:, None]
         b = np.asarray(y_by_task[task], dtype=float).ravel()[None, :]
         if a.size == 0 or b.size == 0:
-            raise ValueError(f"task {task!r} needs runs on both sides, but got {a.size}, {b.size}.")
+            raise InvalidValue(
+                f"task {task!r} needs runs on both sides, but got {a.size}, {b.size}."
+            )
         per_task.append(float(np.mean((a > b) + 0.5 * (a == b))))
     return float(np.mean(per_task))
 
@@ -86,15 +90,15 @@ def stratified_bootstrap_ci(
     statistic.
     """
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), but got {level!r}.")
+        raise InvalidValue(f"level must be in (0, 1), but got {level!r}.")
     if n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, but got {n_boot!r}.")
+        raise InvalidValue(f"n_boot must be a positive integer, but got {n_boot!r}.")
     arrays = {key: np.asarray(runs, dtype=float) for key, runs in runs_by_task.items()}
     if not arrays:
-        raise ValueError("stratified_bootstrap_ci needs at least one stratum, but got none.")
+        raise InvalidValue("stratified_bootstrap_ci needs at least one stratum, but got none.")
     for key, runs in arrays.items():
         if runs.ndim not in (1, 2) or runs.shape[0] == 0:
-            raise ValueError(
+            raise InvalidValue(
                 f"stratum {key!r} must have shape (runs,) or (runs, variants) with runs >= 1, "
                 f"but got {runs.shape}."
             )

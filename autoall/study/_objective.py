@@ -34,6 +34,7 @@ from autoall import _timing as timing
 from autoall._provenance import git_commit
 from autoall._secrets import mask_secrets
 from autoall.config import BASELINE_KNOBS, Kind, trial_plan
+from autoall.errors import RunFailed
 from autoall.study._host import share_cores
 from autoall.study._outage import stop_waiting
 from autoall.study._samplers import PHASE_ATTR
@@ -52,7 +53,7 @@ class _SurplusTrial(Exception):
     """Another worker met the target between our check and our ask: this trial is not needed."""
 
 
-class TrialFailedElsewhere(Exception):
+class TrialFailedElsewhere(RunFailed):
     """The trial was failed as stale by the heartbeat (another worker's check) while this
     worker was paused; its retry runs elsewhere, so this worker drops it and goes on."""
 

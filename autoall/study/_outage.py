@@ -34,7 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 from autoall._secrets import mask_secrets, sqlite_file
-from autoall.errors import UserError
+from autoall.errors import RunFailed, UserError
 
 log = logging.getLogger("autoall.study")
 T = TypeVar("T")
@@ -179,7 +179,7 @@ class StorageError(UserError, RuntimeError):
     file); no secrets."""
 
 
-class StorageFullError(RuntimeError):
+class StorageFullError(RunFailed, RuntimeError):
     """The Optuna storage cannot be written: its disk is full (exit code 1, an environment
     failure). Raised at once, never retried: waiting frees no space."""
 

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from autoall.config import StudyConfig
+from autoall.errors import UserError
 from autoall.layer import ALLSpec
 from autoall.study._host import available_cores, available_memory, physical_memory
 
@@ -42,7 +43,7 @@ TRAIN_BYTES_PER_PARAMETER = 16
 WORKER_BASE_BYTES = 1 << 30  # a worker process (torch, Optuna) and its MLflow writer, ~1 GiB
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError, ValueError):
     """A command cannot start as asked; the message names the option or key to change."""
 
 

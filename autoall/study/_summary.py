@@ -17,7 +17,7 @@ import optuna
 
 from autoall._secrets import mask_secrets
 from autoall.config import BASELINE_SUFFIX, DEFAULT_STORAGE, load_study_file
-from autoall.errors import UserError
+from autoall.errors import InvalidValue, RunFailed, UserError
 from autoall.study._storage import make_storage
 from autoall.study._trials import Counts, best_trial, count_trials
 
@@ -52,7 +52,7 @@ def resolve_study_names(
         names = [n for _, n in sorted(found)]
     if not names:
         there = ", ".join(existing) if existing else "none"
-        raise ValueError(
+        raise InvalidValue(
             f"No study matching {target!r} in {mask_secrets(url)}; studies there: {there}."
         )
     return rdb, names
@@ -234,7 +234,7 @@ def export_text(columns: list[str], records: list[dict[str, Any]], fmt: str) -> 
     return out.getvalue()
 
 
-class ExportError(RuntimeError):
+class ExportError(RunFailed, RuntimeError):
     """The export could not be written (a full disk, a device that fails); exit code 1."""
 
 

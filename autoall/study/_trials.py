@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoall import _timing as timing
 from autoall.config import KINDS, Kind, ParamSpec, SamplerConfig, StudyConfig
+from autoall.errors import InvalidValue
 from autoall.study._host import HostWorkers
 from autoall.study._samplers import GUIDED, PHASE_ATTR, SAMPLER_FACTORIES, STARTUP, PerTrialSeed
 from autoall.tracking import StudyTracker
@@ -77,7 +78,7 @@ def make_sampler(
     """
     s = cfg.sampler
     if s.name not in SAMPLER_FACTORIES:
-        raise ValueError(
+        raise InvalidValue(
             f"sampler must be one of {', '.join(SAMPLER_FACTORIES)}, but got {s.name!r}."
         )
 
@@ -153,7 +154,7 @@ def create_studies(
                 log.info("creating study %s lost a race (%s); retrying", name, exc)
                 time.sleep(0.5 * (attempt + 1))
         if study.directions != [optuna.study.StudyDirection[d.upper()] for d in cfg.directions]:
-            raise ValueError(
+            raise InvalidValue(
                 f"{cfg.path}: study {name!r} already exists in the storage with "
                 f"directions {[d.name.lower() for d in study.directions]}, but the file asks for "
                 f"{cfg.directions}; use another --study-name."

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoall import _timing as timing
+from autoall.errors import RunFailed
 from autoall.study._cohort_trials import run_cohort, single_trials_reason
 from autoall.study._objective import TrialFailedElsewhere, objective
 from autoall.study._outage import StorageFullError, resume_waiting
@@ -123,7 +124,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
             # stops, and it is rerun as stale; this worker waits for the database to come back
             outage_since = outage_since or time.monotonic()
             if time.monotonic() - outage_since > _MAX_OUTAGE_SECONDS:
-                raise RuntimeError(
+                raise RunFailed(
                     f"{ctx.study_name}: the Optuna storage has failed for "
                     f"{_MAX_OUTAGE_SECONDS} s: {storage_reason(error)}"
                 ) from None
@@ -141,7 +142,7 @@ def run_worker(ctx: WorkerContext, study: optuna.Study, *, poll_seconds: float =
         if consecutive_failures >= _MAX_CONSECUTIVE_FAILURES:
             last = step.last
             reason = last.user_attrs.get("fail_reason", "see the log") if last else ""
-            raise RuntimeError(
+            raise RunFailed(
                 f"{ctx.study_name}: {consecutive_failures} trials in a row failed; "
                 f"stopping this worker. Last reason: {reason}"
             )

@@ -28,6 +28,7 @@ from autoall import _timing as timing
 from autoall import errors
 from autoall._secrets import install_log_masking, mask_secrets
 from autoall.config import RunOptions, StudyConfig
+from autoall.errors import RunFailed
 from autoall.study._host import HostWorkers
 from autoall.study._outage import stop_waiting
 from autoall.study._preflight import SMALL_STEP_FLOPS, step_flops
@@ -343,7 +344,7 @@ def _spawn_workers(cfg: StudyConfig, opts: RunOptions, pids: set[int] | None = N
     bad = [p for p in procs if p.exitcode not in (0, None)]
     if bad:
         codes = ", ".join(f"{p.name}: {p.exitcode}" for p in bad)
-        raise RuntimeError(f"worker processes ended abnormally ({codes}); see their output above.")
+        raise RunFailed(f"worker processes ended abnormally ({codes}); see their output above.")
 
 
 @contextlib.contextmanager

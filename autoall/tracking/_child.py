@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from autoall.errors import InvalidValue
 from autoall.tracking._run import EpochPoint, MlflowTrialRun
 from autoall.tracking._tracker import Tracker, TrackingError
 
@@ -194,7 +195,7 @@ class _Child:
             parent = self.parents.get(parent_key, "")
             self.answer(call_id, "ok", tracker.find_trial_run(parent, number) if parent else None)
         else:
-            raise ValueError(f"unknown tracking call {op!r}")
+            raise InvalidValue(f"unknown tracking call {op!r}")
         return False
 
     @staticmethod

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from autoall.config import KINDS, Kind
+from autoall.errors import InvalidValue
 from autoall.tracking._safe_model import check_stores_exist, load_pt2
 from autoall.tracking._safe_model import (
     evaluable as evaluable,  # for a model loaded with plain MLflow
@@ -110,7 +111,7 @@ def registered_suffix(kind: str) -> str:
     """What the registered name of a study `kind`'s model ends in: `-` and the kind's value,
     `-all` (`Kind.ALL`) or `-baseline` (`Kind.BASELINE`)."""
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, but got {kind!r}.")
+        raise InvalidValue(f"kind must be one of {', '.join(KINDS)}, but got {kind!r}.")
     return f"-{Kind(kind).value}"
 
 
@@ -178,7 +179,7 @@ def log_model(
     from mlflow.types import Schema, TensorSpec
 
     if example.dtype != np.uint8 or example.ndim != 4 or example.shape[0] < 2:
-        raise ValueError(
+        raise InvalidValue(
             f"example must be uint8 images (n >= 2, C, H, W), but got {example.dtype} "
             f"{example.shape}."
         )
@@ -308,7 +309,7 @@ def load_best(
     tags = dict(chosen.tags)
     missing = [k for k in ("data.name", "data.val_fraction", "data.split_seed") if k not in tags]
     if missing:
-        raise ValueError(
+        raise InvalidValue(
             f"{name!r} version {chosen.version} lacks the tags {', '.join(missing)}: it was not "
             "registered by autoall, so its test split is unknown."
         )
@@ -337,13 +338,13 @@ def _split_alias(name: str, alias: str | None, version: str | None) -> tuple[str
     if "@" in name:
         model, _, named = name.rpartition("@")
         if not model or not named:
-            raise ValueError(f"name must be <model> or <model>@<alias>, but got {name!r}.")
+            raise InvalidValue(f"name must be <model> or <model>@<alias>, but got {name!r}.")
         name = model
         if alias is not None and alias != named:
-            raise ValueError(f"alias={alias!r} contradicts the name's alias {named!r}.")
+            raise InvalidValue(f"alias={alias!r} contradicts the name's alias {named!r}.")
         alias = named
     if alias is not None and version is not None:
-        raise ValueError(f"Pass version or alias, not both (got {version!r} and {alias!r}).")
+        raise InvalidValue(f"Pass version or alias, not both (got {version!r} and {alias!r}).")
     return name, alias
 
 
@@ -361,7 +362,7 @@ def _version(
     if not versions:
         names = sorted(m.name for m in client.search_registered_models())
         there = ", ".join(names) if names else "none"
-        raise ValueError(
+        raise InvalidValue(
             f"No registered model {name!r} with a version in {mask_secrets(uri)} (registered "
             f"there: {there}); `autoall report` registers <study>-<arch>-all and -baseline."
         )
@@ -371,13 +372,13 @@ def _version(
         except MlflowException:
             held = client.get_registered_model(name).aliases
             have = ", ".join(f"{a} (v{v})" for a, v in sorted(held.items())) or "none"
-            raise ValueError(f"{name!r} has no alias {alias!r}; its aliases: {have}.") from None
+            raise InvalidValue(f"{name!r} has no alias {alias!r}; its aliases: {have}.") from None
     if version is None:
         return max(versions, key=lambda v: int(v.version))
     found = [v for v in versions if str(v.version) == str(version)]
     if not found:
         have = ", ".join(sorted((str(v.version) for v in versions), key=int))
-        raise ValueError(f"{name!r} has no version {version!r}; it has {have}.")
+        raise InvalidValue(f"{name!r} has no version {version!r}; it has {have}.")
     return found[0]
 
 

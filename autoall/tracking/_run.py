@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoall.errors import one_line
+from autoall.errors import InvalidValue, one_line
 from autoall.tracking._learning_curve import plot_learning_curve
 from autoall.tracking._store import (
     MAX_METRICS_PER_BATCH,
@@ -147,7 +147,9 @@ class MlflowTrialRun(RetryingCalls):
         """One log_batch with the final metrics and the state tags (and `epochs` not logged
         yet, each at its step), then the run's status."""
         if state not in _RUN_STATUS:
-            raise ValueError(f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}.")
+            raise InvalidValue(
+                f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}."
+            )
         self._stop_system_metrics()
         if self._finished or not self.run_id:
             return

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from torch import nn
 
+from autoall.errors import InvalidValue
+
 _PICKLE_REFUSED = "Deserializing model using pickle is disallowed"  # MLflow's message, 3.x
 
 
@@ -35,7 +37,7 @@ def check_stores_exist(uri: str) -> None:
     for what, url in (("MLflow store", uri), ("MLflow model registry", MLFLOW_REGISTRY_URI.get())):
         db = sqlite_file(url) if url else None
         if url and db is not None and not db.is_file():
-            raise ValueError(
+            raise InvalidValue(
                 f"No {what} at {mask_secrets(url)} (no file {db}); pass tracking_uri= (or set "
                 "MLFLOW_TRACKING_URI) to the store `autoall report` wrote, e.g. "
                 "sqlite:///<project>/mlruns/mlflow.db, or run from that project's folder."
@@ -57,7 +59,7 @@ def load_pt2(local: Path, name: str, version: str) -> nn.Module:
         or not (data / "model.pt2").is_file()
         or any(p.name != "model.pt2" for p in data.iterdir())  # a model.pth is loaded first
     ):
-        raise ValueError(
+        raise InvalidValue(
             f"{name!r} version {version} is not a torch.export (pt2) model; autoall loads no "
             "pickled model (loading one runs its code), nor one that brings code of its own."
         )
@@ -67,7 +69,7 @@ def load_pt2(local: Path, name: str, version: str) -> nn.Module:
     except MlflowException as exc:
         if not str(exc).strip().startswith(_PICKLE_REFUSED):
             raise
-        raise ValueError(
+        raise InvalidValue(
             f"{name!r} version {version} is a torch.export (pt2) archive with pickled records, "
             "which would run code when loaded; autoall loads no pickled model."
         ) from None

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from autoall._secrets import install_log_masking, sqlite_file
+from autoall.errors import InvalidValue
 from autoall.tracking._child import _Child, _receive, _send
 from autoall.tracking._roles import Epoch
 from autoall.tracking._run import TRIAL_STATES, EpochPoint, final_metrics
@@ -406,7 +407,9 @@ class WriterRun:
     ) -> None:
         """End the run: waits until the child has logged its end and its learning-curve PNG."""
         if state not in TRIAL_STATES:
-            raise ValueError(f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}.")
+            raise InvalidValue(
+                f"state must be one of {', '.join(TRIAL_STATES)}, but got {state!r}."
+            )
         if self._finished:
             return
         self._finished = True

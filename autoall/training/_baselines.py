@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from autoall.errors import InvalidValue
 from autoall.training._data import DATASETS
 from autoall.training._loop import TrainConfig
 from autoall.training._models import ARCHITECTURES
@@ -63,13 +64,15 @@ class Baseline:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, but got {self.kind!r}.")
+            raise InvalidValue(f"kind must be one of {', '.join(KINDS)}, but got {self.kind!r}.")
         if "\n" in self.source or not self.source:
-            raise ValueError(f"source must be one non-empty line, but got {self.source!r}.")
+            raise InvalidValue(f"source must be one non-empty line, but got {self.source!r}.")
         if self.kind == "published" and not (self.figure and self.url):
-            raise ValueError("a published baseline needs the figure its source reports and a url.")
+            raise InvalidValue(
+                "a published baseline needs the figure its source reports and a url."
+            )
         if self.kind == "default" and (self.figure or self.url):
-            raise ValueError("a default baseline has no source, so no figure and no url.")
+            raise InvalidValue("a default baseline has no source, so no figure and no url.")
 
     @property
     def label(self) -> str:
@@ -238,11 +241,11 @@ def _family(dataset: str) -> str:
 def baseline(arch: str, dataset: str) -> Baseline:
     """The settings for `arch` on `dataset` (a fresh TrainConfig, device unset)."""
     if arch not in ARCHITECTURES:
-        raise ValueError(
+        raise InvalidValue(
             f"Unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}."
         )
     if dataset not in DATASETS:
-        raise ValueError(f"Unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}.")
+        raise InvalidValue(f"Unknown data set {dataset!r}; expected one of {', '.join(DATASETS)}.")
     entry = _TABLE[(arch, _family(dataset))]
     config = replace(TrainConfig(), **entry.settings)
     prefix = "" if entry.kind == "published" else "default, "

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from autoall.errors import InvalidValue
+
 
 def iterate_batches(
     x: Tensor,
@@ -29,9 +31,9 @@ def iterate_batches(
     ``shuffle=False``. Batches stay in ``x``'s dtype: normalise/augment afterwards.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, but got {batch_size!r}.")
+        raise InvalidValue(f"batch_size must be a positive integer, but got {batch_size!r}.")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(
+        raise InvalidValue(
             f"x and y must hold the same number of samples, but got {x.shape[0]} and {y.shape[0]}."
         )
     n = int(x.shape[0])
@@ -52,7 +54,7 @@ def augment_batch(x: Tensor, *, generator: torch.Generator | None = None, pad: i
     ``apply_augmentation(x, *draw_augmentation(B, ...))``.
     """
     if x.dim() != 4:
-        raise ValueError(
+        raise InvalidValue(
             f"augment_batch expects images (B, C, H, W), but got shape {tuple(x.shape)}."
         )
     _check_pad(pad)
@@ -87,7 +89,7 @@ def apply_augmentation(x: Tensor, offsets: Tensor, flip: Tensor, *, pad: int = 4
 
 def _check_pad(pad: int) -> None:
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be a non-negative integer, but got {pad!r}.")
+        raise InvalidValue(f"pad must be a non-negative integer, but got {pad!r}.")
 
 
 def _batches(

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from autoall.errors import InvalidValue, UserError
+
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "cifar10")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_ROOT = Path("data")  # data root when none is given (relative to the working directory)
@@ -53,7 +55,7 @@ _CIFAR_TEST = ("test_batch",)
 log = logging.getLogger("autoall.data")
 
 
-class DataNotFoundError(ValueError):
+class DataNotFoundError(UserError, ValueError):
     """A data set's files are missing under the data root (and could not be downloaded)."""
 
 
@@ -97,7 +99,7 @@ class DeviceData:
     def split(self, which: str) -> tuple[Tensor, Tensor]:
         """``(x, y)`` of the ``"train"``, ``"val"`` or ``"test"`` split."""
         if which not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, but got {which!r}.")
+            raise InvalidValue(f"split must be one of {', '.join(SPLITS)}, but got {which!r}.")
         return getattr(self, f"{which}_x"), getattr(self, f"{which}_y")
 
     @property
@@ -131,13 +133,13 @@ def load_data(
         DataNotFoundError: the files are missing under ``root`` (or the download failed).
     """
     if name not in DATASETS:
-        raise ValueError(f"Unknown data set {name!r}; expected one of {', '.join(DATASETS)}.")
+        raise InvalidValue(f"Unknown data set {name!r}; expected one of {', '.join(DATASETS)}.")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
-        raise ValueError(f"val_fraction must be a number in (0, 1), but got {val_fraction!r}.")
+        raise InvalidValue(f"val_fraction must be a number in (0, 1), but got {val_fraction!r}.")
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), but got {val_fraction!r}.")
+        raise InvalidValue(f"val_fraction must be in (0, 1), but got {val_fraction!r}.")
     if isinstance(split_seed, bool) or not isinstance(split_seed, int) or split_seed < 0:
-        raise ValueError(f"split_seed must be a non-negative integer, but got {split_seed!r}.")
+        raise InvalidValue(f"split_seed must be a non-negative integer, but got {split_seed!r}.")
     root = Path(root).expanduser() if root is not None else DEFAULT_ROOT
 
     if name == "digits":
@@ -153,7 +155,7 @@ def load_data(
 
     for y in (full_y, test_y):
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= _NUM_CLASSES):
-            raise ValueError(
+            raise InvalidValue(
                 f"{name} labels must lie in 0..{_NUM_CLASSES - 1}, but the files under '{root}' "
                 f"hold {int(y.min())}..{int(y.max())}."
             )
@@ -191,9 +193,9 @@ def train_subset(data: DeviceData, fraction: float, *, seed: int) -> DeviceData:
     (the model sees nothing else of the train split). ``fraction == 1`` returns ``data``.
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
-        raise ValueError(f"fraction must be a number in (0, 1], but got {fraction!r}.")
+        raise InvalidValue(f"fraction must be a number in (0, 1], but got {fraction!r}.")
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], but got {fraction!r}.")
+        raise InvalidValue(f"fraction must be in (0, 1], but got {fraction!r}.")
     if fraction == 1:
         return data
     _, kept = _stratified_split(data.train_y.cpu().numpy(), fraction=fraction, seed=seed)
@@ -219,7 +221,7 @@ def _stratified_split(labels: np.ndarray, *, fraction: float, seed: int) -> tupl
     n, n_classes = len(labels), len(np.unique(labels))
     n_held = math.ceil(fraction * n)
     if n_held < n_classes or n - n_held < n_classes:
-        raise ValueError(
+        raise InvalidValue(
             f"val_fraction={fraction} splits {n} images into {n - n_held} and {n_held}, but a "
             f"stratified split needs at least {n_classes} (one per class) on each side."
         )
@@ -332,7 +334,7 @@ def _load_mnist_like(
     try:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
     except (AssertionError, ValueError, TypeError, RuntimeError) as err:
-        raise ValueError(
+        raise InvalidValue(
             f"Could not read {name} from {folder} ({type(err).__name__}: {err}); "
             "the IDX files look corrupted: delete them and download again."
         ) from err
@@ -369,7 +371,7 @@ def _read_cifar_batches(folder: Path, names: Sequence[str]) -> tuple[Tensor, Ten
                 entry = pickle.load(f, encoding="latin1")
             data, targets = np.asarray(entry["data"]), np.asarray(entry["labels"], dtype=np.int64)
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(
+            raise InvalidValue(
                 f"{path} is not a readable CIFAR-10 python batch ({type(err).__name__}: {err})."
             ) from err
         if (
@@ -378,7 +380,7 @@ def _read_cifar_batches(folder: Path, names: Sequence[str]) -> tuple[Tensor, Ten
             or data.shape[1] != 3 * 32 * 32
             or len(targets) != len(data)
         ):
-            raise ValueError(
+            raise InvalidValue(
                 f"{path} is not a CIFAR-10 batch: expected uint8 data (N, 3072) and N labels, "
                 f"but got {data.dtype} data {data.shape} and {len(targets)} labels."
             )

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoall.errors import raise_if_interrupted
+from autoall.errors import InvalidValue, raise_if_interrupted
 from autoall.layer import all_layers, auxiliary_loss
 from autoall.training import _checkpoint_file as checkpoint_file
 from autoall.training._batches import augment_batch, iterate_batches
@@ -59,19 +59,19 @@ def resolve_device(name: str | None = None) -> torch.device:
         return torch.device("cpu")
     match = _DEVICE.fullmatch(name) if isinstance(name, str) else None
     if match is None or (match[2] is not None and match[1] != "cuda"):
-        raise ValueError(f"device must be {DEVICES} (or auto), but got {name!r}.")
+        raise InvalidValue(f"device must be {DEVICES} (or auto), but got {name!r}.")
     kind, index = match[1], match[2]
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for, but CUDA is not available here.")
+            raise InvalidValue(f"device {name!r} was asked for, but CUDA is not available here.")
         count = gpu_count()
         if index is not None and int(index) >= count:
-            raise ValueError(
+            raise InvalidValue(
                 f"device {name!r} was asked for, but this machine has {count} CUDA device"
                 f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})."
             )
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} was asked for, but MPS is not available here.")
+        raise InvalidValue(f"device {name!r} was asked for, but MPS is not available here.")
     return torch.device(name)
 
 

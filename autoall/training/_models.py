@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from autoall.errors import InvalidValue
 from autoall.layer import ALLSpec, all_layers, insert_all
 
 ARCHITECTURES: tuple[str, ...] = ("mlp", "cnn", "vgg16", "resnet18")
@@ -248,7 +249,7 @@ def _insert_block_alls(base: _Base, spec: ALLSpec) -> nn.Sequential:
 
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, but got {value!r}.")
+        raise InvalidValue(f"{name} must be a positive integer, but got {value!r}.")
 
 
 def build_model(
@@ -269,7 +270,7 @@ def build_model(
     is PyTorch's default and deterministic given the global seed.
     """
     if arch not in _BUILDERS:
-        raise ValueError(
+        raise InvalidValue(
             f"Unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}."
         )
     if (
@@ -277,12 +278,12 @@ def build_model(
         or len(in_shape) != 3
         or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in in_shape)
     ):
-        raise ValueError(
+        raise InvalidValue(
             "in_shape must be (channels, height, width) of positive integers, "
             f"but got {in_shape!r}."
         )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, but got {num_classes!r}.")
+        raise InvalidValue(f"num_classes must be an integer >= 2, but got {num_classes!r}.")
     if head_width is not None:
         _check_positive_int("head_width", head_width)
     channels, height, width = in_shape
@@ -320,7 +321,7 @@ def parameter_matched_width(
     low = _NORMAL_WIDTHS.get(arch, 1)
     normal = count(low)  # also validates arch, in_shape and num_classes
     if normal > target_params:
-        raise ValueError(
+        raise InvalidValue(
             f"target_params must be at least the plain {arch}'s {normal:,} parameters (its "
             f"normal width {low}; a parameter-matched model is only widened), "
             f"but got {target_params:,}."

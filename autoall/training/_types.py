@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from autoall.errors import InvalidValue, RunFailed
 from autoall.training._models import ParamCount
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
@@ -47,34 +48,34 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, but got {value!r}.")
+                raise InvalidValue(f"{name} must be a positive integer, but got {value!r}.")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(
+            raise InvalidValue(
                 f"optimizer must be one of {', '.join(OPTIMIZERS)}, but got {self.optimizer!r}."
             )
         for name in ("lr", "all_lr"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, but got {value!r}.")
+                raise InvalidValue(f"{name} must be a positive number, but got {value!r}.")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(
+            raise InvalidValue(
                 f"weight_decay must be a non-negative number, but got {self.weight_decay!r}."
             )
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(
+            raise InvalidValue(
                 f"warmup_epochs must be between 0 and epochs ({self.epochs}), "
                 f"but got {self.warmup_epochs!r}."
             )
         if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], but got {self.min_lr_ratio!r}.")
+            raise InvalidValue(f"min_lr_ratio must be in [0, 1], but got {self.min_lr_ratio!r}.")
         if not 0 <= self.label_smoothing < 1:
-            raise ValueError(
+            raise InvalidValue(
                 f"label_smoothing must be in [0, 1), but got {self.label_smoothing!r}."
             )
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), but got {self.momentum!r}.")
+            raise InvalidValue(f"momentum must be in [0, 1), but got {self.momentum!r}.")
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
-            raise ValueError(f"target_acc must be in (0, 1], but got {self.target_acc!r}.")
+            raise InvalidValue(f"target_acc must be in (0, 1], but got {self.target_acc!r}.")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -138,7 +139,7 @@ class RunResult:
         return float(np.median([s.epoch_seconds for s in self.history])) if self.history else 0.0
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RunFailed, FloatingPointError):
     """The training loss became NaN or infinite: the run diverged."""
 
     def __init__(self, epoch: int, step: int, value: float) -> None:
@@ -149,7 +150,7 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
-class TrainingOOMError(RuntimeError):
+class TrainingOOMError(RunFailed, RuntimeError):
     """The device ran out of memory; names the batch size so the fix is obvious."""
 
     def __init__(self, batch_size: int, device: str) -> None:

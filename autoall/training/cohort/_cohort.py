@@ -34,6 +34,7 @@ from typing import Any
 
 from torch import nn
 
+from autoall.errors import InvalidValue
 from autoall.training._data import DeviceData
 from autoall.training._loop import EpochCallback, TrainingOOMError
 from autoall.training._plan import RunPlan, fit
@@ -107,13 +108,13 @@ def fit_cohort(
     files = [Path(c) if c is not None else None for c in (checkpoints or [None] * n)]
     trained = list(on_trained) if on_trained is not None else [None] * n
     if len(callbacks) != n or len(files) != n or len(trained) != n:
-        raise ValueError(
+        raise InvalidValue(
             f"on_epoch, checkpoints and on_trained must have one entry per plan ({n})."
         )
     if not plans:
         return []
     if len({cohort_key(p) for p in plans}) > 1:
-        raise ValueError(
+        raise InvalidValue(
             "a cohort's plans must share their architecture and training settings "
             "(autoall.training.cohort._cohort.group_plans splits them)."
         )

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from autoall.errors import one_line, raise_if_interrupted
+from autoall.errors import RunFailed, one_line, raise_if_interrupted
 from autoall.training._batches import apply_augmentation, draw_augmentation
 from autoall.training._data import DeviceData
 from autoall.training._loop import (
@@ -47,7 +47,7 @@ Outcome = RunResult | Exception  # a member's result, or what ended it (pruned, 
 EndCallback = Callable[[int, Outcome], None]
 
 
-class CannotBatch(RuntimeError):
+class CannotBatch(RunFailed, RuntimeError):
     """vmap failed on the cohort's first step: nothing observable has happened yet."""
 
 

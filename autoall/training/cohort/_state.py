@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from autoall.errors import InvalidValue
 from autoall.layer import AUX_LOSSES, ALLSpec, AutoLearningLayer
 from autoall.training._models import build_model
 from autoall.training._optim import lr_factor
@@ -196,11 +197,11 @@ class CohortState:
             param = own.get(slot.name)
             if param is None:
                 if not slot.is_all:
-                    raise ValueError(f"a cohort needs one base network, but {slot.name} differs.")
+                    raise InvalidValue(f"a cohort needs one base network, but {slot.name} differs.")
                 pieces.append(torch.zeros(slot.stop - slot.start))
             else:
                 if not slot.is_all and param.shape != slot.shape:
-                    raise ValueError(
+                    raise InvalidValue(
                         f"a cohort needs one base network, but {slot.name} has shape "
                         f"{tuple(param.shape)}, expected {tuple(slot.shape)}."
                     )
