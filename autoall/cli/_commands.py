@@ -167,11 +167,6 @@ def study_run(
 ) -> None:
     """`autoall study run`: every study of the file (per architecture and replicate) to its
     target; the counts at the end."""
-    if log_models and cohort > 1:
-        raise UserError(
-            "--log-models needs --cohort 1: a cohort's members train as stacked rows of one "
-            f"batched job, not as modules that can be logged (got --cohort {cohort})."
-        )
     cfg = load(file, architectures, study_name, replicates)
     url = storage or DEFAULT_STORAGE
     from autoall.study import Cohort

@@ -183,18 +183,6 @@ def test_a_cuda_device_this_machine_lacks_is_one_line(workdir: Path) -> None:
     assert sorted(p.name for p in workdir.iterdir()) == ["s.yaml"]
 
 
-def test_log_models_with_a_cohort_is_one_line(
-    workdir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A cohort's members are rows of one batched job: --log-models would log nothing."""
-    write_study(workdir / "s.yaml")
-    _no_training(monkeypatch)
-    result = CliRunner().invoke(main, ["study", "run", "s.yaml", "--cohort", "4", "--log-models"])
-    assert result.exit_code == 2, result.output
-    assert _one_error(result.output).startswith("Error: --log-models needs --cohort 1")
-    assert sorted(p.name for p in workdir.iterdir()) == ["s.yaml"]
-
-
 def test_inspecting_commands_never_create_a_sqlite_file(workdir: Path) -> None:
     for args in (["study", "status", "nosuch"], ["study", "list"], ["study", "export", "t/mlp"]):
         result = CliRunner().invoke(main, args)

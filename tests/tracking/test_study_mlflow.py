@@ -144,6 +144,35 @@ def test_log_models_logs_each_new_best_trial_and_the_model_reproduces_it(ran: Ra
     assert abs(val_acc - values[number]) <= 1e-6
 
 
+@pytest.mark.slow
+def test_log_models_with_a_cohort_logs_members_that_reproduce_their_trials(
+    tmp_path: Path,
+) -> None:
+    """A cohort hands out each member as the module it trained: with --cohort 2, every trial
+    that became the study's best has a logged model, which scores its trial's accuracy."""
+    import mlflow.pytorch
+
+    from autoall.training._data import load_data
+
+    write_study(tmp_path / "study.yaml")
+    _study_run(tmp_path, "--n-trials", "4", "--cohort", "2", "--log-models")
+    ran = Ran(tmp_path, None, None)  # type: ignore[arg-type]
+    values = {t.number: t.values[0] for t in ran.study().trials}
+    runs = ran.runs()
+    logged = [n for n in sorted(values) if "autoall.model_id" in runs[f"t/mlp#{n}"].data.tags]
+    assert logged and max(values[n] for n in logged) == max(values.values())
+    cfg = load_study_file(tmp_path / "study.yaml").data
+    data = load_data("digits", val_fraction=cfg.val_fraction, split_seed=cfg.split_seed)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    for number in logged:
+        model_id = runs[f"t/mlp#{number}"].data.tags["autoall.model_id"]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            model = mlflow.pytorch.load_model(f"models:/{model_id}")
+        val_acc = (model(data.val_x).argmax(1) == data.val_y).float().mean().item()
+        assert abs(val_acc - values[number]) <= 1e-6, number
+
+
 def _epoch(epoch: int, val_acc: float) -> EpochStats:
     return EpochStats(epoch, 1.0, 0.0, 0.5, 1.0, val_acc, 0.1, 1e-3, None)
 
