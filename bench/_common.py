@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: the machine header, timing, median/spread, and RESULTS.md sections.
+"""Shared benchmark helpers: the machine header, median/spread, and RESULTS.md sections. It
+measures nothing itself; each benchmark's figures and command open its own file.
 
 Each benchmark owns one section of ``bench/RESULTS.md`` between ``<!-- name -->`` and
 ``<!-- /name -->``; :func:`write_section` replaces only that section (or appends it), so
@@ -7,14 +8,11 @@ benchmarks can be rerun independently without touching each other's figures.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
 import platform
 import statistics
-import subprocess
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -60,16 +58,6 @@ def machine_header(*, threads: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def time_calls(fn: Callable[[], object], *, repeats: int) -> list[float]:
-    """Wall seconds of ``repeats`` calls of ``fn`` (``time.perf_counter``)."""
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
 
@@ -112,16 +100,3 @@ def publish(name: str, body: str, *, write: bool = True, path: Path = RESULTS) -
     if write:
         write_section(name, body, path=path)
     return 0
-
-
-@contextlib.contextmanager
-def checkout(rev: str, path: Path) -> Iterator[Path]:
-    """The project at commit `rev` as a git worktree in `path` (the "before" code of a
-    benchmark: run it with this venv and `PYTHONPATH=path`); removed afterwards."""
-    root = Path(__file__).resolve().parent.parent
-    git = ["git", "-C", str(root), "worktree"]
-    subprocess.run([*git, "add", "--detach", str(path), rev], check=True, capture_output=True)
-    try:
-        yield path
-    finally:
-        subprocess.run([*git, "remove", "--force", str(path)], check=False, capture_output=True)

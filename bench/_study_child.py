@@ -1,4 +1,5 @@
 """The measured process of bench/bench_study.py: one study run, timed by autoall's own spans.
+Its figures and the command that gives them open bench/bench_study.py.
 
 Each run of the benchmark is a fresh ``python bench/_study_child.py`` process in a fresh
 temporary directory; it writes its figures as JSON for the benchmark to read:
@@ -105,39 +106,48 @@ def _write_report(
 def hand_child(out_path: Path, threads: int | None, n_trials: int) -> int:
     """The reference: the same study written by hand with Optuna and autoall's `train()`.
 
-    What an Optuna user writes without autoall: the study file's sampler and pruner, a plain
-    SQLite storage, an objective that reports every epoch; no heartbeat, no checkpoints, no
-    tracking, no progress display, no target across restarts.
+    What an Optuna user writes without autoall, from studies/digits.yaml: its search space, data
+    split, sampler, pruner and training settings, a plain SQLite storage, an objective that
+    reports every epoch; no heartbeat, checkpoints, tracking, progress display or target across
+    restarts.
     """
     code_start = time.time()
     import optuna
     import torch
 
-    from autoall.layer import ALLSpec
+    from autoall.config._study_file import load_study_file
+    from autoall.config._trial_plan import trial_plan
     from autoall.training._data import load_data
-    from autoall.training._loop import TrainConfig, seed_everything, train
-    from autoall.training._models import build_model
+    from autoall.training._loop import train
+    from autoall.training._plan import build
 
     if threads is not None:
         torch.set_num_threads(threads)
     imported = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = load_data("digits", val_fraction=0.1, split_seed=0)
+    cfg = load_study_file(Path(__file__).resolve().parent.parent / "studies" / "digits.yaml")
+    if (cfg.sampler.name, cfg.pruner.name) != ("tpe", "median"):
+        raise SystemExit(f"the reference writes TPE + median by hand, but the file has {cfg.sampler.name} + {cfg.pruner.name}.")  # fmt: skip
+    data = load_data(cfg.data.name, val_fraction=cfg.data.val_fraction,
+                     split_seed=cfg.data.split_seed)  # fmt: skip
     data = replace(data, test_x=data.test_x[:0], test_y=data.test_y[:0])  # as the workers do
     train_seconds: list[float] = []
     compute: list[float] = []
 
     def objective(trial: optuna.Trial) -> float:
-        hidden = trial.suggest_int("hidden_size", 8, 256, log=True)
-        all_lr = trial.suggest_float("all_lr", 1e-4, 3e-2, log=True)
-        aux_weight = trial.suggest_float("aux_weight", 1e-4, 1.0, log=True)
-        aux_loss = trial.suggest_categorical(
-            "aux_loss", ["reconstruction", "sparsity", "orthogonality", "none"]
-        )
-        cfg = TrainConfig(epochs=20, batch_size=64, seed=0, all_lr=all_lr)  # the mlp baseline
-        seed_everything(0)
-        spec = ALLSpec(hidden_size=hidden, aux_loss=aux_loss, aux_weight=aux_weight)
-        model = build_model("mlp", in_shape=data.in_shape, num_classes=10, all_spec=spec)
+        params: dict[str, Any] = {}
+        for name, spec in cfg.search.items():
+            if spec.type == "categorical":
+                params[name] = trial.suggest_categorical(name, list(spec.choices))
+            else:
+                assert spec.low is not None and spec.high is not None
+                low, high = float(spec.low), float(spec.high)
+                if spec.type == "int":
+                    params[name] = trial.suggest_int(name, int(low), int(high), log=spec.log)
+                else:
+                    params[name] = trial.suggest_float(name, low, high, log=spec.log)
+        plan = trial_plan(cfg, "mlp", "all", params)
+        model, trial_data = build(plan, data)
 
         def on_epoch(stats: Any) -> None:
             compute.append(stats.epoch_seconds)
@@ -147,7 +157,7 @@ def hand_child(out_path: Path, threads: int | None, n_trials: int) -> int:
 
         start = time.perf_counter()
         try:
-            result = train(model, data, cfg, on_epoch=on_epoch)
+            result = train(model, trial_data, plan.train, on_epoch=on_epoch)
         finally:
             train_seconds.append(time.perf_counter() - start)
         return result.final_val_acc
@@ -157,9 +167,15 @@ def hand_child(out_path: Path, threads: int | None, n_trials: int) -> int:
         storage="sqlite:///autoall.db",
         direction="maximize",
         sampler=optuna.samplers.TPESampler(
-            seed=0, n_startup_trials=5, multivariate=True, constant_liar=True
+            seed=cfg.sampler.seed,
+            n_startup_trials=cfg.sampler.n_startup_trials,
+            multivariate=True,
+            constant_liar=True,
         ),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3),
+        pruner=optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.pruner.n_startup_trials,
+            n_warmup_steps=cfg.pruner.n_warmup_steps,
+        ),
     )
     study.optimize(objective, n_trials=n_trials)
     main_end = time.time()

@@ -1,6 +1,11 @@
 """`make bench`: run every CPU benchmark in turn; each writes its own section of RESULTS.md.
 
-The GPU check is separate (`bench/gpu_check.sh`, on a GPU machine).
+bench_core.py: the data path; bench_study.py: the platform's overhead per trial against a
+hand-written Optuna loop; bench_report.py: the report's wall time. Each opens with what it
+measures, its command and its current figures. The GPU check, trials per hour by cohort size,
+is separate: `bench/gpu_check.sh` on a GPU machine.
+
+    make bench    # or: .venv/bin/python bench/run_all.py
 """
 
 from __future__ import annotations
@@ -11,15 +16,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = [
-    "bench_core.py",
-    "bench_study.py",
-    "bench_distributed.py",
-    "bench_report.py",
-    "bench_models.py",
-    "bench_workers.py",
-    "bench_cohort.py",
-]
+BENCHMARKS = ["bench_core.py", "bench_study.py", "bench_report.py"]
 
 
 def main() -> int:

@@ -1,8 +1,10 @@
 """bench/: every benchmark script starts (its imports resolve against this checkout's autoall,
-its options parse), and the shared tail that prints a figure and writes it to RESULTS.md."""
+its options parse) and opens with its evidence, and the shared tail that prints a figure and
+writes it to RESULTS.md."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -33,6 +35,16 @@ def test_every_bench_script_starts_and_lists_its_options(script: str) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage:"), proc.stdout
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "gpu_check.py"])
+def test_every_benchmark_opens_with_its_evidence_and_command(script: str) -> None:
+    """What it measures, its current figures (or that it has none yet) and the command."""
+    doc = ast.get_docstring(ast.parse((ROOT / "bench" / script).read_text())) or ""
+    head = doc.split("\n\n")[1]
+    assert head.startswith("Evidence"), f"bench/{script}: open with the evidence, not {head!r}"
+    assert "bench/RESULTS.md" in head
+    assert f"bench/{script}" in doc or "bench/gpu_check.sh" in doc  # the command
 
 
 def test_make_bench_runs_every_bench_script() -> None:
