@@ -4,9 +4,14 @@ the chromium binary."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +122,51 @@ def chromium() -> str:
             pytest.fail("chromium is missing; `make test` installs it (apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium); CI runs this test")
     return found
+
+
+def browse(url: str, profile: Path, *, screenshot: Path | None = None) -> str:
+    """The DOM of `url` after MLflow's single-page app has rendered in headless chromium (20 s
+    of virtual time), and with `screenshot`, a picture of it."""
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
+    ]  # fmt: skip
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=300
+    ).stdout
+    if screenshot is not None:
+        subprocess.run(
+            [chromium(), *flags, f"--screenshot={screenshot}", url],
+            capture_output=True,
+            timeout=300,
+        )
+    return dom
+
+
+def start_ui(cwd: Path, port: int, stdout: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`autoall ui --port PORT` in `cwd`, in its own process group, without the caller's MLflow
+    environment (it must find the project's store itself), once it answers /health; killed with
+    its children when it does not."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoall.cli", "ui", "--port", str(port)],
+        cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert proc.poll() is None, "autoall ui exited early"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as ok:
+                    if ok.status == 200:
+                        return proc
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "autoall ui did not answer in 120 s"
+            time.sleep(0.5)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the server and its children
+        raise

@@ -24,6 +24,13 @@ import pytest
 import torch
 import yaml
 
+# A runner that starts the suite in the background (`make test &`, nohup, some CI agents) hands
+# it SIGINT ignored, and every process a test starts would inherit that: `autoall ui` or
+# `study run` would then shrug off the Ctrl-C a test sends, as no terminal user's would. The
+# tests run as from a terminal: Python's own Ctrl-C handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # Two cores on CI: tests in one process should not fight over threads.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -13,13 +13,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from _helpers import chromium
+from _helpers import browse, chromium, start_ui
 from conftest import free_port
 from mlflow import MlflowClient
 
@@ -80,19 +77,6 @@ def test_both_experiment_descriptions_link_the_studies_without_their_trials() ->
     assert f"[digits](#/experiments/7/runs) ([every study, without its trials]({link}))" in note
 
 
-def _browse(url: str, profile: Path) -> str:
-    """The DOM of `url` after MLflow's single-page app has rendered (20 s of virtual time)."""
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
-    ]  # fmt: skip
-    done = subprocess.run(
-        [chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=300
-    )
-    return done.stdout
-
-
 @pytest.mark.slow
 def test_the_studies_link_shows_every_study_parent_on_the_first_screen_in_chromium(
     tmp_path: Path, empty_store: Path
@@ -100,33 +84,18 @@ def test_the_studies_link_shows_every_study_parent_on_the_first_screen_in_chromi
     chromium()  # skips (or fails on CI) before a server starts
     ids = _store(tmp_path, empty_store, trials=150)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     log = tmp_path / "ui.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "autoall.cli", "ui", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        proc = start_ui(tmp_path, port, stdout=out)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"autoall ui exited early: {log.read_text()}"
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "autoall ui did not answer in 120 s"
-            time.sleep(0.5)
         lines = log.read_text().splitlines()
         plain = f"{base}/#/experiments/{ids['digits']}/runs"
         assert f"  digits: {plain}" in lines
         (link,) = [x.split(": ", 1)[1] for x in lines if x.startswith("  digits studies: ")]
         # a profile each: the UI keeps an experiment's last filter in the browser's storage
-        first = _browse(plain, tmp_path / "plain")
-        studies = _browse(link, tmp_path / "studies")
+        first = browse(plain, tmp_path / "plain")
+        studies = browse(link, tmp_path / "studies")
     finally:
         os.kill(proc.pid, signal.SIGTERM)  # autoall ui stops the server and its children
         try:

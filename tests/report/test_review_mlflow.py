@@ -15,9 +15,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
-import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ from typing import Any
 
 import pytest
 import torch
-from _helpers import chromium
+from _helpers import browse, chromium, start_ui
 from click.testing import CliRunner
 from conftest import free_port, write_study
 from mlflow import MlflowClient
@@ -154,19 +151,6 @@ def test_autoall_ui_links_the_report_experiment_too(
     assert f"  t report: http://127.0.0.1:{port}/#/experiments/{reports}/runs" in lines
 
 
-def _browse(url: str, profile: Path) -> str:
-    """The DOM of `url` after MLflow's single-page app has rendered (20 s of virtual time)."""
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
-    ]  # fmt: skip
-    done = subprocess.run(
-        [chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=300
-    )
-    return done.stdout
-
-
 @pytest.mark.slow
 def test_the_study_experiment_s_first_screen_shows_every_study_parent_in_chromium(
     built: Built, tmp_path: Path
@@ -174,32 +158,12 @@ def test_the_study_experiment_s_first_screen_shows_every_study_parent_in_chromiu
     browser = chromium()  # skips (or fails on CI) before a server starts
     assert browser
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoall.cli", "ui", "--port", str(port)],
-        cwd=built.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_ui(built.root, port)
     base = f"http://127.0.0.1:{port}"
     studies, reports = built.experiments()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "autoall ui exited early"
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "autoall ui did not answer in 120 s"
-            time.sleep(0.5)
-        first = _browse(f"{base}/#/experiments/{studies}/runs", tmp_path / "profile")
-        report = _browse(f"{base}/#/experiments/{reports}/runs", tmp_path / "profile")
+        first = browse(f"{base}/#/experiments/{studies}/runs", tmp_path / "profile")
+        report = browse(f"{base}/#/experiments/{reports}/runs", tmp_path / "profile")
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: autoall ui stops the server and its children
         try:

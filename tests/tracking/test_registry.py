@@ -21,8 +21,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from _helpers import chromium
+from _helpers import browse, start_ui
 from click.testing import CliRunner
 from conftest import free_port, write_study
 from mlflow import MlflowClient
@@ -300,23 +298,6 @@ def test_importing_autoall_loads_neither_torch_nor_mlflow() -> None:
 # -- the MLflow UI in a real browser ---------------------------------------------------------
 
 
-def _browse(url: str, profile: Path, *, screenshot: Path) -> str:
-    """The DOM of `url` after MLflow's single-page app has rendered (20 s of virtual time),
-    and a screenshot of it."""
-    flags = [
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,900",
-    ]  # fmt: skip
-    dom = subprocess.run(
-        [chromium(), *flags, "--dump-dom", url], capture_output=True, text=True, timeout=300
-    ).stdout
-    subprocess.run(
-        [chromium(), *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=300
-    )
-    return dom
-
-
 def _artifacts_folder() -> Path:
     """Where CI keeps screenshots: $AUTOALL_TEST_ARTIFACTS, else ./test-artifacts."""
     folder = Path(os.environ.get("AUTOALL_TEST_ARTIFACTS") or Path.cwd() / "test-artifacts")
@@ -330,40 +311,16 @@ def test_the_mlflow_ui_shows_the_parent_runs_and_the_registered_model_in_chromiu
 ) -> None:
     keep = _artifacts_folder()
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "autoall.cli", "ui", "--port", str(port)],
-        cwd=store.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_ui(store.root, port)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, "autoall ui exited early"
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "autoall ui did not answer in 120 s"
-            time.sleep(0.5)
         experiment = store.client().get_experiment_by_name("t").experiment_id
-        runs = _browse(
+        runs = browse(
             f"{base}/#/experiments/{experiment}/runs",
             tmp_path / "profile",
             screenshot=tmp_path / "mlflow-runs.png",
         )
-        model = _browse(
+        model = browse(
             f"{base}/#/models/t-mlp-all",
             tmp_path / "profile",
             screenshot=tmp_path / "mlflow-model.png",
