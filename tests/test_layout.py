@@ -157,6 +157,7 @@ def test_the_project_cites_no_document_outside_it() -> None:
 _OPTUNA_PRIVATE = re.compile(
     r"\boptuna(?:\.\w+)*\._\w+(?!.*get_?[lL]ogger)|\._trial_id\b|\._study_id\b|\._get_trials\b"
     r"|(?<![.\w])study\._storage\b|\._backend\b"
+    r'|"_(?:cma_)?rng"|"_random_sampler"|"_independent_sampler"|LazyRandomState'
 )
 
 

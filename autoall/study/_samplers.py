@@ -40,7 +40,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from autoall.config import ParamSpec, SamplerConfig
-from autoall.study._storage import LazyRandomState, finished_trials, set_user_attr
+from autoall.study._storage import _STATES, finished_trials, reseed, set_user_attr
 
 # A sampler of the study file's `sampler:` section, from that section and the searched knobs
 # (called only by the grid sampler, whose grid they are).
@@ -66,32 +66,6 @@ SAMPLER_FACTORIES: dict[str, SamplerFactory] = {
     "grid": _grid,
     "nsgaii": lambda s, _: NSGAIISampler(seed=s.seed),
 }
-
-# Optuna offers only `reseed_rng()` (fresh entropy from the OS), not a seed. The random states
-# its samplers draw from are these private attributes (Optuna 4 and 5): `_rng` (TPE, random,
-# GP, grid, NSGA-II), `_cma_rng` (CMA-ES), and the random sampler each keeps for start-up and
-# independent draws. `reseed` is the one place autoall reaches into them; `PerTrialSeed` checks
-# at construction that the wrapped sampler has at least one, so an Optuna that renames them
-# fails loudly instead of silently sharing streams.
-_STATES = ("_rng", "_cma_rng")
-_INNER = ("_random_sampler", "_independent_sampler")
-
-
-def reseed(sampler: BaseSampler, seed: int) -> int:
-    """Seed every random state of `sampler` (and of its inner samplers) with `seed`; returns
-    how many were seeded."""
-    seeded = 0
-    for name in _STATES:
-        state = getattr(sampler, name, None)
-        if isinstance(state, LazyRandomState):
-            state.rng.seed(seed % 2**32)
-            seeded += 1
-    for name in _INNER:
-        inner = getattr(sampler, name, None)
-        if isinstance(inner, BaseSampler):
-            seeded += reseed(inner, seed)
-    return seeded
-
 
 STARTUP, GUIDED = "startup", "guided"
 PHASE_ATTR = "sampler_phase"  # the trial's user attribute: STARTUP or GUIDED

@@ -28,8 +28,9 @@ Optuna's private API, used only in this module:
   thread is per trial and only inside `study.optimize`.
 - The RDBStorage methods named in RETRIED, some private (`_get_trials`, `_set_trial_param`, ...):
   overridden to ride out an outage; they are what the public Study methods call.
-- For the samplers (`autoall/study/_samplers.py`): `LazyRandomState`, the random state each
-  sampler holds and autoall reseeds per trial; `Study._get_trials(use_cache=True)`, the snapshot
+- For the samplers (`autoall/study/_samplers.py`): `reseed`, which seeds the random states each
+  sampler keeps in private attributes (`_rng`, `_cma_rng`, `LazyRandomState`, the inner
+  samplers); `Study._get_trials(use_cache=True)`, the snapshot
   a sampler decides on (`finished_trials`); and a running trial's user attribute set from a
   FrozenTrial (`set_user_attr`).
 """
@@ -46,7 +47,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.samplers._lazy_random_state import LazyRandomState as LazyRandomState  # private
+from optuna.samplers import BaseSampler
+from optuna.samplers._lazy_random_state import LazyRandomState  # private
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import is_heartbeat_enabled  # private: not re-exported
 from optuna.study import Study
@@ -373,3 +375,29 @@ def set_user_attr(study: Study, trial: FrozenTrial, key: str, value: Any) -> Non
     """A running trial's user attribute, set from a sampler, which holds a FrozenTrial and not a
     Trial (private: `Study._storage` and `FrozenTrial._trial_id`)."""
     study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+# Optuna offers only `reseed_rng()` (fresh entropy from the OS), not a seed. The random states
+# its samplers draw from are these private attributes (Optuna 4 and 5): `_rng` (TPE, random,
+# GP, grid, NSGA-II), `_cma_rng` (CMA-ES), and the random sampler each keeps for start-up and
+# independent draws. `reseed` is the one place autoall reaches into them; `PerTrialSeed` checks
+# at construction that the wrapped sampler has at least one, so an Optuna that renames them
+# fails loudly instead of silently sharing streams.
+_STATES = ("_rng", "_cma_rng")
+_INNER = ("_random_sampler", "_independent_sampler")
+
+
+def reseed(sampler: BaseSampler, seed: int) -> int:
+    """Seed every random state of `sampler` (and of its inner samplers) with `seed`; returns
+    how many were seeded."""
+    seeded = 0
+    for name in _STATES:
+        state = getattr(sampler, name, None)
+        if isinstance(state, LazyRandomState):
+            state.rng.seed(seed % 2**32)
+            seeded += 1
+    for name in _INNER:
+        inner = getattr(sampler, name, None)
+        if isinstance(inner, BaseSampler):
+            seeded += reseed(inner, seed)
+    return seeded
