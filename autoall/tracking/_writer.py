@@ -1,9 +1,9 @@
 """MLflow tracking off the trial's path: a writer process owns the MLflow client.
 
-`autoall study run` hands every tracking call to a child process (`python -m
-autoall.tracking._writer`) through a pipe (a `multiprocessing.connection.Connection` each way,
-on the child's stdin and stdout) and goes on training. The child imports MLflow, opens
-the store and makes the calls in order, with the retries of `autoall.tracking._store`; on a machine
+`autoall study run` hands every tracking call to a child process (`main`, run by `_CHILD`)
+through a pipe (a `multiprocessing.connection.Connection` each way, on the child's stdin and
+stdout) and goes on training. The child imports MLflow, opens the store and makes the calls in
+order, with the retries of `autoall.tracking._store`; on a machine
 with a spare core that work costs the trials nothing. A worker waits for the child only where
 it needs an answer:
 
@@ -131,13 +131,18 @@ class _Process:
         self.from_child.close()
 
 
+# The child's entry point. Not `-m autoall.tracking._writer`: the package imports this module
+# before runpy would run it as __main__, so it would run twice (and runpy warns on stderr).
+_CHILD = "from autoall.tracking._writer import main; main()"
+
+
 def _spawn() -> _Process:
     """The child; it imports MLflow at once, then waits for its calls."""
     requests, to_child = multiprocessing.Pipe(duplex=False)
     from_child, answers = multiprocessing.Pipe(duplex=False)
     with requests, answers:  # the child's ends: its stdin and stdout
         proc = subprocess.Popen(
-            [sys.executable, "-m", "autoall.tracking._writer"],
+            [sys.executable, "-c", _CHILD],
             stdin=requests.fileno(),
             stdout=answers.fileno(),
             start_new_session=True,  # Ctrl-C reaches the worker only; the child drains, exits
@@ -433,7 +438,7 @@ class WriterRun:
 
 
 def main() -> None:
-    """`python -m autoall.tracking._writer`: serve the calls on stdin, answer on stdout."""
+    """The child (`_CHILD`): serve the calls on stdin, answer on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
     with contextlib.suppress(OSError):
         os.nice(10)  # training first: this process uses what the worker leaves idle
@@ -456,10 +461,6 @@ def main() -> None:
     # every call is written (MLflow's synchronous calls): skip the interpreter's teardown of
     # MLflow, SQLAlchemy and matplotlib, ~0.7 s the worker would wait for at the end
     os._exit(0)
-
-
-if __name__ == "__main__":
-    main()
 
 
 if TYPE_CHECKING:  # mypy checks that the writer plays the tracker's and the run's roles
