@@ -333,7 +333,9 @@ def test_a_retry_makes_the_run_of_a_trial_killed_before_its_run_existed(
     result = runner.invoke(main, ["study", "run", str(path), "--no-baseline"])
     assert result.exit_code == 0, result.output
     assert trial_states(study.get_trials()) == {"FAIL": 1, "COMPLETE": 1}
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    client = MlflowClient(
+        f"sqlite:///{tracked / 'mlruns' / 'mlflow.db'}"
+    )  # absolute: MLflow keeps one store per URI in a process
     experiment = client.get_experiment_by_name("t")
     assert experiment is not None
     runs = {
