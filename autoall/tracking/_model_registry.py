@@ -298,8 +298,10 @@ def load_best(
     """
     from mlflow import MlflowClient
 
-    from autoall.tracking._store import client_uri, resolve_tracking_uri
+    from autoall.tracking._store import client_uri, quiet_mlflow, resolve_tracking_uri
     from autoall.training import load_data
+
+    quiet_mlflow()  # no INFO lines, no "Downloading artifacts" bars in the user's output
 
     name, alias = _split_alias(name, alias, version)
     uri = client_uri(resolve_tracking_uri(tracking_uri, create=False))
