@@ -29,7 +29,7 @@ from autoall.report._store import RunStore
 from autoall.report._types import ArchReport, Replicate, RunRecord, Selection, Variant
 from autoall.report._variants import arch_variants
 from autoall.study import count_trials
-from autoall.training import DeviceData
+from autoall.training import DeviceData, without_test
 
 EVAL_SEED_OFFSET = 1000  # evaluation seed i is search seed + 1000 + i
 SELECTION_SEED_OFFSET = 2000  # replicate r's selection seed j is s0 + 2000 + 100 r + j
@@ -67,7 +67,7 @@ class ArchRun:
 
     def __post_init__(self) -> None:
         self.split = {k: getattr(self.cfg.data, k) for k in ("name", "val_fraction", "split_seed")}
-        self.no_test = replace(self.data, test_x=self.data.test_x[:0], test_y=self.data.test_y[:0])
+        self.no_test = without_test(self.data)
         self.s0 = self.cfg.train_config(self.arch).seed
 
     def report(self, pairs: list[tuple[optuna.Study, optuna.Study]]) -> ArchReport:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,13 @@ from autoall.errors import InvalidValue
 from autoall.study._host import HostWorkers
 from autoall.study._samplers import GUIDED, PHASE_ATTR, SAMPLER_FACTORIES, STARTUP, PerTrialSeed
 from autoall.tracking import StudyTracker
-from autoall.training import DeviceData, load_data, remove_checkpoint, sweep_temp_files
+from autoall.training import (
+    DeviceData,
+    load_data,
+    remove_checkpoint,
+    sweep_temp_files,
+    without_test,
+)
 
 log = logging.getLogger("autoall.study")
 
@@ -358,4 +364,4 @@ def load_study_data(cfg: StudyConfig, device: str | None) -> DeviceData:
         device=resolve_device(device),
         download=cfg.data.download,
     )
-    return replace(data, test_x=data.test_x[:0], test_y=data.test_y[:0])
+    return without_test(data)
